@@ -1,0 +1,1 @@
+"""Ready-made agents for procgraph: cameras, classifiers, PLC writers, HMI."""

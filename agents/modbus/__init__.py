@@ -1,0 +1,1 @@
+"""procgraph built-in modbus agents."""
