@@ -1,0 +1,324 @@
+"""The process graph: YAML schema, loading, validation and the compiled plan."""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from procgraph.agent import Agent
+from procgraph.codec import ENCODINGS
+from procgraph.constants import (
+    DEFAULT_CLAIM_IDLE_MS,
+    DEFAULT_HEARTBEAT_TIMEOUT_S,
+    DEFAULT_MAX_DELIVERIES,
+    stream_key,
+)
+from procgraph.errors import GraphError
+from procgraph.yamlmarks import Marked, Path_, load_marked
+
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
+EMBEDDED = "embedded"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BrokerSpec(_Strict):
+    """A named Redis-protocol server; ``embedded`` means the supervisor starts Valkey."""
+
+    url: str = EMBEDDED
+    node: str | None = Field(None, description="node that starts an embedded broker")
+    host: str = Field("127.0.0.1", description="address an embedded broker binds/advertises")
+    port: int | None = Field(None, description="port of an embedded broker (default: free)")
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v != EMBEDDED and not v.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must be 'embedded' or a redis://host:port URL")
+        return v
+
+
+class EdgeSpec(_Strict):
+    """One wire into an input port: ``from: agent.port`` plus delivery options."""
+
+    from_: str = Field(alias="from")
+    policy: Literal["lossless", "latest"] | None = None
+    start: Literal["$", "0"] = "$"
+
+
+class OutputSpec(_Strict):
+    """Graph-level overrides for an output port's stream."""
+
+    stream: str | None = None
+    broker: str | None = None
+    maxlen: int | None = Field(None, ge=1)
+    max_mb: float | None = Field(None, gt=0)
+    encoding: dict[str, Literal["raw", "jpeg", "png"]] | None = None
+    quality: int | None = Field(None, ge=1, le=100)
+
+
+class AgentSpec(_Strict):
+    """One agent of the graph."""
+
+    class_: str = Field(alias="class", description="import path module:Class")
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str | EdgeSpec | list[str | EdgeSpec]] = Field(default_factory=dict)
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict)
+    replicas: int = Field(1, ge=1, le=64)
+    node: str | None = None
+    broker: str | None = None
+    restart: Literal["always", "on-failure", "never"] = "always"
+    max_deliveries: int = Field(DEFAULT_MAX_DELIVERIES, ge=1)
+    claim_idle_ms: int = Field(DEFAULT_CLAIM_IDLE_MS, ge=100)
+    heartbeat_timeout_s: float = Field(DEFAULT_HEARTBEAT_TIMEOUT_S, gt=0)
+
+
+class GraphSpec(_Strict):
+    """The whole YAML file."""
+
+    name: str
+    description: str = ""
+    brokers: dict[str, BrokerSpec] = Field(default_factory=lambda: {"main": BrokerSpec()})
+    agents: dict[str, AgentSpec]
+
+
+# -- compiled plan -------------------------------------------------------------------------
+class InputPlan(_Strict):
+    """A stream an input port reads, resolved."""
+
+    port: str
+    stream: str
+    broker: str
+    source: str  # "agent.port"
+    policy: Literal["lossless", "latest"]
+    start: Literal["$", "0"]
+
+
+class OutputPlan(_Strict):
+    """An output port's stream, resolved, with the groups that must not lose entries."""
+
+    port: str
+    stream: str
+    broker: str
+    maxlen: int
+    max_bytes: int
+    encoding: dict[str, str]
+    quality: int
+    lossless_groups: list[str]
+    readers: list[str]
+
+
+class AgentPlan(_Strict):
+    """Everything a replica needs to run, resolved from the graph."""
+
+    name: str
+    class_path: str
+    params: dict[str, Any]
+    replicas: int
+    node: str | None
+    broker: str
+    restart: str
+    max_deliveries: int
+    claim_idle_ms: int
+    heartbeat_timeout_s: float
+    inputs: list[InputPlan]
+    outputs: list[OutputPlan]
+
+
+class GraphPlan(_Strict):
+    """A validated graph: what the supervisor and each replica act on."""
+
+    name: str
+    file: str
+    brokers: dict[str, BrokerSpec]
+    agents: dict[str, AgentPlan]
+
+    @property
+    def graph_dir(self) -> Path:
+        """Folder of the graph file (agent modules and relative paths resolve here)."""
+        return Path(self.file).resolve().parent
+
+    def agents_on(self, node: str | None) -> list[AgentPlan]:
+        """Agents placed on ``node`` (all agents when node is None)."""
+        return [a for a in self.agents.values() if node is None or a.node == node]
+
+
+def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
+    """Import ``module:Class`` and check it is an Agent subclass."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise where.error(at, f"{path!r} is not an import path", "write it as module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise where.error(
+            at,
+            f"cannot import module {module_name!r}: {exc}",
+            "put the module beside the graph file or on PYTHONPATH, or fix the name",
+        ) from exc
+    except Exception as exc:
+        raise where.error(at, f"importing {module_name!r} failed: {exc!r}") from exc
+    cls = getattr(module, attr, None)
+    if cls is None:
+        names = sorted(n for n, v in vars(module).items() if isinstance(v, type)
+                       and issubclass(v, Agent) and v is not Agent)
+        raise where.error(at, f"module {module_name!r} has no {attr!r}",
+                          f"agents defined there: {', '.join(names) or 'none'}")
+    if not (isinstance(cls, type) and issubclass(cls, Agent)):
+        raise where.error(at, f"{path} is not a procgraph.Agent subclass")
+    return cls
+
+
+def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: str) -> GraphError:
+    lines = []
+    first_path: Path_ = prefix
+    for i, err in enumerate(exc.errors()):
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "EdgeSpec",
+                    "list[union[str,EdgeSpec]]")))
+        path = (*prefix, *loc)
+        if i == 0:
+            first_path = path
+        dotted = ".".join(str(p) for p in path)
+        hint = ""
+        if err["type"] == "extra_forbidden":
+            hint = " (unknown key: check the spelling)"
+        elif err["type"] == "missing":
+            hint = " (required)"
+        lines.append(f"{marked.where(path)}: {dotted}: {err['msg']}{hint}")
+    text = f"{what}\n  " + "\n  ".join(lines[:8])
+    del first_path
+    return GraphError(text)
+
+
+def _edges(value: str | EdgeSpec | list[str | EdgeSpec]) -> list[EdgeSpec]:
+    items = value if isinstance(value, list) else [value]
+    return [EdgeSpec(**{"from": i}) if isinstance(i, str) else i for i in items]
+
+
+def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan:
+    """Load, validate and compile a graph file; raise GraphError saying what to fix."""
+    path = Path(file)
+    marked = load_marked(path, env)
+    if not isinstance(marked.data, dict):
+        raise GraphError(f"{path}: a graph is a mapping with name, brokers and agents")
+    try:
+        spec = GraphSpec.model_validate(marked.data)
+    except ValidationError as exc:
+        raise _pydantic_error(marked, exc, (), f"{path}: the graph is not valid") from exc
+    if not _NAME.match(spec.name):
+        raise marked.error(("name",), f"{spec.name!r} is not a valid name",
+                           "use letters, digits, '-' and '_' (it is part of stream keys)")
+    graph_dir = str(path.resolve().parent)
+    if graph_dir not in sys.path:
+        sys.path.insert(0, graph_dir)
+
+    classes: dict[str, type[Agent]] = {}
+    for name, a in spec.agents.items():
+        if not _NAME.match(name):
+            raise marked.error(("agents", name), f"agent name {name!r} is not valid",
+                               "use letters, digits, '-' and '_'")
+        classes[name] = import_agent(a.class_, marked, ("agents", name, "class"))
+        for key in ("broker",):
+            b = getattr(a, key)
+            if b is not None and b not in spec.brokers:
+                raise marked.error(("agents", name, key), f"unknown broker {b!r}",
+                                   f"brokers defined: {', '.join(spec.brokers)}")
+    default_broker = next(iter(spec.brokers), None)
+    if default_broker is None:
+        raise marked.error(("brokers",), "no broker defined", "add  brokers: {main: {}}")
+
+    # params and output overrides
+    params: dict[str, dict[str, Any]] = {}
+    for name, a in spec.agents.items():
+        cls = classes[name]
+        try:
+            params[name] = cls.Params.model_validate(a.params).model_dump(mode="json")
+        except ValidationError as exc:
+            raise _pydantic_error(marked, exc, ("agents", name, "params"),
+                                  f"{path}: params of agent {name!r} ({a.class_}) are not valid"
+                                  ) from exc
+        for port in a.outputs:
+            if port not in cls.outputs:
+                raise marked.error(("agents", name, "outputs", port),
+                                   f"{a.class_} has no output {port!r}",
+                                   f"outputs: {', '.join(cls.outputs) or 'none'}")
+
+    def out_plan(agent: str, port: str) -> OutputPlan:
+        a, cls = spec.agents[agent], classes[agent]
+        decl = cls.outputs[port]
+        over = a.outputs.get(port, OutputSpec())
+        broker = over.broker or a.broker or default_broker
+        if broker not in spec.brokers:
+            raise marked.error(("agents", agent, "outputs", port, "broker"),
+                               f"unknown broker {broker!r}")
+        return OutputPlan(
+            port=port, stream=over.stream or stream_key(spec.name, agent, port), broker=broker,
+            maxlen=over.maxlen or decl.maxlen,
+            max_bytes=int((over.max_mb or decl.max_mb) * 2**20),
+            encoding=dict(over.encoding or decl.encoding), quality=over.quality or decl.quality,
+            lossless_groups=[], readers=[],
+        )
+
+    outputs = {(n, p): out_plan(n, p) for n, cls in classes.items() for p in cls.outputs}
+    plans: dict[str, AgentPlan] = {}
+    for name, a in spec.agents.items():
+        cls = classes[name]
+        inputs: list[InputPlan] = []
+        for port, value in a.inputs.items():
+            at = ("agents", name, "inputs", port)
+            if port not in cls.inputs:
+                raise marked.error(at, f"{a.class_} has no input {port!r}",
+                                   f"inputs: {', '.join(cls.inputs) or 'none (it is a source)'}")
+            decl = cls.inputs[port]
+            for edge in _edges(value):
+                src_agent, dot, src_port = edge.from_.partition(".")
+                if not dot or src_agent not in spec.agents:
+                    raise marked.error(at, f"{edge.from_!r} does not name an agent's output",
+                                       f"write agent.port; agents: {', '.join(spec.agents)}")
+                src_cls = classes[src_agent]
+                if src_port not in src_cls.outputs:
+                    raise marked.error(at, f"agent {src_agent!r} has no output {src_port!r}",
+                                       f"outputs of {src_agent}: "
+                                       f"{', '.join(src_cls.outputs) or 'none'}")
+                out_type = src_cls.outputs[src_port].type
+                if not issubclass(out_type, decl.type):
+                    raise marked.error(
+                        at, f"type mismatch: {src_agent}.{src_port} sends "
+                        f"{out_type.type_label()} but {name}.{port} expects "
+                        f"{decl.type.type_label()}",
+                        "wire an output of that type (or a subclass) to this input")
+                out = outputs[(src_agent, src_port)]
+                policy = edge.policy or decl.policy
+                if name not in out.readers:
+                    out.readers.append(name)
+                if policy == "lossless" and name not in out.lossless_groups:
+                    out.lossless_groups.append(name)
+                inputs.append(InputPlan(port=port, stream=out.stream, broker=out.broker,
+                                        source=edge.from_, policy=policy, start=edge.start))
+        for port, decl in cls.inputs.items():
+            if port not in a.inputs and not decl.optional:
+                raise marked.error(("agents", name), f"input {port!r} of {name} is not wired",
+                                   f"add  inputs: {{{port}: <agent>.<output>}}  to agent {name}")
+        plans[name] = AgentPlan(
+            name=name, class_path=a.class_, params=params[name], replicas=a.replicas,
+            node=a.node, broker=a.broker or default_broker, restart=a.restart,
+            max_deliveries=a.max_deliveries, claim_idle_ms=a.claim_idle_ms,
+            heartbeat_timeout_s=a.heartbeat_timeout_s, inputs=inputs,
+            outputs=[outputs[(name, p)] for p in cls.outputs],
+        )
+    return GraphPlan(name=spec.name, file=str(path), brokers=spec.brokers, agents=plans)
+
+
+def graph_json_schema() -> dict[str, Any]:
+    """JSON Schema of the graph YAML (for editors and CI)."""
+    return GraphSpec.model_json_schema(by_alias=True)
+
+
+__all__ = ["ENCODINGS", "GraphPlan", "GraphSpec", "graph_json_schema", "load_graph"]

@@ -1,0 +1,328 @@
+"""Runs one replica of one agent: reading, decoding, dispatch, acks, heartbeats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from procgraph import codec
+from procgraph.agent import Agent, AgentContext
+from procgraph.constants import DEFAULT_HEARTBEAT_S, heartbeat_key
+from procgraph.errors import CodecError
+from procgraph.graph import AgentPlan, GraphPlan, import_agent
+from procgraph.message import Message
+from procgraph.transport import (
+    TRANSIENT,
+    Entry,
+    GroupReader,
+    ReadSpec,
+    StreamWriter,
+    WriterConfig,
+    connect,
+)
+from procgraph.yamlmarks import Marked
+
+log = logging.getLogger("procgraph.runtime")
+READ_COUNT = 64
+IDLE_BLOCK_MS = 100
+
+
+@dataclass
+class PortStats:
+    """Counters of one port, published with the heartbeat."""
+
+    count: int = 0
+    errors: int = 0
+    dead: int = 0
+    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-able summary."""
+        lat = sorted(self.latency_ms)
+        p50 = lat[len(lat) // 2] if lat else None
+        return {"count": self.count, "errors": self.errors, "dead": self.dead, "latency_ms": p50}
+
+
+@dataclass
+class _Pending:
+    stream: str
+    entry: Entry
+    msg: Message
+    in_ns: int
+
+
+class AgentRunner:
+    """Hosts one agent replica against real brokers until stopped."""
+
+    def __init__(self, plan: GraphPlan, agent: str, replica: int, broker_urls: dict[str, str]):
+        if agent not in plan.agents:
+            raise KeyError(f"graph {plan.name!r} has no agent {agent!r}")
+        self.plan = plan
+        self.spec: AgentPlan = plan.agents[agent]
+        self.replica = replica
+        self.urls = broker_urls
+        self._clients: dict[str, redis.Redis] = {}
+        self.stop_event = threading.Event()
+        marked = Marked(plan.file, None, {})  # type: ignore[arg-type]
+        self.cls = import_agent(self.spec.class_path, marked, ())
+        ctx = AgentContext(
+            graph=plan.name, agent=agent, replica=replica, graph_dir=plan.graph_dir,
+            redis_factory=lambda: self.client(self.spec.broker),
+        )
+        self.agent: Agent = self.cls(self.cls.Params.model_validate(self.spec.params), ctx)
+        self.agent._stop = self.stop_event
+        self.stats_in = {p: PortStats() for p in self.cls.inputs}
+        self.writers: dict[str, StreamWriter] = {}
+        self.encodings: dict[str, dict[str, tuple[str, int]]] = {}
+        for out in self.spec.outputs:
+            cfg = WriterConfig(out.stream, out.maxlen, out.max_bytes, tuple(out.lossless_groups))
+            self.writers[out.port] = StreamWriter(self.client(out.broker), cfg, self.stop_event)
+            self.encodings[out.port] = {f: (e, out.quality) for f, e in out.encoding.items()}
+        self.agent._bind_outputs(self._deliver)
+        self.readers: list[GroupReader] = []
+        by_broker: dict[str, list[ReadSpec]] = {}
+        self.port_of: dict[str, str] = {}
+        for inp in self.spec.inputs:
+            by_broker.setdefault(inp.broker, []).append(
+                ReadSpec(inp.stream, self.spec.name, inp.port, inp.start)
+            )
+            self.port_of[inp.stream] = inp.port
+        for broker, specs in by_broker.items():
+            self.readers.append(
+                GroupReader(self.client(broker), specs, ctx.consumer, self.stop_event)
+            )
+        self._failures: dict[bytes, int] = {}
+        self._batches: dict[str, list[_Pending]] = {p: [] for p in self.cls.inputs}
+        self._batch_started: dict[str, float] = {}
+
+    # -- brokers ------------------------------------------------------------------------
+    def client(self, broker: str) -> redis.Redis:
+        """The (shared) client of a named broker."""
+        if broker not in self._clients:
+            url = self.urls.get(broker)
+            if url is None:
+                raise KeyError(f"no URL for broker {broker!r}; is the supervisor running it?")
+            self._clients[broker] = connect(url)
+        return self._clients[broker]
+
+    def _deliver(self, port: str, msg: Message) -> None:
+        fields = codec.encode(msg, self.encodings[port])
+        self.writers[port].send(fields)
+
+    # -- heartbeats -----------------------------------------------------------------------
+    def _heartbeat_loop(self) -> None:
+        key = heartbeat_key(self.plan.name, self.spec.name, self.replica)
+        client = self.client(self.spec.broker)
+        started = time.time()
+        while not self.stop_event.wait(DEFAULT_HEARTBEAT_S):
+            stalled = time.monotonic() - self.agent._tick > self.spec.heartbeat_timeout_s
+            if stalled:
+                log.error("no progress for %.0fs: withholding heartbeat",
+                          time.monotonic() - self.agent._tick)
+                continue
+            state = {
+                "agent": self.spec.name, "replica": self.replica, "started": started,
+                "ts": time.time(),
+                "inputs": {p: s.snapshot() for p, s in self.stats_in.items()},
+                "outputs": {p: {"count": b.sent, "blocked_s": round(self.writers[p].blocked_s, 3)}
+                            for p, b in self.agent._bound_outputs.items()},
+            }
+            try:
+                client.set(key, json.dumps(state), px=int(DEFAULT_HEARTBEAT_S * 5000))
+            except TRANSIENT:
+                pass
+
+    # -- main -----------------------------------------------------------------------------
+    def install_signal_handlers(self) -> None:
+        """Stop gracefully on SIGTERM and SIGINT."""
+        def handler(signum: int, frame: Any) -> None:
+            log.info("signal %d: stopping after the current message", signum)
+            self.stop_event.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> None:
+        """Set up, loop until stopped, tear down; acks are flushed on the way out."""
+        hb = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
+        hb.start()
+        self.agent.setup()
+        try:
+            if self.agent.is_source:
+                self.agent.run()
+            else:
+                self._consume()
+        except InterruptedError:
+            pass
+        finally:
+            self.stop_event.set()
+            try:
+                for reader in self.readers:
+                    reader.flush_acks()
+            except (InterruptedError, *TRANSIENT):
+                log.warning("could not flush acks; those entries will be delivered again")
+            self.agent.teardown()
+
+    def _consume(self) -> None:
+        for reader in self.readers:
+            from procgraph.transport import retry
+
+            retry(reader.ensure_groups, "create consumer groups", self.stop_event)
+            self._drain_own_pending(reader)
+        last_claim = time.monotonic()
+        claim_every = max(0.5, self.spec.claim_idle_ms / 2000)
+        while not self.stop_event.is_set():
+            self.agent._tick = time.monotonic()
+            block = self._block_ms()
+            for reader in self.readers:
+                got = reader.read(READ_COUNT, block if len(self.readers) == 1 else min(block, 10))
+                self._process(reader, got)
+            self._flush_due_batches(reader_force=False)
+            if time.monotonic() - last_claim > claim_every:
+                last_claim = time.monotonic()
+                for reader in self.readers:
+                    self._process(reader, reader.claim_idle(self.spec.claim_idle_ms))
+        self._flush_due_batches(reader_force=True)
+
+    def _drain_own_pending(self, reader: GroupReader) -> None:
+        """Re-handle what this consumer had read but not acked before it restarted."""
+        while not self.stop_event.is_set():
+            got = reader.read(READ_COUNT, 0, pending=True)
+            if not got:
+                return
+            by_stream: dict[str, list[bytes]] = {}
+            for stream, (entry_id, _) in got:
+                by_stream.setdefault(stream, []).append(entry_id)
+            counts: dict[bytes, int] = {}
+            for stream, ids in by_stream.items():
+                counts.update(reader.delivery_counts(stream, ids))
+            log.info("re-reading %d pending entr%s left by an earlier run",
+                     len(got), "y" if len(got) == 1 else "ies")
+            fresh = []
+            for stream, entry in got:
+                if counts.get(entry[0], 0) > self.spec.max_deliveries:
+                    reader.dead_letter(stream, entry, f"delivered {counts[entry[0]]} times: the "
+                                       "handler crashed or hung the process each time",
+                                       self.agent.context.consumer)
+                    self.stats_in[self.port_of[stream]].dead += 1
+                else:
+                    fresh.append((stream, entry))
+            self._process(reader, fresh)
+            self._flush_due_batches(reader_force=True)
+            if len(got) < READ_COUNT:
+                return
+
+    def _block_ms(self) -> int:
+        if not self._batch_started:
+            return IDLE_BLOCK_MS
+        now = time.monotonic()
+        waits = [
+            self.cls.inputs[p].max_wait_ms - (now - t0) * 1000
+            for p, t0 in self._batch_started.items()
+        ]
+        return max(1, int(min(waits)))
+
+    def _process(self, reader: GroupReader, got: list[tuple[str, Entry]]) -> None:
+        for stream, entry in got:
+            port = self.port_of[stream]
+            spec = self.cls.inputs[port]
+            in_ns = time.time_ns()
+            try:
+                msg = codec.decode(entry[1], spec.type)
+            except CodecError as exc:
+                log.warning("dead-lettering entry %s of %s: %s", entry[0].decode(), stream, exc)
+                reader.dead_letter(stream, entry, f"decode: {exc}", self.agent.context.consumer)
+                self.stats_in[port].dead += 1
+                continue
+            item = _Pending(stream, entry, msg, in_ns)
+            if spec.batch == 1:
+                self._run_handler(reader, port, [item])
+            else:
+                batch = self._batches[port]
+                batch.append(item)
+                self._batch_started.setdefault(port, time.monotonic())
+                if len(batch) >= spec.batch:
+                    self._dispatch_batch(reader, port)
+        self._reader_for_batches = reader
+
+    def _flush_due_batches(self, reader_force: bool) -> None:
+        reader = getattr(self, "_reader_for_batches", None)
+        if reader is None:
+            return
+        now = time.monotonic()
+        for port, t0 in list(self._batch_started.items()):
+            if reader_force or (now - t0) * 1000 >= self.cls.inputs[port].max_wait_ms:
+                self._dispatch_batch(reader, port)
+
+    def _dispatch_batch(self, reader: GroupReader, port: str) -> None:
+        items, self._batches[port] = self._batches[port], []
+        self._batch_started.pop(port, None)
+        if items:
+            self._run_handler(reader, port, items)
+
+    def _run_handler(self, reader: GroupReader, port: str, items: list[_Pending]) -> None:
+        stats = self.stats_in[port]
+        batched = self.cls.inputs[port].batch > 1
+        attempt = 0
+        while True:
+            try:
+                payload: Message | list[Message] = (
+                    [i.msg for i in items] if batched else items[0].msg
+                )
+                self.agent._handle(port, payload, items[0].in_ns)
+                break
+            except InterruptedError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                stats.errors += 1
+                if attempt < self.spec.max_deliveries and not self.stop_event.is_set():
+                    log.warning("handler on_%s failed (attempt %d/%d): %r", port, attempt,
+                                self.spec.max_deliveries, exc)
+                    self.stop_event.wait(0.05 * 2 ** (attempt - 1))
+                    continue
+                if self.stop_event.is_set() and attempt < self.spec.max_deliveries:
+                    return  # not acked: redelivered after restart
+                if len(items) > 1:
+                    log.warning("batch of %d failed; retrying one by one", len(items))
+                    for one in items:
+                        self._run_handler_single_batch(reader, port, one)
+                    return
+                log.exception("handler on_%s failed %d times: dead-lettering entry %s", port,
+                              attempt, items[0].entry[0].decode())
+                reader.dead_letter(items[0].stream, items[0].entry,
+                                   f"handler on_{port} failed {attempt} times: {exc!r}",
+                                   self.agent.context.consumer)
+                stats.dead += 1
+                return
+        now = time.time_ns()
+        for item in items:
+            reader.ack_later(item.stream, item.entry[0])
+            stats.count += 1
+            stats.latency_ms.append((now - item.msg.ts_ns) / 1e6)
+
+    def _run_handler_single_batch(self, reader: GroupReader, port: str, item: _Pending) -> None:
+        try:
+            self.agent._handle(port, [item.msg], item.in_ns)
+        except Exception as exc:
+            reader.dead_letter(item.stream, item.entry, f"handler on_{port} failed: {exc!r}",
+                               self.agent.context.consumer)
+            self.stats_in[port].dead += 1
+            return
+        reader.ack_later(item.stream, item.entry[0])
+        self.stats_in[port].count += 1
+
+
+def configure_logging(agent: str, replica: int, supervised: bool) -> None:
+    """Log lines name the agent and replica (the supervisor adds a coloured prefix)."""
+    fmt = "%(levelname)s %(name)s: %(message)s" if supervised else (
+        f"%(asctime)s %(levelname)s [{agent}-{replica}] %(name)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=fmt, force=True)
