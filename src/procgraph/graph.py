@@ -51,6 +51,8 @@ class EdgeSpec(_Strict):
     from_: str = Field(alias="from")
     policy: Literal["lossless", "latest"] | None = None
     start: Literal["$", "0"] = "$"
+    batch: int | None = Field(None, ge=1, le=4096, description="override the port's batch")
+    max_wait_ms: float | None = Field(None, ge=0, description="override the port's max wait")
 
 
 class OutputSpec(_Strict):
@@ -99,6 +101,8 @@ class InputPlan(_Strict):
     source: str  # "agent.port"
     policy: Literal["lossless", "latest"]
     start: Literal["$", "0"]
+    batch: int
+    max_wait_ms: float
 
 
 class OutputPlan(_Strict):
@@ -294,6 +298,9 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
                         f"{out_type.type_label()} but {name}.{port} expects "
                         f"{decl.type.type_label()}",
                         "wire an output of that type (or a subclass) to this input")
+                if edge.batch is not None and edge.batch > 1 and decl.batch == 1:
+                    raise marked.error(at, f"{name}.{port} is not a batched input",
+                                       "remove batch: the agent's handler takes one message")
                 out = outputs[(src_agent, src_port)]
                 policy = edge.policy or decl.policy
                 if name not in out.readers:
@@ -301,7 +308,10 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
                 if policy == "lossless" and name not in out.lossless_groups:
                     out.lossless_groups.append(name)
                 inputs.append(InputPlan(port=port, stream=out.stream, broker=out.broker,
-                                        source=edge.from_, policy=policy, start=edge.start))
+                                        source=edge.from_, policy=policy, start=edge.start,
+                                        batch=edge.batch or decl.batch,
+                                        max_wait_ms=decl.max_wait_ms if edge.max_wait_ms is None
+                                        else edge.max_wait_ms))
         for port, decl in cls.inputs.items():
             if port not in a.inputs and not decl.optional:
                 raise marked.error(("agents", name), f"input {port!r} of {name} is not wired",

@@ -90,7 +90,11 @@ class AgentRunner:
         self.readers: list[GroupReader] = []
         by_broker: dict[str, list[ReadSpec]] = {}
         self.port_of: dict[str, str] = {}
+        self.batch: dict[str, int] = {p: d.batch for p, d in self.cls.inputs.items()}
+        self.max_wait_ms: dict[str, float] = {p: d.max_wait_ms for p, d in self.cls.inputs.items()}
         for inp in self.spec.inputs:
+            self.batch[inp.port] = inp.batch
+            self.max_wait_ms[inp.port] = inp.max_wait_ms
             by_broker.setdefault(inp.broker, []).append(
                 ReadSpec(inp.stream, self.spec.name, inp.port, inp.start)
             )
@@ -225,7 +229,7 @@ class AgentRunner:
             return IDLE_BLOCK_MS
         now = time.monotonic()
         waits = [
-            self.cls.inputs[p].max_wait_ms - (now - t0) * 1000
+            self.max_wait_ms[p] - (now - t0) * 1000
             for p, t0 in self._batch_started.items()
         ]
         return max(1, int(min(waits)))
@@ -234,6 +238,7 @@ class AgentRunner:
         for stream, entry in got:
             port = self.port_of[stream]
             spec = self.cls.inputs[port]
+            batch_size = self.batch[port]
             in_ns = time.time_ns()
             try:
                 msg = codec.decode(entry[1], spec.type)
@@ -243,13 +248,13 @@ class AgentRunner:
                 self.stats_in[port].dead += 1
                 continue
             item = _Pending(stream, entry, msg, in_ns)
-            if spec.batch == 1:
+            if batch_size == 1:
                 self._run_handler(reader, port, [item])
             else:
                 batch = self._batches[port]
                 batch.append(item)
                 self._batch_started.setdefault(port, time.monotonic())
-                if len(batch) >= spec.batch:
+                if len(batch) >= batch_size:
                     self._dispatch_batch(reader, port)
         self._reader_for_batches = reader
 
@@ -259,7 +264,7 @@ class AgentRunner:
             return
         now = time.monotonic()
         for port, t0 in list(self._batch_started.items()):
-            if reader_force or (now - t0) * 1000 >= self.cls.inputs[port].max_wait_ms:
+            if reader_force or (now - t0) * 1000 >= self.max_wait_ms[port]:
                 self._dispatch_batch(reader, port)
 
     def _dispatch_batch(self, reader: GroupReader, port: str) -> None:

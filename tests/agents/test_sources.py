@@ -1,0 +1,408 @@
+"""Frame-acquisition back-ends: GenICam (real viky.cti producer), OpenCV video, image folders."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from procgraph.agents.camera.genicam import GenICamSource, default_cti_files, list_devices
+from procgraph.agents.camera.opencv_sources import FolderSource, OpenCVSource, pixel_format_of
+from procgraph.agents.camera.sources import Grab, RateLimiter, SourceError, to_bgr8
+
+# --------------------------------------------------------------------------------------------
+# GenICam with the simulated producer shipped in the genicam wheel
+
+
+@pytest.fixture(scope="module")
+def viky() -> str:
+    import genicam
+
+    path = Path(genicam.__file__).parent / "viky.cti"
+    assert path.is_file(), "the genicam wheel should ship viky.cti"
+    return str(path)
+
+
+def _grab_n(src: GenICamSource, n: int) -> list[Grab]:
+    grabs = []
+    for _ in range(n):
+        g = src.grab(timeout_s=2.0)
+        assert g is not None, "viky should stream in free-run"
+        grabs.append(g)
+    return grabs
+
+
+def test_default_cti_uses_env_then_viky(
+    viky: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GENICAM_GENTL64_PATH", raising=False)
+    assert default_cti_files() == [viky]
+    (tmp_path / "vendor.cti").write_bytes(b"")
+    monkeypatch.setenv("GENICAM_GENTL64_PATH", str(tmp_path))
+    assert default_cti_files() == [str(tmp_path / "vendor.cti")]
+
+
+def test_list_devices(viky: str) -> None:
+    rows = list_devices(viky)
+    assert [r["serial"] for r in rows] == ["0", "1", "2"]
+    assert [r["id"] for r in rows] == ["VikyTL_DEV_red", "VikyTL_DEV_green", "VikyTL_DEV_blue"]
+
+
+def test_genicam_by_serial_grabs_rgba_frames(viky: str) -> None:
+    with GenICamSource(viky, serial="0", frame_rate_hz=100) as src:
+        assert src.is_open
+        assert src.device["id"] == "VikyTL_DEV_red"
+        grabs = _grab_n(src, 5)
+    assert not src.is_open
+    for g in grabs:
+        assert g.pixel_format == "RGBa8"
+        assert g.image.shape == (400, 400, 4)
+        assert g.image.dtype == np.uint8
+        assert g.image.flags.owndata and g.image.flags.c_contiguous
+    ids = [g.frame_id for g in grabs]
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    stamps = [g.timestamp_ns for g in grabs]
+    assert stamps == sorted(stamps)
+    assert abs(stamps[-1] - time.time_ns()) < 10e9
+    # the frames were copied out: the buffers being reused must not change them
+    assert not np.shares_memory(grabs[0].image, grabs[-1].image)
+    assert any(not np.array_equal(grabs[0].image, g.image) for g in grabs[1:]), "square moves"
+
+
+def test_genicam_by_id_and_index_mono8_roi_params(viky: str) -> None:
+    with GenICamSource(
+        viky, device_id="VikyTL_DEV_blue", pixel_format="Mono8", width=320, height=240
+    ) as src:
+        assert src.device["serial"] == "2"
+        g = src.grab(2.0)
+    assert g is not None
+    assert (g.pixel_format, g.image.shape, g.image.dtype) == ("Mono8", (240, 320), np.uint8)
+    bgr = to_bgr8(g.image, g.pixel_format)
+    assert bgr.shape == (240, 320, 3)
+
+    with GenICamSource(viky, index=1) as src:
+        assert src.device["id"] == "VikyTL_DEV_green"
+        assert src.grab(2.0) is not None
+
+
+def test_genicam_nodes_dict(viky: str) -> None:
+    nodes: dict[str, int | float | str | bool] = {
+        "Width": 200,
+        "Height": 100,
+        "PixelFormat": "Mono8",
+        "AcquisitionFrameRate": 150.0,
+    }
+    with GenICamSource(viky, serial=0, nodes=nodes) as src:
+        g = src.grab(2.0)
+        assert src.get_node("Width") == 200
+        assert src.get_node("AcquisitionFrameRate") == pytest.approx(150.0)
+    assert g is not None and g.image.shape == (100, 200)
+
+
+def test_genicam_unknown_node_lists_similar_names(viky: str) -> None:
+    with pytest.raises(SourceError) as err:
+        GenICamSource(viky, serial="0", nodes={"Widht": 300}).open()
+    msg = str(err.value)
+    assert "'VikyTL_DEV_red'" in msg and "has no node 'Widht'" in msg
+    assert "nodes with a similar name: Width" in msg
+
+    with pytest.raises(SourceError, match="has no node 'Foo'") as err:
+        GenICamSource(viky, serial="0", nodes={"Foo": 1}).open()
+    assert "writable nodes:" in str(err.value) and "PixelFormat" in str(err.value)
+
+
+def test_genicam_bad_values(viky: str) -> None:
+    with pytest.raises(SourceError, match=r"read-only \(current value 'Continuous'\)"):
+        GenICamSource(viky, nodes={"AcquisitionMode": "Continuous"}).open()
+    with pytest.raises(SourceError, match=r"5000 .*'Width'.* out of range \[100, 800\]"):
+        GenICamSource(viky, width=5000).open()
+    with pytest.raises(SourceError, match=r"out of range \[1\.0, 200\.0\]"):
+        GenICamSource(viky, frame_rate_hz=1000).open()
+    with pytest.raises(SourceError, match="'Mono16'.*not one of its entries: RGBa8, Mono8"):
+        GenICamSource(viky, pixel_format="Mono16").open()
+    with pytest.raises(SourceError, match="'Width'.* is an integer; got 'abc'"):
+        GenICamSource(viky, nodes={"Width": "abc"}).open()
+    # the failed opens released the device: it opens fine now
+    with GenICamSource(viky, serial="0") as src:
+        assert src.grab(2.0) is not None
+
+
+def test_genicam_exposure_gain_trigger_errors_on_viky(viky: str) -> None:
+    with pytest.raises(SourceError) as err:
+        GenICamSource(viky, serial="0", exposure_us=1000).open()
+    msg = str(err.value)
+    assert msg.startswith("cannot set exposure_us: camera 'VikyTL_DEV_red'")
+    assert "has no node 'ExposureTime' (nor 'ExposureTimeAbs')" in msg
+    assert "leave exposure_us unset" in msg
+
+    with pytest.raises(SourceError, match="cannot set gain_db: .* no node 'Gain'"):
+        GenICamSource(viky, gain_db=6.0).open()
+    for mode in ("software", "hardware"):
+        with pytest.raises(SourceError, match=f"trigger='{mode}': .* no node 'TriggerMode'"):
+            GenICamSource(viky, trigger=mode).open()  # type: ignore[arg-type]
+    with pytest.raises(SourceError, match="trigger must be one of"):
+        GenICamSource(viky, trigger="sometimes")  # type: ignore[arg-type]
+
+
+def test_genicam_device_not_found_lists_devices(viky: str) -> None:
+    with pytest.raises(SourceError) as err:
+        GenICamSource(viky, serial="ABC123").open()
+    msg = str(err.value)
+    assert "no camera with serial 'ABC123'" in msg
+    for dev in ("VikyTL_DEV_red", "VikyTL_DEV_green", "VikyTL_DEV_blue"):
+        assert dev in msg
+    with pytest.raises(SourceError, match="no camera with device_id 'nope'.*VikyTL_DEV_red"):
+        GenICamSource(viky, device_id="nope").open()
+    with pytest.raises(SourceError, match="no camera with index 7"):
+        GenICamSource(viky, index=7).open()
+    with pytest.raises(SourceError, match="only one of serial, device_id and index"):
+        GenICamSource(viky, serial="0", index=0)
+    with pytest.raises(SourceError, match="does not exist"):
+        GenICamSource("/nonexistent/producer.cti").open()
+
+
+def test_genicam_two_cameras_share_the_producer_and_in_use_error(viky: str) -> None:
+    with GenICamSource(viky, serial="0") as a, GenICamSource(viky, serial="1") as b:
+        assert a.grab(2.0) is not None and b.grab(2.0) is not None
+        with pytest.raises(SourceError, match="in use"):
+            GenICamSource(viky, serial="1").open()
+        assert b.grab(2.0) is not None
+
+
+def test_genicam_keeps_sigint_handler(viky: str) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers can only be checked from the main thread")
+    before = signal.getsignal(signal.SIGINT)
+    with GenICamSource(viky, serial="0"):
+        assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_genicam_close_reopen_and_lost_device(viky: str) -> None:
+    src = GenICamSource(viky, serial="2", frame_rate_hz=100)
+    with pytest.raises(SourceError, match="not open"):
+        src.grab(0.1)
+    src.open()
+    first = _grab_n(src, 2)
+    src.close()
+    src.close()  # idempotent
+    assert not src.is_open
+    src.open()
+    assert src.grab(2.0) is not None
+
+    # the device disappears under the source (as when a cable is pulled)
+    assert src._ia is not None
+    src._ia.destroy()
+    with pytest.raises(SourceError, match="call reopen"):
+        src.grab(0.5)
+    src.reopen()
+    again = _grab_n(src, 2)
+    assert again[0].image.shape == first[0].image.shape
+    src.close()
+
+
+def test_genicam_fetch_error_becomes_source_error(
+    viky: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from genicam.gentl import IoException, TimeoutException
+
+    with GenICamSource(viky, serial="0") as src:
+        ia = src._ia
+        assert ia is not None
+
+        def broken(*, timeout: float, is_raw: bool = False) -> None:
+            raise IoException("device removed")
+
+        monkeypatch.setattr(ia, "try_fetch", broken)
+        with pytest.raises(SourceError, match="lost camera 'VikyTL_DEV_red'.*call reopen"):
+            src.grab(0.5)
+
+        def slow(*, timeout: float, is_raw: bool = False) -> None:
+            raise TimeoutException("nothing yet")
+
+        monkeypatch.setattr(ia, "try_fetch", slow)
+        assert src.grab(0.1) is None
+
+
+def test_genicam_timeout_returns_none(viky: str) -> None:
+    with GenICamSource(viky, serial="0", frame_rate_hz=4) as src:
+        assert src.grab(2.0) is not None  # first frame
+        t0 = time.monotonic()
+        got = src.grab(0.05)
+        assert time.monotonic() - t0 < 1.0
+        assert got is None
+
+
+# --------------------------------------------------------------------------------------------
+# pixel format helpers
+
+
+def test_to_bgr8_bayer_and_deep_formats() -> None:
+    mosaic = np.zeros((4, 4), np.uint8)
+    mosaic[0::2, 0::2] = 255  # red sites of an RGGB sensor
+    assert to_bgr8(mosaic, "BayerRG8")[1, 1].tolist() == [0, 0, 255]
+    mono12 = np.full((2, 3), 4095, np.uint16)
+    assert to_bgr8(mono12, "Mono12").tolist() == np.full((2, 3, 3), 255).tolist()
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[..., 0] = 200
+    assert to_bgr8(rgb, "RGB8")[0, 0].tolist() == [0, 0, 200]
+    with pytest.raises(SourceError, match="cannot convert"):
+        to_bgr8(np.zeros((2, 2, 2), np.uint8), "YUV422_8")
+
+
+# --------------------------------------------------------------------------------------------
+# OpenCV video files
+
+
+def _write_video(path: Path, n: int, size: tuple[int, int] = (64, 48)) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 25.0, size)
+    assert writer.isOpened(), "MJPG/avi writing should work with opencv-python-headless"
+    for i in range(n):
+        frame = np.full((size[1], size[0], 3), 20 * i, np.uint8)
+        writer.write(frame)
+    writer.release()
+
+
+def test_opencv_video_stops_at_end(tmp_path: Path) -> None:
+    video = tmp_path / "clip.avi"
+    _write_video(video, 5)
+    with OpenCVSource(str(video)) as src:
+        assert src.kind == "file"
+        assert src.fps == pytest.approx(25.0)
+        grabs = []
+        while (g := src.grab()) is not None:
+            grabs.append(g)
+            assert len(grabs) <= 5
+        assert src.finished
+        assert src.grab() is None
+    assert len(grabs) == 5
+    assert [g.frame_id for g in grabs] == [1, 2, 3, 4, 5]
+    assert all(g.image.shape == (48, 64, 3) and g.pixel_format == "BGR8" for g in grabs)
+    # MJPG is lossy: compare brightness with a tolerance
+    means = [float(g.image.mean()) for g in grabs]
+    assert means == pytest.approx([0, 20, 40, 60, 80], abs=4)
+
+
+def test_opencv_video_loops_gray(tmp_path: Path) -> None:
+    video = tmp_path / "clip.avi"
+    _write_video(video, 3)
+    with OpenCVSource(video, loop=True, gray=True) as src:
+        grabs = [src.grab() for _ in range(8)]
+        assert not src.finished
+    assert all(g is not None for g in grabs)
+    frames = [g for g in grabs if g is not None]
+    assert all(g.image.shape == (48, 64) and g.pixel_format == "Mono8" for g in frames)
+    assert [g.meta["loop"] for g in frames] == [0, 0, 0, 1, 1, 1, 2, 2]
+    means = [float(g.image.mean()) for g in frames]
+    assert means[3] == pytest.approx(means[0], abs=2)
+    assert [g.frame_id for g in frames] == list(range(1, 9))
+
+
+def test_opencv_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        OpenCVSource(tmp_path / "missing.avi").open()
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(b"not a video at all")
+    with pytest.raises(SourceError, match="cannot open video file"):
+        OpenCVSource(junk).open()
+    assert OpenCVSource("0").kind == "usb"
+    assert OpenCVSource(2).target == 2
+    assert OpenCVSource("rtsp://10.0.0.5/stream1").kind == "stream"
+
+
+# --------------------------------------------------------------------------------------------
+# Image folders
+
+
+def test_folder_source_8_and_16_bit(tmp_path: Path) -> None:
+    mono16 = (np.arange(12 * 10, dtype=np.uint16).reshape(10, 12) * 500).astype(np.uint16)
+    bgr8 = np.zeros((10, 12, 3), np.uint8)
+    bgr8[..., 2] = 255
+    mono8 = np.full((10, 12), 7, np.uint8)
+    assert cv2.imwrite(str(tmp_path / "img10.png"), mono8)
+    assert cv2.imwrite(str(tmp_path / "img2.png"), mono16)
+    assert cv2.imwrite(str(tmp_path / "img1.png"), bgr8)
+    (tmp_path / "notes.txt").write_text("ignored: not an image extension")
+
+    with FolderSource(tmp_path) as src:
+        grabs = [src.grab() for _ in range(3)]
+        assert src.grab() is None and src.finished
+    frames = [g for g in grabs if g is not None]
+    assert [Path(g.meta["path"]).name for g in frames] == ["img1.png", "img2.png", "img10.png"]
+    assert [g.pixel_format for g in frames] == ["BGR8", "Mono16", "Mono8"]
+    assert np.array_equal(frames[0].image, bgr8)
+    assert frames[1].image.dtype == np.uint16 and np.array_equal(frames[1].image, mono16)
+    assert np.array_equal(frames[2].image, mono8)
+
+
+def test_folder_source_pattern_and_loop(tmp_path: Path) -> None:
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / f"a{i}.png"), np.full((4, 4), i, np.uint8))
+    cv2.imwrite(str(tmp_path / "b.png"), np.zeros((4, 4), np.uint8))
+    with FolderSource(tmp_path, pattern="a*.png", loop=True) as src:
+        names = [Path(g.meta["path"]).name for g in (src.grab() for _ in range(5)) if g]
+        assert not src.finished
+    assert names == ["a0.png", "a1.png", "a0.png", "a1.png", "a0.png"]
+
+
+def test_folder_source_errors(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="does not exist"):
+        FolderSource(tmp_path / "nope").open()
+    with pytest.raises(SourceError, match="has no files ending in"):
+        FolderSource(tmp_path).open()
+    with pytest.raises(SourceError, match=r"has no files matching '\*\.tif'"):
+        cv2.imwrite(str(tmp_path / "x.png"), np.zeros((4, 4), np.uint8))
+        FolderSource(tmp_path, pattern="*.tif").open()
+    (tmp_path / "y.png").write_bytes(b"garbage, not a png")
+    with FolderSource(tmp_path) as src:
+        assert src.grab() is not None  # x.png
+        with pytest.raises(SourceError, match=r"cannot read image '.*y\.png'"):
+            src.grab()
+    with pytest.raises(SourceError, match="unsupported image layout"):
+        pixel_format_of(np.zeros((2, 2), np.float32))
+
+
+# --------------------------------------------------------------------------------------------
+# RateLimiter
+
+
+def test_rate_limiter_caps_a_loop() -> None:
+    limiter = RateLimiter(20)
+    count = 0
+    start = time.monotonic()
+    while time.monotonic() - start < 0.5:
+        limiter.wait()
+        count += 1
+    # 0.5 s at 20/s is ~10-11 iterations; an unlimited loop would do thousands
+    assert 6 <= count <= 14
+
+
+def test_rate_limiter_does_not_drift() -> None:
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s + 0.003  # every sleep oversleeps by 3 ms
+
+    limiter = RateLimiter(10, clock=lambda: now[0], sleep=sleep)
+    for _ in range(101):
+        limiter.wait()
+    # 100 periods of 0.1 s after the first slot: oversleeping does not accumulate
+    assert now[0] == pytest.approx(10.0, abs=0.01)
+
+    # a loop that falls far behind restarts its schedule instead of bursting
+    now[0] += 5.0
+    slept.clear()
+    limiter.wait()
+    limiter.wait()
+    assert slept and slept[-1] == pytest.approx(0.1, abs=0.01)
+
+    free = RateLimiter(None)
+    assert free.wait() == 0.0 and free.period_s == 0.0
+    with pytest.raises(ValueError):
+        RateLimiter(-1)
