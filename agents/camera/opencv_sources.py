@@ -204,7 +204,7 @@ class OpenCVSource(FrameSource):
         if not ok or frame is None:
             if self.kind != "file":
                 raise SourceError(f"lost {self._describe()}: no frame could be read; call reopen()")
-            if True:
+            if not self.loop or not self._rewind():
                 self.finished = True
                 return None
             ok, frame = self._cap.read()

@@ -1,1 +1,5 @@
 """procgraph built-in classifier agents."""
+
+from procgraph.agents.classifier.onnx import OnnxClassifier
+
+__all__ = ["OnnxClassifier"]

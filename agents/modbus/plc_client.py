@@ -27,6 +27,7 @@ cannot tell "never flagged" from "flagged and already taken"; it treats the part
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import time
 from collections import OrderedDict
@@ -177,6 +178,8 @@ class PlcWriter:
         """
         if regmap.unit_id == 0:
             raise ValueError("RTU needs a unit id 1..247 (0 is broadcast, which gets no reply)")
+        if importlib.util.find_spec("serial") is None:
+            raise RuntimeError("Modbus RTU needs pyserial: pip install pyserial")
 
         def factory() -> ModbusBaseSyncClient:
             return ModbusSerialClient(
@@ -238,7 +241,7 @@ class PlcWriter:
                 raise self._unavailable("cannot connect")
             self._client = client
         state = self.read_state()
-        if self.last_written_key is None and state.key:
+        if self.last_written_key is None and state.key and state.key.isascii():
             self.last_written_seq, self.last_written_key = state.seq, state.key
             self._remember_key(state.key, state.seq)
         log.info(

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import threading
 import time
 from collections import Counter
@@ -241,7 +242,7 @@ class SimulatedPlc:
             if self.received:
                 prev = self.received[-1]["seq"]
                 expected = 1 if prev >= 0xFFFF_FFFF else prev + 1
-                if part.seq != expected:
+                if part.seq not in (expected, prev):  # same seq again is a duplicate
                     self._gaps.append((expected, part.seq))
                     log.warning("PLC seq gap: expected %d, got %d", expected, part.seq)
             self._seen_keys[part.key] += 1
@@ -322,6 +323,11 @@ class SimulatedPlc:
                 f"data registers {address}..{address + count - 1} written while "
                 "result_ready=1 (the PLC had not taken the previous part)"
             )
+        if ready and sets_ready and any(set_values):
+            self._violation(
+                "result_ready set to 1 while it was still 1 (the writer did not wait for the "
+                "PLC to take the previous part)"
+            )
         if sets_ready and touches_data:
             self._violation("data and result_ready written in the same request")
         return None
@@ -364,12 +370,20 @@ def main(
     plc = SimulatedPlc(host, port, regmap)
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
         await plc.start()
         print(f"simulated PLC on {host}:{port}: {regmap.describe()}. Ctrl-C to stop.", flush=True)
         try:
-            while True:
-                await asyncio.sleep(summary_every_s if summary_every_s > 0 else 3600)
-                if summary_every_s > 0:
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(
+                        stop.wait(), summary_every_s if summary_every_s > 0 else None
+                    )
+                if summary_every_s > 0 and not stop.is_set():
                     print(_format_summary(plc.summary()), flush=True)
         finally:
             await plc.stop()

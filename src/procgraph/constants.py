@@ -48,3 +48,19 @@ def model_key(name: str) -> str:
 def model_channel(name: str) -> str:
     """Pub/sub channel announcing a new current version of a model."""
     return f"{KEY_PREFIX}:model-events:{name}"
+
+
+# -- model registry (procgraph.models) ------------------------------------------------------
+def model_blob_key(name: str, version: str) -> str:
+    """String holding the ONNX bytes of one version of a model."""
+    return f"{model_key(name)}:blob:{version}"
+
+
+def model_versions_key(name: str) -> str:
+    """List of a model's versions, oldest first (the order rollback walks back in)."""
+    return f"{model_key(name)}:versions"
+
+
+def model_index_key() -> str:
+    """Set of the names of every model in the registry."""
+    return f"{KEY_PREFIX}:models"

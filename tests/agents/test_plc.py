@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pymodbus.client import ModbusTcpClient
-
 from procgraph.agents.modbus.plc_client import PlcUnavailable, PlcWriter
 from procgraph.agents.modbus.plc_sim import SimulatedPlc, run_in_thread
 from procgraph.agents.modbus.registers import (
@@ -27,6 +25,7 @@ from procgraph.agents.modbus.registers import (
     decode,
     encode_outcome,
 )
+from pymodbus.client import ModbusTcpClient
 
 HOST = "127.0.0.1"
 
@@ -162,6 +161,8 @@ class DroppingProxy:
                 s.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept() on Linux
         self._listener.close()
         with self._lock:
             socks = list(self._socks)
@@ -242,7 +243,7 @@ def test_invalid_values_are_refused() -> None:
 def test_key_too_long_is_refused_before_any_io() -> None:
     # Nothing listens on this port: a ValueError (not PlcUnavailable) proves no I/O happened.
     w = PlcWriter.tcp(HOST, free_port())
-    with pytest.raises(ValueError, match="33 characters.*at most 32.*never truncated"):
+    with pytest.raises(ValueError, match=r"33 characters.*at most 32.*never truncated"):
         w.write_outcome(1, "P" * 33, "ok", False)
     assert not w.connected
 
@@ -294,6 +295,7 @@ def test_sim_detects_stale_data_and_early_overwrite(plc: SimulatedPlc) -> None:
         plc.hold = True
         w.write_outcome(2, "B", "ok", False)  # correct, but the PLC has not taken it yet
         raw.write_registers(0, encode_outcome(3, "C", "ok", False), device_id=1)  # too early
+        raw.write_register(20, 1, device_id=1)  # flag again before the PLC took the part
         plc.hold = False
         assert keys_of(plc.wait_for_parts(3)) == ["A", "A", "C"]  # "B" was overwritten
     finally:
@@ -301,7 +303,9 @@ def test_sim_detects_stale_data_and_early_overwrite(plc: SimulatedPlc) -> None:
         w.close()
     s = plc.summary()
     assert s["duplicates"] == {"A": 2}
-    assert len(s["violations"]) == 1 and "result_ready=1" in s["violations"][0]
+    assert len(s["violations"]) == 2, s["violations"]
+    assert "written while result_ready=1" in s["violations"][0]
+    assert "set to 1 while it was still 1" in s["violations"][1]
 
 
 def test_writer_waits_for_plc_to_take_previous_part(plc: SimulatedPlc) -> None:
@@ -389,7 +393,7 @@ def test_lost_ack_of_data_write_still_flags_the_part_once(
 
 def test_wrong_base_address_gives_clear_error(plc: SimulatedPlc) -> None:
     w = PlcWriter.tcp(HOST, plc.port, RegisterMap(base=1000))
-    with pytest.raises(PlcUnavailable, match="illegal data address.*base address"):
+    with pytest.raises(PlcUnavailable, match=r"illegal data address.*base address"):
         w.connect()
     assert not w.connected
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from procgraph.agents.camera.genicam import GenICamSource, default_cti_files, list_devices
 from procgraph.agents.camera.opencv_sources import FolderSource, OpenCVSource, pixel_format_of
 from procgraph.agents.camera.sources import Grab, RateLimiter, SourceError, to_bgr8
@@ -123,9 +122,9 @@ def test_genicam_bad_values(viky: str) -> None:
         GenICamSource(viky, width=5000).open()
     with pytest.raises(SourceError, match=r"out of range \[1\.0, 200\.0\]"):
         GenICamSource(viky, frame_rate_hz=1000).open()
-    with pytest.raises(SourceError, match="'Mono16'.*not one of its entries: RGBa8, Mono8"):
+    with pytest.raises(SourceError, match=r"'Mono16'.*not one of its entries: RGBa8, Mono8"):
         GenICamSource(viky, pixel_format="Mono16").open()
-    with pytest.raises(SourceError, match="'Width'.* is an integer; got 'abc'"):
+    with pytest.raises(SourceError, match=r"'Width'.* is an integer; got 'abc'"):
         GenICamSource(viky, nodes={"Width": "abc"}).open()
     # the failed opens released the device: it opens fine now
     with GenICamSource(viky, serial="0") as src:
@@ -140,7 +139,7 @@ def test_genicam_exposure_gain_trigger_errors_on_viky(viky: str) -> None:
     assert "has no node 'ExposureTime' (nor 'ExposureTimeAbs')" in msg
     assert "leave exposure_us unset" in msg
 
-    with pytest.raises(SourceError, match="cannot set gain_db: .* no node 'Gain'"):
+    with pytest.raises(SourceError, match=r"cannot set gain_db: .* no node 'Gain'"):
         GenICamSource(viky, gain_db=6.0).open()
     for mode in ("software", "hardware"):
         with pytest.raises(SourceError, match=f"trigger='{mode}': .* no node 'TriggerMode'"):
@@ -156,7 +155,7 @@ def test_genicam_device_not_found_lists_devices(viky: str) -> None:
     assert "no camera with serial 'ABC123'" in msg
     for dev in ("VikyTL_DEV_red", "VikyTL_DEV_green", "VikyTL_DEV_blue"):
         assert dev in msg
-    with pytest.raises(SourceError, match="no camera with device_id 'nope'.*VikyTL_DEV_red"):
+    with pytest.raises(SourceError, match=r"no camera with device_id 'nope'.*VikyTL_DEV_red"):
         GenICamSource(viky, device_id="nope").open()
     with pytest.raises(SourceError, match="no camera with index 7"):
         GenICamSource(viky, index=7).open()
@@ -218,7 +217,7 @@ def test_genicam_fetch_error_becomes_source_error(
             raise IoException("device removed")
 
         monkeypatch.setattr(ia, "try_fetch", broken)
-        with pytest.raises(SourceError, match="lost camera 'VikyTL_DEV_red'.*call reopen"):
+        with pytest.raises(SourceError, match=r"lost camera 'VikyTL_DEV_red'.*call reopen"):
             src.grab(0.5)
 
         def slow(*, timeout: float, is_raw: bool = False) -> None:
@@ -239,6 +238,32 @@ def test_genicam_timeout_returns_none(viky: str) -> None:
 
 # --------------------------------------------------------------------------------------------
 # pixel format helpers
+
+
+def test_component_shapes_for_formats_viky_lacks() -> None:
+    from types import SimpleNamespace
+
+    from procgraph.agents.camera.genicam import _component_to_array
+
+    def comp(data: np.ndarray, w: int, h: int, n: float, fmt: str) -> SimpleNamespace:
+        return SimpleNamespace(
+            data=data, width=w, height=h, num_components_per_pixel=n, data_format=fmt
+        )
+
+    # Mono12 unpacked: uint16 (H, W), values untouched
+    mono12 = np.arange(6, dtype=np.uint16) * 700
+    out = _component_to_array(comp(mono12, 3, 2, 1.0, "Mono12"))
+    assert out.dtype == np.uint16 and out.tolist() == [[0, 700, 1400], [2100, 2800, 3500]]
+    # BGR8 with 2 bytes of line padding: padding dropped
+    rows = np.arange(2 * (4 * 3 + 2), dtype=np.uint8)
+    out = _component_to_array(comp(rows, 4, 2, 3.0, "BGR8"))
+    assert out.shape == (2, 4, 3) and out[1, 0].tolist() == [14, 15, 16]
+    assert not np.shares_memory(out, rows)
+    # sub-sampled YUV422: rows as delivered
+    out = _component_to_array(comp(np.zeros(2 * 8, np.uint8), 4, 2, 2.0, "YUV422_8"))
+    assert out.shape == (2, 8)
+    with pytest.raises(SourceError, match="empty image"):
+        _component_to_array(comp(np.zeros(0, np.uint8), 4, 2, 1.0, "Mono8"))
 
 
 def test_to_bgr8_bayer_and_deep_formats() -> None:

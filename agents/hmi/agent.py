@@ -1,0 +1,197 @@
+"""HmiAgent: the operator screen of a line, served by uvicorn from inside the agent."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import threading
+import time
+from typing import Any
+from urllib.parse import quote
+
+import redis
+from pydantic import Field, field_validator, model_validator
+
+from procgraph import Agent, Input
+from procgraph.agents.hmi.app import create_app
+from procgraph.agents.hmi.state import LiveState
+from procgraph.agents.messages import PartOutcome, Preview, Verdict
+from procgraph.constants import DEAD_LETTER_SUFFIX, KEY_PREFIX, heartbeat_pattern
+
+HEALTH_PERIOD_S = 1.0
+STREAMS_PERIOD_S = 5.0
+
+
+def is_loopback(host: str) -> bool:
+    """True if ``host`` only accepts connections from this machine."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HmiAgent(Agent):
+    """Operator web page: live camera previews with verdicts, counters, defects, health.
+
+    Wire ``previews``, ``verdicts`` and ``outcomes`` (all optional, all ``latest``). The
+    page is served on ``http://host:port/``; outside loopback a ``token`` is required.
+    """
+
+    class Params(Agent.Params):
+        """Where to listen, how to protect it, what to call it."""
+
+        host: str = Field("127.0.0.1", description="address to bind; loopback unless a token")
+        port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
+        token: str | None = Field(None, description="required as ?token= or Bearer header")
+        title: str = Field("Inspection line", description="heading of the page")
+        defects_kept: int = Field(12, ge=1, le=200, description="rejects shown as thumbnails")
+
+        @field_validator("token")
+        @classmethod
+        def _empty_is_none(cls, v: str | None) -> str | None:
+            return v or None
+
+        @model_validator(mode="after")
+        def _token_outside_loopback(self) -> HmiAgent.Params:
+            if self.token is None and not is_loopback(self.host):
+                msg = (f"host {self.host!r} is not loopback and no token is set: anyone on the "
+                       "network could watch the line. Set params.token (e.g. "
+                       "token: ${HMI_TOKEN}) or bind host 127.0.0.1")
+                raise ValueError(msg)
+            return self
+
+    previews = Input(Preview, policy="latest", optional=True, doc="downscaled camera images")
+    verdicts = Input(Verdict, policy="latest", optional=True, doc="classifier verdicts")
+    outcomes = Input(PartOutcome, policy="latest", optional=True, doc="joined part outcomes")
+
+    params: HmiAgent.Params
+
+    def setup(self) -> None:
+        """Start the web server and the heartbeat poller (both daemon threads)."""
+        import uvicorn
+
+        p = self.params
+        if p.token is None and not is_loopback(p.host):  # Params are usually validated
+            raise ValueError(f"refusing to serve on {p.host!r} without a token")
+        self.state = LiveState(p.title, self.context.graph, p.defects_kept)
+        app = create_app(self.state, p.token)
+        config = uvicorn.Config(app, host=p.host, port=p.port, log_level="warning",
+                                access_log=False, lifespan="off", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self._server_thread = threading.Thread(target=self.server.run, name="hmi-http",
+                                               daemon=True)
+        self._server_thread.start()
+        self._wait_started()
+        self._poll_stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll_health, name="hmi-health", daemon=True)
+        self._poller.start()
+        self.log.info("HMI at %s", self.url)
+
+    def _wait_started(self, timeout_s: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.server.started:
+            if not self._server_thread.is_alive():
+                raise RuntimeError(f"HMI web server could not start on "
+                                   f"{self.params.host}:{self.params.port} (port in use?)")
+            if time.monotonic() > deadline:
+                raise RuntimeError("HMI web server did not start within "
+                                   f"{timeout_s:g}s")
+            time.sleep(0.02)
+
+    @property
+    def port(self) -> int:
+        """The TCP port actually bound (useful with ``port: 0``)."""
+        for server in getattr(self.server, "servers", []):
+            for sock in server.sockets:
+                return int(sock.getsockname()[1])
+        return self.params.port
+
+    @property
+    def url(self) -> str:
+        """The page's address, with the token if one is set."""
+        host = self.params.host
+        shown = f"[{host}]" if ":" in host else host
+        qs = f"?token={quote(self.params.token, safe='')}" if self.params.token else ""
+        return f"http://{shown}:{self.port}/{qs}"
+
+    def teardown(self) -> None:
+        """Stop the poller and the web server."""
+        if hasattr(self, "_poll_stop"):
+            self._poll_stop.set()
+            self._poller.join(timeout=3)
+        if hasattr(self, "server"):
+            self.state.close()
+            self.server.should_exit = True
+            self._server_thread.join(timeout=5)
+
+    # -- inputs -----------------------------------------------------------------------------
+    def on_previews(self, msg: Preview) -> None:
+        """Show the preview as the camera's live picture."""
+        self.state.add_preview(msg)
+
+    def on_verdicts(self, msg: Verdict) -> None:
+        """Draw the verdict on its camera's picture."""
+        self.state.add_verdict(msg)
+
+    def on_outcomes(self, msg: PartOutcome) -> None:
+        """Count the part; keep it as a thumbnail if rejected."""
+        self.state.add_outcome(msg)
+
+    # -- health -----------------------------------------------------------------------------
+    def _poll_health(self) -> None:
+        client: redis.Redis | None = None
+        streams: list[bytes] = []
+        streams_at = 0.0
+        while not self._poll_stop.wait(HEALTH_PERIOD_S):
+            try:
+                if client is None:
+                    client = self.context.redis()
+                if time.monotonic() - streams_at > STREAMS_PERIOD_S:
+                    streams = self._streams(client)
+                    streams_at = time.monotonic()
+                self.state.set_health(self._heartbeats(client), self._group_lag(client, streams))
+            except (redis.RedisError, OSError) as exc:
+                self.log.debug("health poll failed: %r", exc)
+            except RuntimeError:  # no broker (in-process tests)
+                return
+
+    def _heartbeats(self, client: redis.Redis) -> list[dict[str, Any]]:
+        keys = list(client.scan_iter(match=heartbeat_pattern(self.context.graph), count=500))
+        beats = []
+        for raw in client.mget(keys) if keys else []:
+            if raw is None:
+                continue
+            try:
+                beat = json.loads(raw)
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if isinstance(beat, dict):
+                beats.append(beat)
+        return beats
+
+    def _streams(self, client: redis.Redis) -> list[bytes]:
+        pattern = f"{KEY_PREFIX}:{self.context.graph}:*"
+        found = client.scan_iter(match=pattern, count=500, _type="STREAM")
+        return sorted(k for k in found if not k.endswith(DEAD_LETTER_SUFFIX.encode()))
+
+    def _group_lag(self, client: redis.Redis, streams: list[bytes]) -> dict[str, dict[str, Any]]:
+        """Per reading agent: entries not yet read (lag) and read but not acked (pending)."""
+        if not streams:
+            return {}
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        out: dict[str, dict[str, Any]] = {}
+        for groups in pipe.execute(raise_on_error=False):
+            if not isinstance(groups, list):
+                continue  # the stream was trimmed away or has no groups
+            for group in groups:
+                name = group.get("name")
+                name = name.decode() if isinstance(name, bytes) else str(name)
+                row = out.setdefault(name, {"lag": 0, "pending": 0})
+                lag = group.get("lag")
+                row["lag"] = None if lag is None or row["lag"] is None else row["lag"] + int(lag)
+                row["pending"] += int(group.get("pending") or 0)
+        return out

@@ -1,0 +1,120 @@
+"""``procgraph model push|list|rollback``: the model registry in a broker."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+
+from procgraph.cli.common import fail
+
+if TYPE_CHECKING:
+    from procgraph.models import ModelRegistry
+
+T = TypeVar("T")
+
+model_app = typer.Typer(
+    name="model",
+    help="ONNX models in a broker: versions, sha256, rollback (classifiers follow them).",
+    no_args_is_help=True,
+)
+
+RedisOption = Annotated[str, typer.Option(
+    "--redis", envvar="PROCGRAPH_REDIS", help="broker URL (or $PROCGRAPH_REDIS)")]
+DEFAULT_URL = "redis://127.0.0.1:6379"
+
+
+def _registry(url: str) -> ModelRegistry:
+    import redis
+
+    from procgraph.models import ModelRegistry
+
+    try:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=30)
+        client.ping()
+    except (redis.ConnectionError, redis.TimeoutError, ValueError) as exc:
+        raise fail(f"cannot reach the broker at {url}: {exc}") from None
+    return ModelRegistry(client)
+
+
+def _run(url: str, action: str, fn: Callable[[ModelRegistry], T]) -> T:
+    """Call ``fn`` with a registry on ``url``; known errors exit 1 with a message."""
+    import redis
+
+    from procgraph.errors import ProcgraphError
+
+    registry = _registry(url)
+    try:
+        return fn(registry)
+    except ProcgraphError as exc:
+        raise fail(f"{action}: {exc}") from None
+    except redis.RedisError as exc:
+        raise fail(f"{action}: broker error at {url}: {exc}") from None
+    finally:
+        registry.client.close()
+
+
+def _size(n: int) -> str:
+    if n < 1024:
+        return f"{n} B"
+    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
+
+
+@model_app.command("push")
+def push(
+    name: Annotated[str, typer.Argument(help="model name, e.g. parts-front")],
+    file: Annotated[Path, typer.Argument(help="ONNX file")],
+    version: Annotated[str | None, typer.Option(
+        "--version", help="version label (default: next integer)")] = None,
+    redis_url: RedisOption = DEFAULT_URL,
+) -> None:
+    """Store FILE as a new version of NAME and make it current (classifiers swap to it)."""
+    if not file.is_file():
+        raise fail(f"no such file: {file}")
+    rec = _run(redis_url, f"push {name}", lambda r: r.push(name, file, version))
+    typer.echo(f"{rec.name}: version {rec.version} is current "
+               f"(sha256 {rec.sha256[:12]}, {_size(rec.size)})")
+
+
+@model_app.command("list")
+def list_(
+    name: Annotated[str | None, typer.Argument(help="only this model")] = None,
+    redis_url: RedisOption = DEFAULT_URL,
+) -> None:
+    """Show every version of every model (or of NAME); * marks the current one."""
+    from rich.console import Console
+    from rich.table import Table
+
+    records = _run(redis_url, "list", lambda r: r.list(name))
+    if not records:
+        typer.echo(f"no model {name!r} in the registry" if name else "the registry is empty")
+        if name:
+            raise typer.Exit(1)
+        return
+    table = Table(title=f"models at {redis_url}")
+    for col in ("name", "version", "current", "sha256", "size", "pushed"):
+        table.add_column(col, justify="right" if col == "size" else "left")
+    for rec in records:
+        pushed = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(rec.pushed))
+        table.add_row(rec.name, rec.version, "*" if rec.current else "", rec.sha256[:12],
+                      _size(rec.size), pushed)
+    Console().print(table)
+
+
+@model_app.command("rollback")
+def rollback(
+    name: Annotated[str, typer.Argument(help="model name")],
+    redis_url: RedisOption = DEFAULT_URL,
+) -> None:
+    """Make the version before the current one current again (classifiers swap back)."""
+    rec = _run(redis_url, f"rollback {name}", lambda r: r.rollback(name))
+    typer.echo(f"{rec.name}: version {rec.version} is current again "
+               f"(sha256 {rec.sha256[:12]})")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``model`` sub-command group to the CLI."""
+    app.add_typer(model_app, name="model")

@@ -1,0 +1,105 @@
+"""Shared fixtures: real broker processes on free loopback ports, graphs run for real."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from procgraph.brokers import EmbeddedBroker
+from procgraph.graph import load_graph
+from procgraph.supervisor import Supervisor
+
+TESTS = Path(__file__).parent
+BROKER_KINDS = ["valkey", "redis"]
+
+
+def _have_redis_server() -> bool:
+    return shutil.which("redis-server") is not None
+
+
+@pytest.fixture(scope="session", params=BROKER_KINDS)
+def broker_server(request: pytest.FixtureRequest) -> Iterator[EmbeddedBroker]:
+    """A real broker process per kind (valkey from the wheel; Debian redis-server)."""
+    kind = request.param
+    if kind == "redis" and not _have_redis_server():
+        if os.environ.get("PROCGRAPH_REQUIRE_REDIS_SERVER") == "1":
+            pytest.fail("redis-server is required here (apt-get install redis-server)")
+        pytest.skip("redis-server not installed (apt-get install redis-server)")
+    with EmbeddedBroker(kind=kind) as b:
+        yield b
+
+
+@pytest.fixture
+def broker(broker_server: EmbeddedBroker) -> EmbeddedBroker:
+    """The session broker, emptied before each test."""
+    redis.Redis.from_url(broker_server.url).flushall()
+    return broker_server
+
+
+@pytest.fixture(scope="session")
+def valkey_server() -> Iterator[EmbeddedBroker]:
+    """One valkey broker for tests that need a broker but not both kinds."""
+    with EmbeddedBroker() as b:
+        yield b
+
+
+@pytest.fixture
+def valkey(valkey_server: EmbeddedBroker) -> EmbeddedBroker:
+    """The valkey session broker, emptied before each test."""
+    redis.Redis.from_url(valkey_server.url).flushall()
+    return valkey_server
+
+
+def wait_for(cond: Callable[[], object], timeout_s: float = 20.0, what: str = "condition"):
+    """Poll ``cond`` until truthy; fail the test with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def run_graph(tmp_path: Path) -> Callable[..., object]:
+    """Run a YAML graph (with tests/pgtest_agents.py beside it) under a real supervisor."""
+
+    @contextmanager
+    def runner(yaml_text: str, redis_url: str | None = None) -> Iterator[Supervisor]:
+        shutil.copy(TESTS / "pgtest_agents.py", tmp_path / "pgtest_agents.py")
+        graph = tmp_path / "graph.yaml"
+        graph.write_text(yaml_text)
+        plan = load_graph(graph)
+        log = io.StringIO()
+        sup = Supervisor(plan, redis_url=redis_url, out=log, colour=False)
+        sup.start()
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.is_set():
+                sup.poll()
+                stop.wait(0.1)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        try:
+            yield sup
+        finally:
+            stop.set()
+            thread.join()
+            sup.shutdown()
+            (tmp_path / "supervisor.log").write_text(log.getvalue())
+            print(log.getvalue()[-4000:])
+
+    return runner

@@ -1,0 +1,99 @@
+"""Agents used by the integration tests; copied beside each test graph like a user's module."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from procgraph import Agent, Input, Message, Output
+
+
+class Item(Message):
+    """A numbered test item."""
+
+    n: int
+    payload: bytes = b""
+
+
+class Numbers(Agent):
+    """Sends ``count`` items numbered 0..count-1 at ``rate_hz`` (0: as fast as possible)."""
+
+    class Params(Agent.Params):
+        count: int = 100
+        rate_hz: float = 0.0
+        payload_bytes: int = 0
+
+    out = Output(Item)
+
+    def run(self) -> None:
+        client = self.context.redis()
+        start = int(client.get(f"pgtest:{self.context.agent}:next") or 0)
+        pad = b"x" * self.params.payload_bytes
+        for n in range(start, self.params.count):
+            if not self.running:
+                return
+            self.out.send(Item(n=n, key=f"k{n}", payload=pad))
+            client.set(f"pgtest:{self.context.agent}:next", n + 1)
+            if self.params.rate_hz > 0:
+                time.sleep(1.0 / self.params.rate_hz)
+        client.set(f"pgtest:{self.context.agent}:done", 1)
+        while self.running:
+            self.sleep(0.2)
+
+
+class Recorder(Agent):
+    """Records each item it handles in Redis: a set of keys and a per-consumer count.
+
+    ``slow_ms`` slows the handler; items whose key is in ``poison`` always raise;
+    ``crash_at`` makes the first replica that sees that item exit hard (like a segfault).
+    """
+
+    class Params(Agent.Params):
+        slow_ms: float = 0.0
+        poison: list[str] = []
+        crash_at: int = -1
+
+    items = Input(Item)
+
+    def setup(self) -> None:
+        self.client = self.context.redis()
+        self.prefix = f"pgtest:{self.context.agent}"
+
+    def on_items(self, msg: Item) -> None:
+        if msg.key in self.params.poison:
+            raise ValueError(f"cannot handle {msg.key}")
+        if msg.n == self.params.crash_at and self.client.setnx(f"{self.prefix}:crashed", 1):
+            os._exit(3)
+        if self.params.slow_ms:
+            time.sleep(self.params.slow_ms / 1000)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.sadd(f"{self.prefix}:seen", msg.key)
+        pipe.incr(f"{self.prefix}:handled")
+        pipe.hincrby(f"{self.prefix}:by", self.context.consumer, 1)
+        pipe.execute()
+
+
+class Doubler(Agent):
+    """Forwards each item with n doubled (a middle hop)."""
+
+    items = Input(Item)
+    out = Output(Item)
+
+    def on_items(self, msg: Item) -> None:
+        self.out.send(Item(n=msg.n * 2))
+
+
+class BatchRecorder(Agent):
+    """Records batch sizes it gets (batch declared 4, wait 50 ms)."""
+
+    items = Input(Item, batch=4, max_wait_ms=50)
+
+    def setup(self) -> None:
+        self.client = self.context.redis()
+
+    def on_items(self, msgs: list[Item]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        pipe.rpush("pgtest:batches", len(msgs))
+        for m in msgs:
+            pipe.sadd("pgtest:batch:seen", m.key)
+        pipe.execute()
