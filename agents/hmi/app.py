@@ -3,7 +3,8 @@
 Routes: ``/`` (the page), ``/static/*`` (its CSS and JS), ``/api/state`` (JSON snapshot),
 ``/events`` (Server-Sent Events pushing snapshots when something changed, at most
 ``1 / EVENT_PERIOD_S`` times a second), ``/camera/{name}.jpg`` (latest annotated preview),
-``/defect/{i}.jpg`` (thumbnail of the i-th most recent reject) and ``/healthz``.
+``/defect/{i}.jpg`` (thumbnail of the i-th most recent reject, or of the one
+with ``?uid=`` while it is kept) and ``/healthz``.
 
 With a token, every route but ``/healthz`` needs ``?token=...`` or
 ``Authorization: Bearer ...``; the page passes on the token it was opened with.
@@ -31,7 +32,7 @@ from procgraph.agents.hmi.state import LiveState
 
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_PERIOD_S = 0.15
-KEEPALIVE_S = 10.0
+RESEND_S = 2.0
 OPEN_PATHS = frozenset({"/healthz"})
 NO_STORE = {"Cache-Control": "no-store"}
 _SECURITY_HEADERS = [
@@ -117,7 +118,8 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
                         headers={**NO_STORE, "X-Image-Version": str(version)})
 
     async def defect(request: Request) -> Response:
-        jpeg = state.defect_jpeg(request.path_params["index"])
+        uid = request.query_params.get("uid", "")
+        jpeg = state.defect_jpeg(request.path_params["index"], int(uid) if uid.isdigit() else None)
         if jpeg is None:
             return Response("no such defect\n", status_code=404, media_type="text/plain",
                             headers=NO_STORE)
@@ -134,9 +136,9 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
                     last = version
                     quiet = 0.0
                     yield f"data: {json.dumps(state.snapshot(), allow_nan=False)}\n\n"
-                elif quiet >= KEEPALIVE_S:
+                elif quiet >= RESEND_S:  # ages move on; also detects gone clients
                     quiet = 0.0
-                    yield ": keepalive\n\n"
+                    yield f"data: {json.dumps(state.snapshot(), allow_nan=False)}\n\n"
                 await anyio.sleep(EVENT_PERIOD_S)
                 quiet += EVENT_PERIOD_S
 

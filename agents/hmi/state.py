@@ -459,9 +459,16 @@ class LiveState:
                 cam.jpeg, cam.jpeg_version = jpeg, version
         return jpeg, version
 
-    def defect_jpeg(self, index: int) -> bytes | None:
-        """Thumbnail of the ``index``-th most recent defect (0 is the newest)."""
+    def defect_jpeg(self, index: int, uid: int | None = None) -> bytes | None:
+        """Thumbnail of the ``index``-th most recent defect (0 is the newest).
+
+        With ``uid``, the defect of that id if it is still kept (indices shift as new
+        defects arrive; ids do not).
+        """
         with self._lock:
+            for d in self._defects if uid is not None else ():
+                if d.uid == uid:
+                    return d.thumb
             if 0 <= index < len(self._defects):
                 return self._defects[index].thumb
             return None

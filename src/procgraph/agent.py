@@ -105,6 +105,9 @@ class Agent:
     def teardown(self) -> None:
         """Called once after the last message, also after an error; release resources."""
 
+    def tick(self) -> None:
+        """Called about every 100 ms between messages (timeouts, windows); no-op default."""
+
     def run(self) -> None:
         """Main loop of a source agent (one without inputs); loop while ``self.running``."""
         raise NotImplementedError(

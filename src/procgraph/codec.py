@@ -8,6 +8,8 @@ and nothing is evaluated.
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -21,6 +23,10 @@ from procgraph.message import Message, known_type
 ENCODINGS = ("raw", "jpeg", "png")
 _ALLOWED_DTYPE_KINDS = frozenset("biuf")
 _MAX_DIMS = 8
+#: dtypes a header may name: numpy type strings such as ``<u2``/``|b1`` or plain names
+_DTYPE = re.compile(r"^[<>|=]?(?:[biuf]\d{1,2}|bool|u?int(?:8|16|32|64)|float(?:16|32|64))$")
+#: an upper bound on any declared array size (elements), far above any real frame
+_MAX_ELEMENTS = 2**40
 
 Fields = dict[bytes, bytes | memoryview]
 
@@ -51,19 +57,29 @@ def register_payload_store(store: PayloadStore) -> None:
 
 
 def _array_bytes(arr: np.ndarray) -> memoryview:
-    if not arr.flags.c_contiguous:
-        arr = np.ascontiguousarray(arr)
-    return memoryview(arr).cast("B")
+    # a flat uint8 view: memoryview.cast("B") refuses 0-d arrays and shapes with a zero
+    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
 
 
 def _compress(arr: np.ndarray, encoding: str, quality: int) -> bytes:
     import cv2
 
-    if arr.dtype != np.uint8 and encoding == "jpeg":
-        raise CodecError(f"jpeg encoding needs uint8 images, got {arr.dtype}; use png or raw")
+    if encoding not in ("jpeg", "png"):
+        raise CodecError(f"unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    dtypes = ("u1",) if encoding == "jpeg" else ("u1", "u2")
+    channels = (3,) if encoding == "jpeg" else (3, 4)
+    if (arr.dtype.kind + str(arr.dtype.itemsize) not in dtypes or arr.size == 0
+            or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in channels))):
+        raise CodecError(
+            f"{encoding} encoding needs a non-empty {'/'.join(dtypes)} image of shape (h, w) or"
+            f" (h, w, {'|'.join(map(str, channels))}), got {arr.dtype} {arr.shape}; use raw"
+        )
     ext = ".jpg" if encoding == "jpeg" else ".png"
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if encoding == "jpeg" else []
-    ok, buf = cv2.imencode(ext, arr, params)
+    try:
+        ok, buf = cv2.imencode(ext, arr, params)
+    except cv2.error as exc:
+        raise CodecError(f"cv2 could not {encoding}-encode {arr.dtype} {arr.shape}") from exc
     if not ok:
         raise CodecError(f"cv2 could not {encoding}-encode an array of shape {arr.shape}")
     return buf.tobytes()
@@ -81,7 +97,14 @@ def encode(
     With a ``store``, raw arrays of at least ``store_min_bytes`` go out of band.
     """
     cls = type(msg)
-    data = msg.model_dump(mode="json", include=set(cls.scalar_fields)) if cls.scalar_fields else {}
+    try:
+        data = (msg.model_dump(mode="json", include=set(cls.scalar_fields))
+                if cls.scalar_fields else {})
+    except (ValueError, TypeError) as exc:  # e.g. non-UTF-8 bytes, which JSON cannot carry
+        raise CodecError(
+            f"{cls.__name__}: a scalar field cannot be written as JSON: {exc}; "
+            "put binary data in an np.ndarray (uint8) field"
+        ) from exc
     header: dict[str, Any] = {
         "v": WIRE_VERSION,
         "type": cls.type_name,
@@ -101,6 +124,8 @@ def encode(
         if not isinstance(arr, np.ndarray):
             raise CodecError(f"{cls.__name__}.{name} must be a numpy array, got {type(arr)}")
         encoding, quality = (encodings or {}).get(name, ("raw", 90))
+        if encoding != "raw" and not arr.dtype.isnative:
+            arr = arr.astype(arr.dtype.newbyteorder("="))  # cv2 ignores the byte order
         desc: dict[str, Any] = {"dtype": arr.dtype.str, "shape": list(arr.shape)}
         if encoding == "raw":
             payload: bytes | memoryview = _array_bytes(arr)
@@ -125,11 +150,12 @@ def read_header(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
         raise CodecError(f"entry has no {HEADER_FIELD.decode()!r} field: not a procgraph message")
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CodecError(f"header is not valid UTF-8 JSON: {exc}") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CodecError(f"header is not valid UTF-8 JSON: {exc!r}") from exc
     if not isinstance(header, dict):
         raise CodecError("header must be a JSON object")
-    if header.get("v") != WIRE_VERSION:
+    version = header.get("v")
+    if type(version) is not int or version != WIRE_VERSION:
         raise CodecError(
             f"wire format version {header.get('v')!r} is not supported (this is v{WIRE_VERSION})"
         )
@@ -139,12 +165,17 @@ def read_header(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
 def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.ndarray:
     if not isinstance(desc, dict):
         raise CodecError(f"array {name!r}: descriptor must be an object")
-    try:
-        dtype = np.dtype(str(desc["dtype"]))
-        shape = tuple(int(d) for d in desc["shape"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise CodecError(f"array {name!r}: bad dtype or shape: {exc}") from exc
-    if dtype.kind not in _ALLOWED_DTYPE_KINDS or len(shape) > _MAX_DIMS or min(shape, default=0) < 0:
+    dtype_str, shape_list = desc.get("dtype"), desc.get("shape")
+    if not isinstance(dtype_str, str) or not _DTYPE.match(dtype_str):
+        raise CodecError(f"array {name!r}: unsupported dtype {dtype_str!r}")
+    if not isinstance(shape_list, list) or not all(
+        type(d) is int and 0 <= d <= _MAX_ELEMENTS for d in shape_list
+    ):
+        raise CodecError(f"array {name!r}: shape must be a list of ints >= 0, got {shape_list!r}")
+    dtype = np.dtype(dtype_str)
+    shape = tuple(shape_list)
+    if (dtype.kind not in _ALLOWED_DTYPE_KINDS or len(shape) > _MAX_DIMS
+            or math.prod(shape) > _MAX_ELEMENTS):
         raise CodecError(f"array {name!r}: unsupported dtype {dtype} or shape {shape}")
     encoding = desc.get("encoding", "raw")
     if "ref" in desc:
@@ -162,7 +193,7 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
             raise CodecError(f"array {name!r}: field {ARRAY_FIELD_PREFIX + name!r} is missing")
         payload = got
     if encoding == "raw":
-        expected = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        expected = math.prod(shape) * dtype.itemsize
         if len(payload) != expected:
             raise CodecError(
                 f"array {name!r}: {len(payload)} bytes, expected {expected} for {dtype} {shape}"
@@ -171,9 +202,14 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
     if encoding in ("jpeg", "png"):
         import cv2
 
-        arr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
-        if arr is None or tuple(arr.shape) != shape:
-            raise CodecError(f"array {name!r}: {encoding} payload does not decode to {shape}")
+        try:
+            arr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
+        except cv2.error as exc:
+            raise CodecError(f"array {name!r}: {encoding} payload does not decode") from exc
+        if arr is None or tuple(arr.shape) != shape or arr.dtype != dtype:
+            raise CodecError(
+                f"array {name!r}: {encoding} payload does not decode to {dtype} {shape}"
+            )
         return arr
     raise CodecError(f"array {name!r}: unknown encoding {encoding!r}; expected one of {ENCODINGS}")
 

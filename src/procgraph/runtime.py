@@ -190,6 +190,7 @@ class AgentRunner:
                 got = reader.read(READ_COUNT, block if len(self.readers) == 1 else min(block, 10))
                 self._process(reader, got)
             self._flush_due_batches(reader_force=False)
+            self.agent.tick()
             if time.monotonic() - last_claim > claim_every:
                 last_claim = time.monotonic()
                 for reader in self.readers:

@@ -90,9 +90,9 @@ def list_(
 
     records = _run(redis_url, "list", lambda r: r.list(name))
     if not records:
-        typer.echo(f"no model {name!r} in the registry" if name else "the registry is empty")
         if name:
-            raise typer.Exit(1)
+            raise fail(f"no model {name!r} in the registry at {redis_url}")
+        typer.echo("the registry is empty")
         return
     table = Table(title=f"models at {redis_url}")
     for col in ("name", "version", "current", "sha256", "size", "pushed"):

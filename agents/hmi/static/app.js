@@ -1,0 +1,252 @@
+// Operator page: follows /events (Server-Sent Events) and redraws what changed.
+// No framework, no build step. All text from the line goes through textContent.
+(() => {
+  "use strict";
+
+  const token = new URLSearchParams(location.search).get("token");
+  const STALE_MS = 3000;
+
+  /** Absolute URL of a relative path, carrying the token and extra query parameters. */
+  function url(path, extra) {
+    const u = new URL(path, document.baseURI);
+    if (token) u.searchParams.set("token", token);
+    for (const [k, v] of Object.entries(extra || {})) u.searchParams.set(k, String(v));
+    return u.href;
+  }
+
+  const $ = (id) => document.getElementById(id);
+  function el(tag, cls, text) {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+  const fmt = (n) => (n === null || n === undefined ? "\u2013" : Number(n).toLocaleString());
+  const fixed = (n, d) => (n === null || n === undefined ? "\u2013" : Number(n).toFixed(d));
+  function duration(s) {
+    if (s === null || s === undefined) return "\u2013";
+    if (s < 60) return `${Math.round(s)}s`;
+    if (s < 3600) return `${Math.floor(s / 60)}m ${Math.round(s % 60)}s`;
+    if (s < 86400) return `${Math.floor(s / 3600)}h ${Math.floor((s % 3600) / 60)}m`;
+    return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
+  }
+  const pretty = (outcome) => String(outcome || "").replace(/_/g, " ");
+  const outcomeClass = (o) => (o === "ok" ? "ok" : o === "incomplete" ? "warn" : "bad");
+
+  // -- header ------------------------------------------------------------------------------
+  let lastMessageAt = 0;
+  function setLink(state) {
+    const pill = $("link");
+    if (pill.dataset.state === state) return;
+    pill.dataset.state = state;
+    pill.textContent = { live: "LIVE", stale: "STALE", offline: "OFFLINE", connecting: "CONNECTING" }[state];
+  }
+  setInterval(() => {
+    $("clock").textContent = new Date().toLocaleTimeString([], { hour12: false });
+    if (lastMessageAt && Date.now() - lastMessageAt > STALE_MS && $("link").dataset.state === "live") {
+      setLink("stale");
+    }
+  }, 500);
+
+  function renderHeader(s) {
+    $("graph").textContent = s.graph ? `graph ${s.graph}` : "";
+    const last = s.last_outcome;
+    const box = $("last-part");
+    if (!last) return;
+    box.replaceChildren(
+      document.createTextNode("Last part "),
+      el("b", "", last.part_seq !== null && last.part_seq !== undefined ? `#${last.part_seq}` : last.key),
+      el("span", `tag ${outcomeClass(last.outcome)}`, pretty(last.outcome).toUpperCase()),
+    );
+  }
+
+  // -- counters ----------------------------------------------------------------------------
+  function renderCounters(c) {
+    $("k-parts").textContent = fmt(c.parts);
+    $("k-ok").textContent = fmt(c.ok);
+    $("k-defective").textContent = fmt(c.defective);
+    $("k-incomplete").textContent = fmt(c.incomplete);
+    $("k-rate").textContent = `${fixed(c.parts_per_min, 1)} / min`;
+    const by = c.by_outcome || {};
+    $("k-split").textContent =
+      `front ${fmt(by.defective_front || 0)} \u00b7 back ${fmt(by.defective_back || 0)} \u00b7 both ${fmt(by.defective_both || 0)}`;
+    $("k-rejected").textContent = `${fmt(c.rejected)} rejected in total`;
+    const y = c.yield_pct;
+    $("k-yield").textContent = y === null || y === undefined ? "\u2013" : y.toFixed(1);
+    $("yield-bar").style.width = `${y || 0}%`;
+    $("yield-box").dataset.level = y === null || y === undefined ? "" : y >= 95 ? "good" : y >= 90 ? "fair" : "poor";
+  }
+
+  // -- cameras -----------------------------------------------------------------------------
+  const tiles = new Map();
+
+  function makeTile(name) {
+    const root = el("article", "cam");
+    const head = el("div", "cam-head");
+    const title = el("span", "cam-name", name);
+    const badge = el("span", "badge", "NO VERDICT");
+    head.append(title, badge);
+    const frame = el("div", "cam-img");
+    const img = el("img");
+    img.alt = `camera ${name}`;
+    img.dataset.camera = name;
+    frame.append(img);
+    const foot = el("div", "cam-foot");
+    const tile = { root, badge, img, foot, name, shown: -1, wanted: -1, loading: false };
+    img.addEventListener("load", () => {
+      tile.loading = false;
+      loadImage(tile);
+    });
+    img.addEventListener("error", () => {
+      tile.loading = false;
+      setTimeout(() => loadImage(tile), 1000);
+    });
+    root.append(head, frame, foot);
+    return tile;
+  }
+
+  function loadImage(tile) {
+    if (tile.loading || tile.wanted <= tile.shown) return;
+    tile.loading = true;
+    tile.shown = tile.wanted;
+    tile.img.src = url(`camera/${encodeURIComponent(tile.name)}.jpg`, { v: tile.wanted });
+  }
+
+  function footItem(label, value) {
+    const span = el("span", "", `${label} `);
+    span.append(el("b", "", value));
+    return span;
+  }
+
+  function renderCameras(cams) {
+    const box = $("cameras");
+    $("no-cameras").hidden = cams.length > 0;
+    for (const cam of cams) {
+      let tile = tiles.get(cam.name);
+      if (!tile) {
+        tile = makeTile(cam.name);
+        tiles.set(cam.name, tile);
+        box.append(tile.root);
+      }
+      const v = cam.verdict;
+      if (v) {
+        const cls = v.defective ? "bad" : "ok";
+        tile.badge.className = `badge ${cls}`;
+        tile.badge.textContent = `${String(v.label).toUpperCase()} ${fixed(v.score, 2)}${v.matched ? "" : " *"}`;
+        tile.root.dataset.state = cls;
+      } else {
+        tile.badge.className = "badge";
+        tile.badge.textContent = "NO VERDICT";
+        tile.root.dataset.state = "";
+      }
+      tile.root.dataset.stale = cam.age_s !== null && cam.age_s > 5 ? "1" : "0";
+      tile.foot.replaceChildren(
+        footItem("seq", cam.seq === null ? "\u2013" : `#${cam.seq}`),
+        footItem("fps", fixed(cam.fps, 1)),
+        footItem("ok", fmt(cam.ok)),
+        footItem("defective", fmt(cam.defective)),
+        footItem("model", v ? v.model : "\u2013"),
+        footItem("age", cam.age_s === null ? "\u2013" : `${fixed(cam.age_s, 1)}s`),
+      );
+      if (cam.has_image) {
+        tile.wanted = cam.version;
+        loadImage(tile);
+      }
+    }
+  }
+
+  // -- defects -----------------------------------------------------------------------------
+  const shownDefects = new Map();
+  let firstDefectRender = true;
+
+  function renderDefects(defects) {
+    const strip = $("defects");
+    $("defect-count").textContent = defects.length ? `(${defects.length} most recent)` : "";
+    if (!defects.length) {
+      if (shownDefects.size || firstDefectRender) strip.replaceChildren(el("div", "muted", "No rejected parts."));
+      shownDefects.clear();
+      firstDefectRender = false;
+      return;
+    }
+    const nodes = [];
+    for (const d of defects) {
+      let node = shownDefects.get(d.uid);
+      if (!node) {
+        node = el("figure", "defect");
+        if (!firstDefectRender) node.classList.add("fresh");
+        const img = el("img");
+        img.alt = `reject ${d.key}`;
+        img.src = url(`defect/${d.index}.jpg`, { uid: d.uid });
+        const cap = el("figcaption", "cap");
+        const what = el("b", "", pretty(d.outcome));
+        const when = el("span", "", new Date(d.at * 1000).toLocaleTimeString([], { hour12: false }));
+        const part = el("span", "", d.part_seq !== null && d.part_seq !== undefined ? `#${d.part_seq}` : d.key);
+        cap.append(part, what, when);
+        node.append(img, cap);
+        shownDefects.set(d.uid, node);
+      }
+      nodes.push(node);
+    }
+    const keep = new Set(defects.map((d) => d.uid));
+    for (const uid of [...shownDefects.keys()]) if (!keep.has(uid)) shownDefects.delete(uid);
+    const current = [...strip.children];
+    if (current.length !== nodes.length || current.some((n, i) => n !== nodes[i])) strip.replaceChildren(...nodes);
+    firstDefectRender = false;
+  }
+
+  // -- health ------------------------------------------------------------------------------
+  function renderHealth(rows, age) {
+    $("health-age").textContent = age === null || age === undefined ? "" : age > 3 ? `(updated ${fixed(age, 0)}s ago)` : "";
+    const body = $("health");
+    if (!rows.length) return;
+    const trs = rows.map((r) => {
+      const tr = el("tr");
+      tr.dataset.agent = r.agent;
+      const cell = (text, cls) => {
+        const td = el("td", cls || "n", text);
+        tr.append(td);
+        return td;
+      };
+      cell(r.agent, "agent");
+      const st = el("td");
+      st.append(el("span", `state ${r.status}`, r.status.toUpperCase()));
+      tr.append(st);
+      cell(`${r.alive}/${r.expected}`, r.alive < r.expected ? "n alert" : "n");
+      cell(fixed(r.rate_in, 1));
+      cell(fixed(r.rate_out, 1));
+      cell(fmt(r.lag), r.lag > 100 ? "n alert" : "n");
+      cell(fixed(r.latency_p50_ms, 1));
+      cell(fmt(r.errors), r.errors ? "n alert" : "n");
+      cell(fmt(r.dead), r.dead ? "n alert" : "n");
+      cell(fmt(r.restarts), r.restarts ? "n alert" : "n");
+      cell(duration(r.uptime_s));
+      return tr;
+    });
+    body.replaceChildren(...trs);
+  }
+
+  // -- wiring ------------------------------------------------------------------------------
+  function render(s) {
+    lastMessageAt = Date.now();
+    setLink("live");
+    renderHeader(s);
+    renderCounters(s.counters);
+    renderCameras(s.cameras);
+    renderDefects(s.defects);
+    renderHealth(s.health, s.health_age_s);
+  }
+
+  function connect() {
+    const source = new EventSource(url("events"));
+    source.onmessage = (ev) => render(JSON.parse(ev.data));
+    source.onopen = () => setLink("live");
+    source.onerror = () => setLink(source.readyState === EventSource.CLOSED ? "offline" : "connecting");
+    return source;
+  }
+
+  fetch(url("api/state"), { cache: "no-store" })
+    .then((r) => (r.ok ? r.json() : Promise.reject(new Error(`HTTP ${r.status}`))))
+    .then(render)
+    .catch(() => setLink("offline"));
+  connect();
+})();

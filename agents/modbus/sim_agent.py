@@ -1,0 +1,52 @@
+"""The simulated PLC as an agent, so a demo graph starts it with everything else."""
+
+from __future__ import annotations
+
+import time
+
+from pydantic import Field
+
+from procgraph import Agent
+
+
+class SimulatedPlcAgent(Agent):
+    """Runs a simulated Modbus TCP PLC that logs each part and clears the handshake.
+
+    Set ``enabled: false`` (e.g. ``"${PLC_SIM:-true}"``) when a real PLC is connected.
+    """
+
+    class Params(Agent.Params):
+        enabled: bool = True
+        host: str = "127.0.0.1"
+        port: int = Field(5020, ge=1, le=65535)
+        unit_id: int = Field(1, ge=0, le=255)
+        base: int = Field(0, ge=0)
+        use_coil_for_ready: bool = False
+        ready_coil: int = 0
+        summary_every_s: float = Field(10.0, gt=0)
+
+    def run(self) -> None:
+        """Serve until stopped, logging a summary every ``summary_every_s``."""
+        if not self.params.enabled:
+            self.log.info("simulated PLC disabled")
+            while self.sleep(1.0):
+                pass
+            return
+        from procgraph.agents.modbus.plc_sim import SimulatedPlc
+        from procgraph.agents.modbus.registers import RegisterMap
+
+        p = self.params
+        regmap = RegisterMap(unit_id=p.unit_id, base=p.base,
+                             use_coil_for_ready=p.use_coil_for_ready, ready_coil=p.ready_coil)
+        plc = SimulatedPlc(p.host, p.port, regmap)
+        plc.start_thread()
+        self.log.info("simulated PLC listening on %s:%d", p.host, p.port)
+        try:
+            last = time.monotonic()
+            while self.sleep(0.5):
+                if time.monotonic() - last >= p.summary_every_s:
+                    last = time.monotonic()
+                    self.log.info("PLC summary: %s", plc.summary())
+        finally:
+            self.log.info("PLC summary: %s", plc.summary())
+            plc.stop_thread()

@@ -1,0 +1,41 @@
+"""Browser fixtures: one headless Debian Chromium per session, driven by Playwright (sync)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path(os.environ.get("PROCGRAPH_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 1600, "height": 980}
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """A launched Chromium (Playwright ``Browser``); skips when Chromium is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def browser_page(chromium: object) -> Iterator[object]:
+    """A fresh page (Playwright ``Page``) in its own context, closed after the test."""
+    context = chromium.new_context(viewport=VIEWPORT)  # type: ignore[attr-defined]
+    page = context.new_page()
+    try:
+        yield page
+    finally:
+        context.close()
