@@ -299,7 +299,7 @@ def _surface_point(
 def _draw_scratch(img: np.ndarray, sc: _Scene, rng: np.random.Generator) -> None:
     """A thin, long, gently curved line, bright or dark, kept inside the metal."""
     r = sc.radius
-    length = r * rng.uniform(0.4, 0.7)
+    length = r * rng.uniform(0.45, 0.75)
     rad = r * math.sqrt(rng.uniform(0.1, 0.5))
     x0, y0 = _polar(sc.cx, sc.cy, rad, rng.uniform(0, 2 * math.pi))
     heading = rng.uniform(0, 2 * math.pi)
@@ -323,8 +323,8 @@ def _draw_scratch(img: np.ndarray, sc: _Scene, rng: np.random.Generator) -> None
     xs, ys = sc.cx + (xs - sc.cx) * k, sc.cy + (ys - sc.cy) * k
     pts = np.round(np.stack([xs, ys], -1) * _ONE).astype(np.int32)
     sign = 1 if rng.random() < 0.5 else -1
-    value = int(np.clip(sc.metal + sign * rng.uniform(55, 85), 0, 255))
-    width = max(1, round(sc.px * rng.uniform(1.3, 2.0)))
+    value = int(np.clip(sc.metal + sign * rng.uniform(70, 100), 0, 255))
+    width = max(1, round(sc.px * rng.uniform(1.5, 2.5)))
     cv2.polylines(img, [pts], False, value, width, _AA, _SHIFT)
     # the lip thrown up beside the groove catches the light: a fainter companion line
     off = _p(math.cos(heading + math.pi / 2) * sc.px, math.sin(heading + math.pi / 2) * sc.px)
@@ -366,8 +366,8 @@ def _draw_chip(img: np.ndarray, sc: _Scene, rng: np.random.Generator) -> None:
     """A notch broken out of the outer edge, with a bright, jagged fracture face."""
     r = sc.radius
     alpha = rng.uniform(0, 2 * math.pi)
-    half = rng.uniform(0.08, 0.13)  # half-width along the rim, in radians (~ fraction of r)
-    depth = r * rng.uniform(0.07, 0.12)
+    half = rng.uniform(0.1, 0.16)  # half-width along the rim, in radians (~ fraction of r)
+    depth = r * rng.uniform(0.1, 0.16)
     n = 5
     t = np.linspace(-1.0, 1.0, n)
     angles = alpha + half * t * (1 + 0.15 * rng.uniform(-1, 1, n))

@@ -10,12 +10,12 @@ from typing import Any
 from urllib.parse import quote
 
 import redis
-from pydantic import Field, field_validator, model_validator
-
-from procgraph import Agent, Input
 from procgraph.agents.hmi.app import create_app
 from procgraph.agents.hmi.state import LiveState
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
+from pydantic import Field, field_validator, model_validator
+
+from procgraph import Agent, Input
 from procgraph.constants import DEAD_LETTER_SUFFIX, KEY_PREFIX, heartbeat_pattern
 
 HEALTH_PERIOD_S = 1.0

@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, quote
 
 import anyio
+from procgraph.agents.hmi.state import LiveState
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -27,8 +28,6 @@ from starlette.responses import HTMLResponse, JSONResponse, Response, StreamingR
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from procgraph.agents.hmi.state import LiveState
 
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_PERIOD_S = 0.15
@@ -109,7 +108,9 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
         return JSONResponse({"ok": True, "version": state.version}, headers=NO_STORE)
 
     async def camera(request: Request) -> Response:
-        got = state.camera_jpeg(request.path_params["name"])
+        wanted = request.query_params.get("v", "")
+        got = state.camera_jpeg(request.path_params["name"],
+                                int(wanted) if wanted.isdigit() else None)
         if got is None:
             return Response("no image from this camera yet\n", status_code=404,
                             media_type="text/plain", headers=NO_STORE)

@@ -17,7 +17,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
 
 OK_BGR = (80, 200, 60)
@@ -28,6 +27,8 @@ THUMB_HEIGHT = 120
 RECENT_PREVIEWS = 48
 RECENT_VERDICTS = 64
 SEEN_OUTCOMES = 4096
+VIEW_HISTORY = 8
+HOLD_S = 0.5
 
 
 # -- drawing --------------------------------------------------------------------------------
@@ -83,10 +84,17 @@ def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     return buf.tobytes()
 
 
-def _placeholder(text: str, width: int = 160, height: int = THUMB_HEIGHT) -> np.ndarray:
-    img = np.full((height, width, 3), 48, np.uint8)
-    cv2.putText(img, text, (8, height // 2 + 5), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
-                (200, 200, 200), 1, cv2.LINE_AA)
+def _placeholder(lines: list[str], width: int = 160, height: int = THUMB_HEIGHT) -> np.ndarray:
+    """A dark tile with a red frame and centred text, for a view that has no image."""
+    img = np.full((height, width, 3), 40, np.uint8)
+    cv2.rectangle(img, (1, 1), (width - 2, height - 2), BAD_BGR, 2)
+    step = 22
+    y = height // 2 - (len(lines) - 1) * step // 2 + 5
+    for line in lines:
+        (tw, _), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
+        cv2.putText(img, line, (max(4, (width - tw) // 2), y), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
+                    (215, 215, 215), 1, cv2.LINE_AA)
+        y += step
     return img
 
 
@@ -101,39 +109,63 @@ def _thumbnail(tiles: list[np.ndarray], height: int = THUMB_HEIGHT) -> np.ndarra
 
 
 # -- cameras --------------------------------------------------------------------------------
-@dataclass
+@dataclass(frozen=True)
 class _Shot:
     key: str
     seq: int
     image: np.ndarray
+    n: int  # arrival order within its camera
+
+    def is_of(self, key: str, seq: int | None) -> bool:
+        """Same part: by key when both have one, else by sequence number."""
+        if key and self.key:
+            return key == self.key
+        return seq is not None and seq == self.seq
+
+
+@dataclass(frozen=True)
+class _View:
+    """What one version of a camera tile shows: a preview and the verdict drawn on it."""
+
+    version: int
+    shot: _Shot
+    verdict: Verdict | None
+    matched: bool
 
 
 @dataclass
 class _Camera:
     name: str
-    shot: _Shot | None = None
-    shot_at: float = 0.0
-    verdict: Verdict | None = None  # the verdict drawn on the current shot
-    matched: bool = False
+    view: _View | None = None
+    shown_at: float = 0.0
+    history: deque[_View] = field(default_factory=lambda: deque(maxlen=VIEW_HISTORY))
+    newest_at: float = 0.0
     latest: Verdict | None = None
     verdict_at: float = 0.0
     recent_shots: deque[_Shot] = field(default_factory=lambda: deque(maxlen=RECENT_PREVIEWS))
     recent_verdicts: OrderedDict[str, Verdict] = field(default_factory=OrderedDict)
     arrivals: deque[float] = field(default_factory=lambda: deque(maxlen=64))
+    arrived: int = 0
     version: int = 0
-    jpeg: bytes | None = None
-    jpeg_version: int = -1
+    jpegs: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     ok: int = 0
     defective: int = 0
 
+    def show(self, shot: _Shot, verdict: Verdict | None, matched: bool, now: float) -> None:
+        self.version += 1
+        self.view = _View(self.version, shot, verdict, matched)
+        self.history.append(self.view)
+        self.shown_at = now
+
     def verdict_for(self, shot: _Shot) -> Verdict | None:
-        if shot.key and shot.key in self.recent_verdicts:
-            return self.recent_verdicts[shot.key]
-        return self.recent_verdicts.get(f"#{shot.seq}")
+        found = self.recent_verdicts.get(shot.key) if shot.key else None
+        if found is None:
+            found = self.recent_verdicts.get(f"#{shot.seq}")
+        return found if found is not None and shot.is_of(found.key, found.seq) else None
 
     def shot_for(self, key: str, seq: int | None) -> _Shot | None:
         for shot in reversed(self.recent_shots):
-            if (key and shot.key == key) or (seq is not None and shot.seq == seq):
+            if shot.is_of(key, seq):
                 return shot
         return None
 
@@ -143,10 +175,6 @@ class _Camera:
             return 0.0
         span = recent[-1] - recent[0]
         return (len(recent) - 1) / span if span > 0 else 0.0
-
-
-def _same_part(a: Verdict, key: str, seq: int) -> bool:
-    return bool(a.key and a.key == key) or (not a.key or not key) and a.seq == seq
 
 
 # -- health ---------------------------------------------------------------------------------
@@ -336,25 +364,36 @@ class LiveState:
         return cam
 
     def add_preview(self, preview: Preview) -> None:
-        """A new preview image: it becomes the camera's live picture."""
-        shot = _Shot(preview.key, preview.seq, preview.image)
+        """A new preview image.
+
+        It is shown at once if its verdict is already known, or if no verdicts are
+        flowing for this camera; otherwise it waits (at most ``HOLD_S``) for its verdict,
+        so that the picture and the verdict drawn on it belong together.
+        """
         now = time.time()
         with self._lock:
             cam = self._camera(preview.camera)
-            cam.shot, cam.shot_at = shot, now
+            cam.arrived += 1
+            shot = _Shot(preview.key, preview.seq, preview.image, cam.arrived)
             cam.recent_shots.append(shot)
             cam.arrivals.append(now)
+            cam.newest_at = now
             found = cam.verdict_for(shot)
-            cam.verdict, cam.matched = (found, True) if found else (cam.latest, False)
-            cam.version += 1
+            if found is not None:
+                cam.show(shot, found, True, now)
+            elif (cam.view is None or cam.latest is None or now - cam.verdict_at > HOLD_S
+                  or now - cam.shown_at > HOLD_S):
+                cam.show(shot, cam.latest, False, now)
             self._version += 1
 
     def add_verdict(self, verdict: Verdict) -> None:
-        """A classifier verdict: redraw the live picture if it belongs to it."""
+        """A classifier verdict: show the newer preview it belongs to, drawn with it."""
         now = time.time()
         with self._lock:
             cam = self._camera(verdict.camera)
-            cam.latest, cam.verdict_at = verdict, now
+            cam.verdict_at = now
+            if cam.latest is None or verdict.capture_ns >= cam.latest.capture_ns:
+                cam.latest = verdict  # a late verdict of an old frame is not the latest
             for tag in (verdict.key, f"#{verdict.seq}"):
                 if tag:
                     cam.recent_verdicts[tag] = verdict
@@ -365,11 +404,13 @@ class LiveState:
                 cam.defective += 1
             else:
                 cam.ok += 1
-            shot = cam.shot
-            if shot is not None and (_same_part(verdict, shot.key, shot.seq) or not cam.matched):
-                cam.verdict = verdict
-                cam.matched = _same_part(verdict, shot.key, shot.seq)
-                cam.version += 1
+            view = cam.view
+            shot = cam.shot_for(verdict.key, verdict.seq)
+            if shot is not None and (view is None or shot.n > view.shot.n
+                                     or (shot.n == view.shot.n and not view.matched)):
+                cam.show(shot, verdict, True, now)
+            elif view is not None and not view.matched and shot is None:
+                cam.show(view.shot, verdict, False, now)  # still the freshest verdict there is
             self._version += 1
             if verdict.defective and not self._outcomes_seen:
                 self._add_defect(verdict.key, None, f"defective_{verdict.camera}",
@@ -402,13 +443,14 @@ class LiveState:
                 "reject": outcome.reject, "missing": list(outcome.missing),
             }
             if outcome.reject or kind != "ok":
-                self._add_defect(outcome.key, outcome.part_seq, kind, outcome.verdicts)
+                self._add_defect(outcome.key, outcome.part_seq, kind, outcome.verdicts,
+                                 outcome.missing)
             self._version += 1
 
     def _add_defect(self, key: str, part_seq: int | None, kind: str,
-                    verdicts: dict[str, Verdict]) -> None:
+                    verdicts: dict[str, Verdict], missing: list[str] | None = None) -> None:
         """Keep a thumbnail of a rejected part (call with the lock held)."""
-        tiles = []
+        tiles: list[np.ndarray] = []
         for name in sorted(verdicts):
             v = verdicts[name]
             cam = self._cameras.get(name)
@@ -420,7 +462,10 @@ class LiveState:
                 shot = cam.shot_for(key, None)
                 if shot is not None:
                     tiles.append(annotate(shot.image, verdicts.get(name)))
-        thumb = _thumbnail(tiles) if tiles else _placeholder(kind.replace("_", " "))
+        for name in missing or []:
+            tiles.append(_placeholder([name.upper()[:14], "missing"]))
+        thumb = _thumbnail(tiles) if tiles else _placeholder([kind.replace("_", " ")[:18],
+                                                              "no preview"])
         self._defect_uid += 1
         self._defects.appendleft(_Defect(
             uid=self._defect_uid, key=key, part_seq=part_seq, outcome=kind, at=time.time(),
@@ -444,20 +489,26 @@ class LiveState:
         with self._lock:
             return sorted(self._cameras)
 
-    def camera_jpeg(self, name: str) -> tuple[bytes, int] | None:
-        """The annotated JPEG of a camera and its version, or None if there is no image."""
+    def camera_jpeg(self, name: str, version: int | None = None) -> tuple[bytes, int] | None:
+        """The annotated JPEG of a camera and its version, or None if there is no image.
+
+        With ``version``, that version while it is among the last few (so a page shows the
+        picture that matches the snapshot it was told about), else the latest.
+        """
         with self._lock:
             cam = self._cameras.get(name)
-            if cam is None or cam.shot is None:
+            if cam is None or cam.view is None:
                 return None
-            if cam.jpeg is not None and cam.jpeg_version == cam.version:
-                return cam.jpeg, cam.version
-            shot, verdict, matched, version = cam.shot, cam.verdict, cam.matched, cam.version
-        jpeg = encode_jpeg(annotate(shot.image, verdict, matched))
+            view = next((v for v in cam.history if v.version == version), cam.view)
+            cached = cam.jpegs.get(view.version)
+            if cached is not None:
+                return cached, view.version
+        jpeg = encode_jpeg(annotate(view.shot.image, view.verdict, view.matched))
         with self._lock:
-            if version > cam.jpeg_version:
-                cam.jpeg, cam.jpeg_version = jpeg, version
-        return jpeg, version
+            cam.jpegs[view.version] = jpeg
+            while len(cam.jpegs) > VIEW_HISTORY:
+                cam.jpegs.popitem(last=False)
+        return jpeg, view.version
 
     def defect_jpeg(self, index: int, uid: int | None = None) -> bytes | None:
         """Thumbnail of the ``index``-th most recent defect (0 is the newest).
@@ -495,18 +546,19 @@ class LiveState:
             cameras = []
             for name in sorted(self._cameras):
                 cam = self._cameras[name]
-                v, shot = cam.verdict, cam.shot
+                view = cam.view
+                v = view.verdict if view else None
                 cameras.append({
                     "name": name,
                     "version": cam.version,
-                    "has_image": shot is not None,
-                    "seq": shot.seq if shot else None,
-                    "key": shot.key if shot else None,
+                    "has_image": view is not None,
+                    "seq": view.shot.seq if view else None,
+                    "key": view.shot.key if view else None,
                     "fps": round(cam.fps(now), 1),
-                    "age_s": round(now - cam.shot_at, 1) if shot else None,
-                    "verdict": None if v is None else {
+                    "age_s": round(now - cam.newest_at, 1) if view else None,
+                    "verdict": None if v is None or view is None else {
                         "label": v.label, "score": _rounded(v.score, 3),
-                        "defective": v.defective, "seq": v.seq, "matched": cam.matched,
+                        "defective": v.defective, "seq": v.seq, "matched": view.matched,
                         "model": f"{v.model.name} {v.model.version}",
                         "inference_ms": _rounded(v.inference_ms, 2),
                     },

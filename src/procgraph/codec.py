@@ -23,8 +23,9 @@ from procgraph.message import Message, known_type
 ENCODINGS = ("raw", "jpeg", "png")
 _ALLOWED_DTYPE_KINDS = frozenset("biuf")
 _MAX_DIMS = 8
+_PLAIN = frozenset({int, float, str, bool, type(None)})
 #: dtypes a header may name: numpy type strings such as ``<u2``/``|b1`` or plain names
-_DTYPE = re.compile(r"^[<>|=]?(?:[biuf]\d{1,2}|bool|u?int(?:8|16|32|64)|float(?:16|32|64))$")
+_DTYPE = re.compile(r"^[<>|=]?(?:[biuf][1248]|bool|u?int(?:8|16|32|64)|float(?:16|32|64))$")
 #: an upper bound on any declared array size (elements), far above any real frame
 _MAX_ELEMENTS = 2**40
 
@@ -112,7 +113,7 @@ def encode(
         "id": msg.id,
         "key": msg.key,
         "ts_ns": msg.ts_ns,
-        "trace": [h.model_dump() for h in msg.trace],
+        "trace": [dict(h.__dict__) for h in msg.trace],
         "data": data,
     }
     fields: Fields = {}
@@ -172,7 +173,10 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
         type(d) is int and 0 <= d <= _MAX_ELEMENTS for d in shape_list
     ):
         raise CodecError(f"array {name!r}: shape must be a list of ints >= 0, got {shape_list!r}")
-    dtype = np.dtype(dtype_str)
+    try:
+        dtype = np.dtype(dtype_str)
+    except TypeError as exc:  # well-formed but meaningless, e.g. "f1"
+        raise CodecError(f"array {name!r}: unsupported dtype {dtype_str!r}") from exc
     shape = tuple(shape_list)
     if (dtype.kind not in _ALLOWED_DTYPE_KINDS or len(shape) > _MAX_DIMS
             or math.prod(shape) > _MAX_ELEMENTS):

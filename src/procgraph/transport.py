@@ -20,7 +20,8 @@ log = logging.getLogger("procgraph.transport")
 T = TypeVar("T")
 Entry = tuple[bytes, dict[bytes, bytes]]
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-_CUTOFF = 6000
+#: payloads above this size are sent as separate chunks instead of being copied
+_CUTOFF = 512 * 1024
 
 
 class _ZeroCopyPacker:

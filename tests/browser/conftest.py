@@ -5,8 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 CHROMIUM = Path(os.environ.get("PROCGRAPH_CHROMIUM", "/usr/bin/chromium"))
 CHROMIUM_ARGS = [
@@ -17,7 +21,7 @@ VIEWPORT = {"width": 1600, "height": 980}
 
 
 @pytest.fixture(scope="session")
-def chromium() -> Iterator[object]:
+def chromium() -> Iterator[Browser]:
     """A launched Chromium (Playwright ``Browser``); skips when Chromium is not installed."""
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
@@ -31,9 +35,9 @@ def chromium() -> Iterator[object]:
 
 
 @pytest.fixture
-def browser_page(chromium: object) -> Iterator[object]:
+def browser_page(chromium: Browser) -> Iterator[Page]:
     """A fresh page (Playwright ``Page``) in its own context, closed after the test."""
-    context = chromium.new_context(viewport=VIEWPORT)  # type: ignore[attr-defined]
+    context = chromium.new_context(viewport=VIEWPORT)  # type: ignore[arg-type]
     page = context.new_page()
     try:
         yield page

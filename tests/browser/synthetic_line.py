@@ -13,9 +13,9 @@ import time
 
 import cv2
 import numpy as np
+from procgraph.agents.messages import ModelInfo, PartOutcome, Preview, Verdict
 
 from procgraph import Agent, Input, Output
-from procgraph.agents.messages import ModelInfo, PartOutcome, Preview, Verdict
 
 MODEL = ModelInfo(name="synthetic", version="1.0", sha256="0" * 64)
 
@@ -126,7 +126,7 @@ class SyntheticJoin(Agent):
     def on_verdicts(self, msg: Verdict) -> None:
         """Add one side; emit the part when complete, and parts whose window ran out."""
         now = time.monotonic()
-        first, sides = self.pending.setdefault(msg.key, (now, {}))
+        _, sides = self.pending.setdefault(msg.key, (now, {}))
         sides[msg.camera] = msg
         if set(self.params.cameras) <= set(sides):
             del self.pending[msg.key]

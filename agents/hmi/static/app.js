@@ -92,9 +92,11 @@
     img.dataset.camera = name;
     frame.append(img);
     const foot = el("div", "cam-foot");
-    const tile = { root, badge, img, foot, name, shown: -1, wanted: -1, loading: false };
+    const tile = { root, badge, img, foot, name, shown: -1, wanted: -1, loading: false,
+      latest: null, pending: null };
     img.addEventListener("load", () => {
       tile.loading = false;
+      if (tile.pending) renderTileInfo(tile, tile.pending);
       loadImage(tile);
     });
     img.addEventListener("error", () => {
@@ -109,6 +111,7 @@
     if (tile.loading || tile.wanted <= tile.shown) return;
     tile.loading = true;
     tile.shown = tile.wanted;
+    tile.pending = tile.latest;
     tile.img.src = url(`camera/${encodeURIComponent(tile.name)}.jpg`, { v: tile.wanted });
   }
 
@@ -116,6 +119,28 @@
     const span = el("span", "", `${label} `);
     span.append(el("b", "", value));
     return span;
+  }
+
+  /** Badge and footer of a tile; drawn when its image arrives, so both tell the same story. */
+  function renderTileInfo(tile, cam) {
+    const v = cam.verdict;
+    if (v) {
+      const cls = v.defective ? "bad" : "ok";
+      tile.badge.className = `badge ${cls}`;
+      tile.badge.textContent = `${String(v.label).toUpperCase()} ${fixed(v.score, 2)}${v.matched ? "" : " *"}`;
+      tile.root.dataset.state = cls;
+    } else {
+      tile.badge.className = "badge";
+      tile.badge.textContent = "NO VERDICT";
+      tile.root.dataset.state = "";
+    }
+    tile.foot.replaceChildren(
+      footItem("seq", cam.seq === null ? "\u2013" : `#${cam.seq}`),
+      footItem("fps", fixed(cam.fps, 1)),
+      footItem("ok", fmt(cam.ok)),
+      footItem("defective", fmt(cam.defective)),
+      footItem("model", v ? v.model : "\u2013"),
+    );
   }
 
   function renderCameras(cams) {
@@ -127,30 +152,15 @@
         tile = makeTile(cam.name);
         tiles.set(cam.name, tile);
         box.append(tile.root);
+        renderTileInfo(tile, cam);
       }
-      const v = cam.verdict;
-      if (v) {
-        const cls = v.defective ? "bad" : "ok";
-        tile.badge.className = `badge ${cls}`;
-        tile.badge.textContent = `${String(v.label).toUpperCase()} ${fixed(v.score, 2)}${v.matched ? "" : " *"}`;
-        tile.root.dataset.state = cls;
-      } else {
-        tile.badge.className = "badge";
-        tile.badge.textContent = "NO VERDICT";
-        tile.root.dataset.state = "";
-      }
+      tile.latest = cam;
       tile.root.dataset.stale = cam.age_s !== null && cam.age_s > 5 ? "1" : "0";
-      tile.foot.replaceChildren(
-        footItem("seq", cam.seq === null ? "\u2013" : `#${cam.seq}`),
-        footItem("fps", fixed(cam.fps, 1)),
-        footItem("ok", fmt(cam.ok)),
-        footItem("defective", fmt(cam.defective)),
-        footItem("model", v ? v.model : "\u2013"),
-        footItem("age", cam.age_s === null ? "\u2013" : `${fixed(cam.age_s, 1)}s`),
-      );
       if (cam.has_image) {
         tile.wanted = cam.version;
         loadImage(tile);
+      } else {
+        renderTileInfo(tile, cam);
       }
     }
   }

@@ -1,0 +1,74 @@
+"""Agents used by the benchmarks (imported by the replicas the supervisor starts)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from procgraph import Agent, Input, Message, Output
+
+
+class Blob(Message):
+    """A payload of raw bytes."""
+
+    data: np.ndarray
+
+
+class BlobSource(Agent):
+    """Waits for ``<prefix>:go``, then sends ``count`` blobs of ``size`` bytes.
+
+    ``interval_ms`` > 0 paces the sends (latency runs); 0 sends as fast as possible.
+    """
+
+    class Params(Agent.Params):
+        size: int = 64
+        count: int = 1000
+        interval_ms: float = 0.0
+        prefix: str = "bench"
+
+    out = Output(Blob, maxlen=100_000, max_mb=2048)
+
+    def run(self) -> None:
+        client = self.context.redis()
+        while self.running and not client.get(f"{self.params.prefix}:go"):
+            self.sleep(0.01)
+        payload = np.frombuffer(np.random.default_rng(0).bytes(self.params.size), np.uint8)
+        next_at = time.perf_counter()
+        for _ in range(self.params.count):
+            if not self.running:
+                return
+            if self.params.interval_ms:
+                next_at += self.params.interval_ms / 1000
+                while time.perf_counter() < next_at:
+                    pass
+            self.out.send(Blob(data=payload))
+        while self.running:
+            self.sleep(0.2)
+
+
+class BlobSink(Agent):
+    """Records the one-hop latency of each blob; writes stats when ``count`` arrived."""
+
+    class Params(Agent.Params):
+        count: int = 1000
+        prefix: str = "bench"
+
+    blobs = Input(Blob)
+
+    def setup(self) -> None:
+        self.lat: list[float] = []
+        self.first = 0.0
+        self.nbytes = 0
+
+    def on_blobs(self, msg: Blob) -> None:
+        now = time.time_ns()
+        if not self.lat:
+            self.first = msg.ts_ns / 1e9
+        self.lat.append((now - msg.ts_ns) / 1e6)
+        self.nbytes += msg.data.nbytes
+        if len(self.lat) == self.params.count:
+            result = {"lat_ms": self.lat, "first_send": self.first, "last_recv": now / 1e9,
+                      "nbytes": self.nbytes}
+            self.context.redis().set(f"{self.params.prefix}:result", json.dumps(result))
