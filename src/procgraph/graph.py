@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 import sys
@@ -176,12 +177,21 @@ def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
         raise where.error(at, f"module {module_name!r} has no {attr!r}",
                           f"agents defined there: {', '.join(names) or 'none'}")
     if not (isinstance(cls, type) and issubclass(cls, Agent)):
-        raise where.error(at, f"{path} is not a procgraph.Agent subclass")
+        raise where.error(at, f"{path} is not a procgraph.Agent subclass",
+                          "name a class that subclasses procgraph.Agent")
     return cls
 
 
-def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: str) -> GraphError:
+def _spec_keys() -> set[str]:
+    """Every key the graph schema knows, for did-you-mean hints."""
+    models = (GraphSpec, BrokerSpec, AgentSpec, EdgeSpec, OutputSpec)
+    return {f.alias or n for m in models for n, f in m.model_fields.items()}
+
+
+def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: str,
+                    keys: set[str] | None = None) -> GraphError:
     lines = []
+    fixes: list[tuple[int, str]] = []  # (priority, fix): an unknown key explains most
     first_path: Path_ = prefix
     for i, err in enumerate(exc.errors()):
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "EdgeSpec",
@@ -193,10 +203,19 @@ def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: s
         hint = ""
         if err["type"] == "extra_forbidden":
             hint = " (unknown key: check the spelling)"
+            close = difflib.get_close_matches(str(path[-1]), sorted(keys or ()), n=1)
+            fixes.append((0, f"did you mean {close[0]!r}?" if close else
+                          f"remove {str(path[-1])!r} or correct its spelling"))
         elif err["type"] == "missing":
             hint = " (required)"
+            fixes.append((1, f"add {str(path[-1])!r} to "
+                              f"{'.'.join(map(str, path[:-1])) or 'the top level'}"))
+        else:
+            fixes.append((2, f"change {dotted}: {err['msg']}"))
         lines.append(f"{marked.where(path)}: {dotted}: {err['msg']}{hint}")
     text = f"{what}\n  " + "\n  ".join(lines[:8])
+    if fixes:
+        text += f"\n  fix: {min(fixes)[1]}"
     del first_path
     return GraphError(text)
 
@@ -215,7 +234,8 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
     try:
         spec = GraphSpec.model_validate(marked.data)
     except ValidationError as exc:
-        raise _pydantic_error(marked, exc, (), f"{path}: the graph is not valid") from exc
+        raise _pydantic_error(marked, exc, (), f"{path}: the graph is not valid",
+                              _spec_keys()) from exc
     if not _NAME.match(spec.name):
         raise marked.error(("name",), f"{spec.name!r} is not a valid name",
                            "use letters, digits, '-' and '_' (it is part of stream keys)")
@@ -246,13 +266,20 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
             params[name] = cls.Params.model_validate(a.params).model_dump(mode="json")
         except ValidationError as exc:
             raise _pydantic_error(marked, exc, ("agents", name, "params"),
-                                  f"{path}: params of agent {name!r} ({a.class_}) are not valid"
-                                  ) from exc
-        for port in a.outputs:
+                                  f"{path}: params of agent {name!r} ({a.class_}) are not valid",
+                                  set(cls.Params.model_fields)) from exc
+        for port, over in a.outputs.items():
             if port not in cls.outputs:
                 raise marked.error(("agents", name, "outputs", port),
                                    f"{a.class_} has no output {port!r}",
                                    f"outputs: {', '.join(cls.outputs) or 'none'}")
+            arrays = cls.outputs[port].type.array_fields
+            for field in over.encoding or {}:
+                if field not in arrays:
+                    raise marked.error(("agents", name, "outputs", port, "encoding", field),
+                                       f"{cls.outputs[port].type.__name__} has no array field "
+                                       f"{field!r}",
+                                       f"array fields: {', '.join(sorted(arrays)) or 'none'}")
 
     def out_plan(agent: str, port: str) -> OutputPlan:
         a, cls = spec.agents[agent], classes[agent]
@@ -261,7 +288,8 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
         broker = over.broker or a.broker or default_broker
         if broker not in spec.brokers:
             raise marked.error(("agents", agent, "outputs", port, "broker"),
-                               f"unknown broker {broker!r}")
+                               f"unknown broker {broker!r}",
+                               f"brokers defined: {', '.join(spec.brokers)}")
         return OutputPlan(
             port=port, stream=over.stream or stream_key(spec.name, agent, port), broker=broker,
             maxlen=over.maxlen or decl.maxlen,
@@ -275,6 +303,7 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
     for name, a in spec.agents.items():
         cls = classes[name]
         inputs: list[InputPlan] = []
+        read_by: dict[str, str] = {}  # stream -> port: one consumer group per agent and stream
         for port, value in a.inputs.items():
             at = ("agents", name, "inputs", port)
             if port not in cls.inputs:
@@ -302,6 +331,11 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
                     raise marked.error(at, f"{name}.{port} is not a batched input",
                                        "remove batch: the agent's handler takes one message")
                 out = outputs[(src_agent, src_port)]
+                if out.stream in read_by:
+                    raise marked.error(at, f"{name} already reads {edge.from_} (input "
+                                       f"{read_by[out.stream]!r}); an agent reads a stream once",
+                                       "wire it to one input and fan out inside the handler")
+                read_by[out.stream] = port
                 policy = edge.policy or decl.policy
                 if name not in out.readers:
                     out.readers.append(name)

@@ -80,7 +80,9 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
         mark = getattr(exc, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise GraphError(f"{file}{line}: not valid YAML: {problem}") from exc
+        raise GraphError(f"{file}{line}: not valid YAML: {problem}"
+                         "\n  fix: check the indentation, colons, quotes and brackets there"
+                         ) from exc
     finally:
         loader.dispose()
     lines: dict[Path_, int] = {}
@@ -89,7 +91,18 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
+            merged: dict[Any, Any] = {}
             for key_node, value_node in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # "<<: *anchor" merge keys
+                    sources = value_node.value if isinstance(value_node, yaml.SequenceNode) \
+                        else [value_node]
+                    for src in sources:
+                        value = convert(src, path)
+                        if not isinstance(value, dict):
+                            raise GraphError(f"{file}:{src.start_mark.line + 1}: '<<' merges "
+                                             "a mapping only\n  fix: use <<: *anchor")
+                        merged = {**value, **merged}
+                    continue
                 key = convert_scalar(key_node, path)
                 if key in out:
                     raise GraphError(
@@ -98,22 +111,29 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
                     )
                 out[key] = convert(value_node, (*path, key))
                 lines[(*path, key)] = key_node.start_mark.line + 1
-            return out
+            return {**merged, **out}
         if isinstance(node, yaml.SequenceNode):
             return [convert(item, (*path, i)) for i, item in enumerate(node.value)]
         return convert_scalar(node, path)
 
     def convert_scalar(node: yaml.Node, path: Path_) -> Any:
         if not isinstance(node, yaml.ScalarNode):
-            raise GraphError(f"{file}:{node.start_mark.line + 1}: keys must be plain scalars")
-        value = yaml.SafeLoader("").construct_object(node)
+            raise GraphError(f"{file}:{node.start_mark.line + 1}: keys must be plain scalars"
+                             "\n  fix: use a name as the key, not a list or mapping")
+        try:
+            value = yaml.SafeLoader("").construct_object(node)
+        except yaml.YAMLError as exc:
+            raise GraphError(f"{file}:{node.start_mark.line + 1}: cannot read this value: "
+                             f"{getattr(exc, 'problem', exc)}") from exc
         if isinstance(value, str) and "${" in value:
             raw = interpolate(value, env, f"{file}:{node.start_mark.line + 1}")
             if node.style is None:  # plain scalar: re-resolve (numbers, booleans)
                 try:
-                    return yaml.safe_load(raw) if raw.strip() else raw
+                    resolved = yaml.safe_load(raw) if raw.strip() else raw
                 except yaml.YAMLError:
                     return raw
+                # only scalars: a variable must not inject a mapping or a list, nor lose a '#...'
+                return resolved if isinstance(resolved, int | float | bool) else raw
             return raw
         return value
 
