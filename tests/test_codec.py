@@ -81,8 +81,9 @@ def roundtrip(msg: Message, cls: type[Message] | None = None, **kw: Any) -> Mess
 def same(a: Any, b: Any) -> bool:
     """Deep equality where NaN equals NaN and -0.0 differs from 0.0 (like the wire)."""
     if isinstance(a, float) and isinstance(b, float):
-        return math.isnan(a) and math.isnan(b) or (a == b and math.copysign(1, a) ==
-                                                   math.copysign(1, b))
+        if math.isnan(a) or math.isnan(b):
+            return math.isnan(a) and math.isnan(b)
+        return a == b and math.copysign(1, a) == math.copysign(1, b)
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
     if isinstance(a, list) and isinstance(b, list):
@@ -213,11 +214,13 @@ def test_non_utf8_bytes_field_is_a_codec_error_with_a_fix() -> None:
 
 
 # -- compressed encodings ---------------------------------------------------------------------
+plane = hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)
 images = st.one_of(
-    hnp.arrays(np.uint8, hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)),
-    hnp.arrays(np.uint8, st.tuples(st.integers(1, 24), st.integers(1, 24), st.sampled_from([3, 4]))),
-    hnp.arrays(np.dtype("<u2"), hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)),
-    hnp.arrays(np.dtype(">u2"), hnp.array_shapes(min_dims=2, max_dims=2, min_side=1, max_side=24)),
+    hnp.arrays(np.uint8, plane),
+    hnp.arrays(np.uint8, st.tuples(st.integers(1, 24), st.integers(1, 24), st.sampled_from([3, 4])
+                                   )),
+    hnp.arrays(np.dtype("<u2"), plane),
+    hnp.arrays(np.dtype(">u2"), plane),
 )
 
 

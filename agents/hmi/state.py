@@ -28,6 +28,7 @@ RECENT_PREVIEWS = 48
 RECENT_VERDICTS = 64
 SEEN_OUTCOMES = 4096
 VIEW_HISTORY = 8
+RECENT_PARTS = 60
 HOLD_S = 0.5
 
 
@@ -192,6 +193,7 @@ class _ReplicaSeen:
 class _AgentSeen:
     expected: int = 1
     restarts: int = 0
+    reported_restarts: dict[int, int] = field(default_factory=dict)
     replicas: dict[int, _ReplicaSeen] = field(default_factory=dict)
     last_seen: float = 0.0
 
@@ -245,7 +247,9 @@ class HealthTracker:
 
     def _observe(self, name: str, replica: int, beat: dict[str, Any], now: float) -> None:
         seen = self._agents.setdefault(name, _AgentSeen())
-        seen.expected = max(seen.expected, replica + 1)
+        seen.expected = max(seen.expected, replica + 1, int(_num(beat.get("replicas"))))
+        if isinstance(beat.get("restarts"), int):
+            seen.reported_restarts[replica] = beat["restarts"]
         seen.last_seen = now
         ins = beat.get("inputs") or {}
         outs = beat.get("outputs") or {}
@@ -292,7 +296,7 @@ class HealthTracker:
             "status": status,
             "alive": alive,
             "expected": seen.expected,
-            "restarts": seen.restarts,
+            "restarts": max(seen.restarts, sum(seen.reported_restarts.values())),
             "rate_in": round(sum(r.rate_in for r in live), 1),
             "rate_out": round(sum(r.rate_out for r in live), 1),
             "latency_p50_ms": round(max(latencies), 1) if latencies else None,
@@ -341,6 +345,7 @@ class LiveState:
         self._outcomes_seen = False
         self._last_outcome: dict[str, Any] | None = None
         self._part_times: deque[float] = deque(maxlen=256)
+        self._recent_parts: deque[dict[str, Any]] = deque(maxlen=RECENT_PARTS)
         self._health: list[dict[str, Any]] = []
         self._health_at = 0.0
         self._tracker = HealthTracker()
@@ -438,6 +443,7 @@ class LiveState:
                 self._counts["rejected"] += 1
             self._by_outcome[kind] = self._by_outcome.get(kind, 0) + 1
             self._part_times.append(time.time())
+            self._recent_parts.append({"part_seq": outcome.part_seq, "outcome": kind})
             self._last_outcome = {
                 "key": outcome.key, "part_seq": outcome.part_seq, "outcome": kind,
                 "reject": outcome.reject, "missing": list(outcome.missing),
@@ -576,6 +582,7 @@ class LiveState:
                 "now": now,
                 "counters": self._counters_locked(now),
                 "last_outcome": self._last_outcome,
+                "recent_parts": list(self._recent_parts),
                 "cameras": cameras,
                 "defects": defects,
                 "health": [dict(row) for row in self._health],

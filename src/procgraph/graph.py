@@ -6,6 +6,8 @@ import difflib
 import importlib
 import re
 import sys
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -169,7 +171,8 @@ def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
             "put the module beside the graph file or on PYTHONPATH, or fix the name",
         ) from exc
     except Exception as exc:
-        raise where.error(at, f"importing {module_name!r} failed: {exc!r}") from exc
+        raise where.error(at, f"importing {module_name!r} failed: {exc!r}",
+                          f"run  python -c 'import {module_name}'  to see the traceback") from exc
     cls = getattr(module, attr, None)
     if cls is None:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, type)
@@ -182,14 +185,33 @@ def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
     return cls
 
 
-def _spec_keys() -> set[str]:
-    """Every key the graph schema knows, for did-you-mean hints."""
-    models = (GraphSpec, BrokerSpec, AgentSpec, EdgeSpec, OutputSpec)
-    return {f.alias or n for m in models for n, f in m.model_fields.items()}
+def _children(tp: Any, part: str | int) -> list[Any]:
+    """The annotations one step below ``tp`` at key or index ``part``."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [c for arg in typing.get_args(tp) for c in _children(arg, part)]
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return [f.annotation for n, f in tp.model_fields.items() if part in (n, f.alias)]
+    if origin is dict:
+        return [typing.get_args(tp)[1]]
+    if origin is list and isinstance(part, int):
+        return [typing.get_args(tp)[0]]
+    return []
+
+
+def _keys_at(model: type[BaseModel], loc: Path_) -> list[str]:
+    """The keys allowed beside ``loc[-1]``, for did-you-mean hints."""
+    level: list[Any] = [model]
+    for part in loc[:-1]:
+        level = [c for tp in level for c in _children(tp, part)]
+    flat = [a for tp in level for a in (typing.get_args(tp) if typing.get_origin(tp) in (
+        typing.Union, types.UnionType) else (tp,))]
+    return sorted({f.alias or n for tp in flat if isinstance(tp, type) and issubclass(tp, BaseModel)
+                   for n, f in tp.model_fields.items()})
 
 
 def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: str,
-                    keys: set[str] | None = None) -> GraphError:
+                    model: type[BaseModel]) -> GraphError:
     lines = []
     fixes: list[tuple[int, str]] = []  # (priority, fix): an unknown key explains most
     first_path: Path_ = prefix
@@ -203,7 +225,7 @@ def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: s
         hint = ""
         if err["type"] == "extra_forbidden":
             hint = " (unknown key: check the spelling)"
-            close = difflib.get_close_matches(str(path[-1]), sorted(keys or ()), n=1)
+            close = difflib.get_close_matches(str(path[-1]), _keys_at(model, loc), n=1)
             fixes.append((0, f"did you mean {close[0]!r}?" if close else
                           f"remove {str(path[-1])!r} or correct its spelling"))
         elif err["type"] == "missing":
@@ -235,7 +257,7 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
         spec = GraphSpec.model_validate(marked.data)
     except ValidationError as exc:
         raise _pydantic_error(marked, exc, (), f"{path}: the graph is not valid",
-                              _spec_keys()) from exc
+                              GraphSpec) from exc
     if not _NAME.match(spec.name):
         raise marked.error(("name",), f"{spec.name!r} is not a valid name",
                            "use letters, digits, '-' and '_' (it is part of stream keys)")
@@ -267,7 +289,7 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
         except ValidationError as exc:
             raise _pydantic_error(marked, exc, ("agents", name, "params"),
                                   f"{path}: params of agent {name!r} ({a.class_}) are not valid",
-                                  set(cls.Params.model_fields)) from exc
+                                  cls.Params) from exc
         for port, over in a.outputs.items():
             if port not in cls.outputs:
                 raise marked.error(("agents", name, "outputs", port),

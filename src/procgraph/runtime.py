@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -134,6 +135,8 @@ class AgentRunner:
                 continue
             state = {
                 "agent": self.spec.name, "replica": self.replica, "started": started,
+                "replicas": self.spec.replicas, "pid": os.getpid(),
+                "restarts": int(os.environ.get("PROCGRAPH_RESTARTS", "0")),
                 "ts": time.time(),
                 "inputs": {p: s.snapshot() for p, s in self.stats_in.items()},
                 "outputs": {p: {"count": b.sent, "blocked_s": round(self.writers[p].blocked_s, 3)}
@@ -185,6 +188,10 @@ class AgentRunner:
         claim_every = max(0.5, self.spec.claim_idle_ms / 2000)
         while not self.stop_event.is_set():
             self.agent._tick = time.monotonic()
+            if not self.readers:  # every input is optional and none is wired
+                self.stop_event.wait(IDLE_BLOCK_MS / 1000)
+                self.agent.tick()
+                continue
             block = self._block_ms()
             for reader in self.readers:
                 got = reader.read(READ_COUNT, block if len(self.readers) == 1 else min(block, 10))

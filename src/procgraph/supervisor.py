@@ -128,6 +128,7 @@ class Supervisor:
         env[BROKERS_ENV] = json.dumps(self.urls)
         env["PROCGRAPH_SUPERVISED"] = "1"
         env["PYTHONUNBUFFERED"] = "1"
+        env["PROCGRAPH_RESTARTS"] = str(replica.restarts)
         replica.proc = subprocess.Popen(
             self.command(replica), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,

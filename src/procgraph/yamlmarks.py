@@ -13,6 +13,7 @@ import yaml
 from procgraph.errors import GraphError
 
 Path_ = tuple[str | int, ...]
+_PLAIN_TAGS = frozenset({"tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"})
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 
@@ -89,6 +90,9 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
 
     def convert(node: yaml.Node, path: Path_) -> Any:
         lines[path] = node.start_mark.line + 1
+        if not isinstance(node, yaml.ScalarNode) and node.tag not in _PLAIN_TAGS:
+            raise GraphError(f"{file}:{node.start_mark.line + 1}: unsupported tag {node.tag!r}"
+                             "\n  fix: remove the tag; a graph is plain YAML")
         if isinstance(node, yaml.MappingNode):
             out: dict[Any, Any] = {}
             merged: dict[Any, Any] = {}
@@ -122,9 +126,10 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
                              "\n  fix: use a name as the key, not a list or mapping")
         try:
             value = yaml.SafeLoader("").construct_object(node)
-        except yaml.YAMLError as exc:
+        except (yaml.YAMLError, ValueError, TypeError, KeyError) as exc:  # "!!int abc"
             raise GraphError(f"{file}:{node.start_mark.line + 1}: cannot read this value: "
-                             f"{getattr(exc, 'problem', exc)}") from exc
+                             f"{getattr(exc, 'problem', exc)}"
+                             "\n  fix: remove the tag or quote the value") from exc
         if isinstance(value, str) and "${" in value:
             raw = interpolate(value, env, f"{file}:{node.start_mark.line + 1}")
             if node.style is None:  # plain scalar: re-resolve (numbers, booleans)

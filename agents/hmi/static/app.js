@@ -226,13 +226,29 @@
       cell(fixed(r.rate_out, 1));
       cell(fmt(r.lag), r.lag > 100 ? "n alert" : "n");
       cell(fixed(r.latency_p50_ms, 1));
-      cell(fmt(r.errors), r.errors ? "n alert" : "n");
-      cell(fmt(r.dead), r.dead ? "n alert" : "n");
+      cell(`${fmt(r.errors)} / ${fmt(r.dead)}`, r.errors || r.dead ? "n alert" : "n");
       cell(fmt(r.restarts), r.restarts ? "n alert" : "n");
       cell(duration(r.uptime_s));
       return tr;
     });
     body.replaceChildren(...trs);
+  }
+
+  // -- recent parts ------------------------------------------------------------------------
+  const TREND_SLOTS = 60;
+  function renderTrend(parts) {
+    const box = $("trend");
+    if (box.children.length !== TREND_SLOTS) {
+      box.replaceChildren(...Array.from({ length: TREND_SLOTS }, () => el("span")));
+    }
+    const cells = box.children;
+    const start = TREND_SLOTS - parts.length;
+    for (let i = 0; i < TREND_SLOTS; i++) {
+      const p = i >= start ? parts[i - start] : null;
+      cells[i].className = p ? outcomeClass(p.outcome) : "";
+      cells[i].title = p ? `#${p.part_seq} ${pretty(p.outcome)}` : "";
+    }
+    $("trend-count").textContent = parts.length ? `(newest last, ${parts.length} shown)` : "";
   }
 
   // -- wiring ------------------------------------------------------------------------------
@@ -244,6 +260,7 @@
     renderCameras(s.cameras);
     renderDefects(s.defects);
     renderHealth(s.health, s.health_age_s);
+    renderTrend(s.recent_parts || []);
   }
 
   function connect() {
