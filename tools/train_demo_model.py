@@ -75,7 +75,11 @@ def render_set(parts: Sequence[PartSpec], view: str) -> tuple[np.ndarray, np.nda
 
 
 class PartNet(nn.Module):
-    """Four 3x3 conv blocks and a global max pool: defects are small and local."""
+    """Four 3x3 conv blocks, then global max and mean pooling side by side.
+
+    Max pooling finds small local defects; mean pooling keeps gradients flowing to every
+    position early in training (max alone learns very slowly here).
+    """
 
     def __init__(self, width: int = 16) -> None:
         """Build the layers; ``width`` is the channel count of the first block."""
@@ -91,12 +95,12 @@ class PartNet(nn.Module):
             if i < 3:
                 blocks.append(nn.MaxPool2d(2))
         self.features = nn.Sequential(*blocks)
-        self.head = nn.Linear(chans[-1], len(LABELS))
+        self.head = nn.Linear(2 * chans[-1], len(LABELS))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits, shape (batch, 2)."""
         f = self.features(x)
-        return self.head(torch.amax(f, dim=(2, 3)))
+        return self.head(torch.cat([torch.amax(f, dim=(2, 3)), f.mean(dim=(2, 3))], dim=1))
 
 
 class WithSoftmax(nn.Module):
@@ -140,7 +144,7 @@ def train_view(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(xb)
+            total += float(loss.detach()) * len(xb)
             seen += len(xb)
         net.eval()
         with torch.no_grad():

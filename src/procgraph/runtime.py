@@ -105,6 +105,7 @@ class AgentRunner:
                 GroupReader(self.client(broker), specs, ctx.consumer, self.stop_event)
             )
         self._failures: dict[bytes, int] = {}
+        self._collect: dict[str, list[Any]] | None = None
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.cls.inputs}
         self._batch_started: dict[str, float] = {}
 
@@ -120,7 +121,15 @@ class AgentRunner:
 
     def _deliver(self, port: str, msg: Message) -> None:
         fields = codec.encode(msg, self.encodings[port])
-        self.writers[port].send(fields)
+        if self._collect is not None:  # inside a handler: sent together when it returns
+            self._collect.setdefault(port, []).append(fields)
+        else:
+            self.writers[port].send(fields)
+
+    def _flush_outputs(self) -> None:
+        collected, self._collect = self._collect, None
+        for port, batch in (collected or {}).items():
+            self.writers[port].send_many(batch)
 
     # -- heartbeats -----------------------------------------------------------------------
     def _heartbeat_loop(self) -> None:
@@ -290,11 +299,15 @@ class AgentRunner:
                 payload: Message | list[Message] = (
                     [i.msg for i in items] if batched else items[0].msg
                 )
+                self._collect = {}
                 self.agent._handle(port, payload, items[0].in_ns)
+                self._flush_outputs()
                 break
             except InterruptedError:
+                self._collect = None
                 raise
             except Exception as exc:
+                self._collect = None  # outputs of a failed attempt are dropped
                 attempt += 1
                 stats.errors += 1
                 if attempt < self.spec.max_deliveries and not self.stop_event.is_set():
@@ -324,8 +337,11 @@ class AgentRunner:
 
     def _run_handler_single_batch(self, reader: GroupReader, port: str, item: _Pending) -> None:
         try:
+            self._collect = {}
             self.agent._handle(port, [item.msg], item.in_ns)
+            self._flush_outputs()
         except Exception as exc:
+            self._collect = None
             reader.dead_letter(item.stream, item.entry, f"handler on_{port} failed: {exc!r}",
                                self.agent.context.consumer)
             self.stats_in[port].dead += 1

@@ -65,9 +65,10 @@ def run_agent(
     agent_cls: type[Agent],
     params: Mapping[str, Any] | None = None,
     inputs: Mapping[str, Iterable[Message]] | None = None,
+    context: AgentContext | None = None,
 ) -> dict[str, list[Message]]:
     """Set up an agent, feed it ``inputs`` (port -> messages), tear it down, return outputs."""
-    with AgentHarness(agent_cls, params) as harness:
+    with AgentHarness(agent_cls, params, context) as harness:
         for port, messages in (inputs or {}).items():
             harness.feed(port, messages)
     return harness.sent

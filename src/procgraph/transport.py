@@ -182,6 +182,33 @@ class StreamWriter:
             self.stop,
         )
 
+    def send_many(self, batch: list[Mapping[bytes, bytes | memoryview]]) -> None:
+        """Append several entries in one round trip (in order), with the same rules."""
+        if len(batch) == 1:
+            self.send(batch[0])
+            return
+        nbytes = max(
+            sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
+        )
+        self._cap = self._cap_for(nbytes)
+        lossless = bool(self.config.lossless_groups)
+        if lossless:
+            self._since_check += len(batch)
+            self._est_len += len(batch)
+            if self._est_len >= self._cap or self._since_check >= max(1, self._cap // 8):
+                self._make_room()
+
+        def send() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for fields in batch:
+                if lossless:
+                    pipe.xadd(self.config.stream, fields)
+                else:
+                    pipe.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
+            pipe.execute()
+
+        retry(send, f"XADD {self.config.stream}", self.stop)
+
     def _make_room(self) -> None:
         waited_from = time.monotonic()
         delay = 0.001
@@ -208,10 +235,10 @@ class StreamWriter:
             if info is None:
                 return int(self.client.xlen(stream))  # reader not there yet: keep everything
             oldest = info["last-delivered-id"]
-            if info["pending"]:
-                summary = self.client.xpending(stream, name)
+            summary = self.client.xpending(stream, name) if info["pending"] else None
+            if summary and summary["pending"] and summary["min"] is not None:
                 oldest = min(oldest, summary["min"], key=_id_tuple)
-            else:
+            else:  # nothing pending (or all acked since XINFO): keep from the next unread
                 oldest = _next_id(oldest)
             floor = oldest if floor is None else min(floor, oldest, key=_id_tuple)
         if floor is not None and floor != b"0-0":

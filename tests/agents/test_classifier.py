@@ -513,9 +513,8 @@ def test_hot_swap_under_load_in_a_real_graph(
           cam:
             class: "swap_test_camera:GatedCamera"
             params: {{count: {count}, rate_hz: 200}}
-            # a cap far above count: the writer never runs its trim check during the test,
-            # which races in transport.StreamWriter._trim_acked (see the report)
-            outputs: {{frames: {{maxlen: 100000}}}}
+            # a small cap: the lossless writer trims and checks room many times meanwhile
+            outputs: {{frames: {{maxlen: 64}}}}
           clf:
             class: "procgraph.agents.classifier:OnnxClassifier"
             params: {{model: "registry:parts", poll_s: 0.5}}
