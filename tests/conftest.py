@@ -6,7 +6,6 @@ import io
 import os
 import shutil
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from pgtest_util import wait_for  # noqa: F401  (re-exported for tests)
 from procgraph.brokers import EmbeddedBroker
 from procgraph.graph import load_graph
 from procgraph.supervisor import Supervisor
@@ -57,18 +57,6 @@ def valkey(valkey_server: EmbeddedBroker) -> EmbeddedBroker:
     """The valkey session broker, emptied before each test."""
     redis.Redis.from_url(valkey_server.url).flushall()
     return valkey_server
-
-
-def wait_for(cond: Callable[[], object], timeout_s: float = 20.0, what: str = "condition"):
-    """Poll ``cond`` until truthy; fail the test with ``what`` after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = cond()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
 import re
 import time
 import tracemalloc
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,14 @@ from pydantic import BaseModel
 from procgraph import Message, codec
 from procgraph.constants import ARRAY_FIELD_PREFIX, HEADER_FIELD, WIRE_VERSION
 from procgraph.errors import CodecError
+
+# When a property fails, hypothesis' pytest plugin imports libcst to suggest a patch, and
+# libcst triggers a DeprecationWarning (mypy_extensions) that -W error turns into a pytest
+# INTERNALERROR hiding the failure. Import it once here, quietly.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", DeprecationWarning)
+    with contextlib.suppress(ImportError):  # without libcst the plugin makes no patch
+        import hypothesis.extra._patching  # noqa: F401
 
 SRC = Path(__file__).resolve().parent.parent / "src"
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -470,6 +480,26 @@ def test_mutated_headers_raise_codec_error_or_decode(
         fields[b"a:a"] = payload
     may_decode(fields, CdcArrays)
     may_decode(fields, CdcBase)
+
+
+big_dims = st.sampled_from([2**31, 2**32, 2**62, 2**63, 2**64, 10**30, -(2**63), -1])
+
+
+@GARBAGE
+@given(
+    dtype=st.sampled_from(DTYPES) | st.sampled_from(BAD_DTYPES),
+    shape=st.lists(st.integers(0, 4) | big_dims, max_size=9),
+    encoding=st.sampled_from(["raw", "jpeg", "png"]),
+    payload=st.binary(max_size=64),
+)
+def test_mutated_descriptors_raise_codec_error_or_decode(
+    dtype: str, shape: list[int], encoding: str, payload: bytes
+) -> None:
+    header = {"v": WIRE_VERSION, "type": "CdcArrays", "type_version": 1, "id": "i", "key": "",
+              "ts_ns": 1, "trace": [], "data": {},
+              "arrays": {"a": {"dtype": dtype, "shape": shape, "encoding": encoding}}}
+    fields = {HEADER_FIELD: json.dumps(header).encode(), b"a:a": payload}
+    may_decode(fields, CdcArrays)
 
 
 def good_fields(arr: np.ndarray | None = None) -> dict[bytes, bytes]:

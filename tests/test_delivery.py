@@ -9,7 +9,7 @@ import threading
 import time
 
 import redis
-from conftest import wait_for
+from pgtest_util import wait_for
 
 from procgraph.brokers import EmbeddedBroker
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from conftest import wait_for
+from pgtest_util import wait_for
 
 from procgraph import codec
 from procgraph.agents.messages import PartOutcome

@@ -139,7 +139,14 @@ def encode(
             fields[(ARRAY_FIELD_PREFIX + name).encode()] = payload
         arrays[name] = desc
     header["arrays"] = arrays
-    fields[HEADER_FIELD] = json.dumps(header, separators=(",", ":")).encode()
+    try:
+        text = json.dumps(header, separators=(",", ":"), allow_nan=False)
+    except ValueError as exc:
+        raise CodecError(
+            f"{cls.__name__}: NaN or infinity in a scalar field cannot travel as JSON; "
+            "use None, or put the values in a numpy array field"
+        ) from exc
+    fields[HEADER_FIELD] = text.encode()
     # the header goes first so a reader can inspect it without the payloads
     return {HEADER_FIELD: fields.pop(HEADER_FIELD), **fields}
 

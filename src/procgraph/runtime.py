@@ -85,7 +85,8 @@ class AgentRunner:
         self.encodings: dict[str, dict[str, tuple[str, int]]] = {}
         for out in self.spec.outputs:
             cfg = WriterConfig(out.stream, out.maxlen, out.max_bytes, tuple(out.lossless_groups))
-            self.writers[out.port] = StreamWriter(self.client(out.broker), cfg, self.stop_event)
+            self.writers[out.port] = StreamWriter(self.client(out.broker), cfg, self.stop_event,
+                                                  on_wait=self._alive)
             self.encodings[out.port] = {f: (e, out.quality) for f, e in out.encoding.items()}
         self.agent._bind_outputs(self._deliver)
         self.readers: list[GroupReader] = []
@@ -108,6 +109,9 @@ class AgentRunner:
         self._collect: dict[str, list[Any]] | None = None
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.cls.inputs}
         self._batch_started: dict[str, float] = {}
+
+    def _alive(self) -> None:
+        self.agent._tick = time.monotonic()
 
     # -- brokers ------------------------------------------------------------------------
     def client(self, broker: str) -> redis.Redis:
@@ -253,6 +257,8 @@ class AgentRunner:
 
     def _process(self, reader: GroupReader, got: list[tuple[str, Entry]]) -> None:
         for stream, entry in got:
+            if self.stop_event.is_set():
+                break  # the rest stays pending and is delivered again
             port = self.port_of[stream]
             spec = self.cls.inputs[port]
             batch_size = self.batch[port]

@@ -164,6 +164,11 @@ class Supervisor:
         self.start_brokers()
         self.create_groups()
         agents = self.plan.agents_on(self.node)
+        if self.node is not None:
+            unplaced = [a.name for a in self.plan.agents.values() if a.node is None]
+            if unplaced:
+                self.say("supervisor", f"warning: agents without node: {', '.join(unplaced)} "
+                         f"are not started with --node {self.node}; give them node: NAME")
         if not agents:
             self.say("supervisor", f"no agents placed on node {self.node!r}")
         for agent in agents:

@@ -147,10 +147,17 @@ class StreamWriter:
     blocks while the backlog is at the cap, so nothing unread is ever trimmed.
     """
 
-    def __init__(self, client: redis.Redis, config: WriterConfig, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: WriterConfig,
+        stop: threading.Event,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
         self.client = client
         self.config = config
         self.stop = stop
+        self.on_wait = on_wait  # called while held back (a waiting producer is alive)
         self._cap = config.maxlen
         self._since_check = 0
         self._est_len = 0
@@ -218,6 +225,8 @@ class StreamWriter:
             self._est_len = length + 1
             if length < self._cap or self.stop.is_set():
                 break
+            if self.on_wait is not None:
+                self.on_wait()
             self.stop.wait(delay)
             delay = min(delay * 2, 0.05)
         self.blocked_s += time.monotonic() - waited_from
