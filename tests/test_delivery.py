@@ -9,8 +9,8 @@ import threading
 import time
 
 import redis
-from pgtest_util import wait_for
 
+from pgtest_util import wait_for
 from procgraph.brokers import EmbeddedBroker
 
 

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from pgtest_util import wait_for
-
-from procgraph import codec
 from procgraph.agents.messages import PartOutcome
 from procgraph.agents.modbus.plc_sim import SimulatedPlc
+
+from pgtest_util import wait_for
+from procgraph import codec
 from procgraph.brokers import free_port
 from procgraph.graph import load_graph
 from procgraph.supervisor import Supervisor
@@ -102,7 +102,7 @@ def check_exactly_once(plc: SimulatedPlc, client: redis.Redis, parts: int) -> No
 def test_every_part_reaches_the_plc_once(valkey):
     client = redis.Redis.from_url(valkey.url)
     n = 40
-    with line(valkey.url, parts=n, rate=10) as (sup, plc):
+    with line(valkey.url, parts=n, rate=10) as (_sup, plc):
         plc.wait_for_parts(n, timeout_s=60)
         time.sleep(0.5)  # a duplicate, if any, would arrive now
     check_exactly_once(plc, client, n)
@@ -115,7 +115,7 @@ def test_every_part_reaches_the_plc_once(valkey):
 def test_plc_away_for_seconds_loses_and_duplicates_nothing(valkey):
     client = redis.Redis.from_url(valkey.url)
     n = 60
-    with line(valkey.url, parts=n, rate=10, window_ms=3000) as (sup, plc):
+    with line(valkey.url, parts=n, rate=10, window_ms=3000) as (_sup, plc):
         plc.wait_for_parts(10, timeout_s=60)
         plc.stop_thread()
         time.sleep(4.0)  # the PLC is away while the cameras keep producing

@@ -124,7 +124,9 @@ def train_view(
     net = PartNet(args.width)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * ((len(x) + args.batch - 1) // args.batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=steps)
+    sched = torch.optim.lr_scheduler.OneCycleLR(
+        opt, max_lr=args.lr, total_steps=steps, pct_start=0.05, div_factor=5.0
+    )
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     xvt, yvt = torch.from_numpy(xv), torch.from_numpy(yv)
     gen = torch.Generator().manual_seed(args.seed)

@@ -22,9 +22,9 @@ class ModbusPlcAgent(Agent):
     camera's verdicts are past the part's capture time plus the window, or once the window
     has passed on the clock while this agent was reading (time spent waiting for the PLC
     does not count). A verdict arriving after its part was decided is ignored. The join
-    state lives in the broker, so a restarted agent loses no half-joined part. A verdict is acknowledged only after
-    the PLC accepted the part it completed; while the PLC is away the agent retries with
-    backoff, in order. Keys already written are never written again. Run one replica.
+    state lives in the broker, so a restarted agent loses no half-joined part. A verdict is
+    acknowledged only after the PLC accepted the part it completed; while the PLC is away
+    the agent retries with backoff, in order. Keys already written are never written again. Run one replica.
     """
 
     class Params(Agent.Params):

@@ -76,7 +76,8 @@ class EmbeddedBroker:
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+                    stdout = self.proc.stdout
+                    out = stdout.read().decode(errors="replace") if stdout else ""
                     raise BrokerError(
                         f"{binary.name} exited at start (code {self.proc.returncode}) on port "
                         f"{self.port}: {out.strip()[-500:]}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -155,10 +156,8 @@ class AgentRunner:
                 "outputs": {p: {"count": b.sent, "blocked_s": round(self.writers[p].blocked_s, 3)}
                             for p, b in self.agent._bound_outputs.items()},
             }
-            try:
+            with contextlib.suppress(TRANSIENT):
                 client.set(key, json.dumps(state), px=int(DEFAULT_HEARTBEAT_S * 5000))
-            except TRANSIENT:
-                pass
 
     # -- main -----------------------------------------------------------------------------
     def install_signal_handlers(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -116,17 +117,16 @@ def retry(
             failures += 1
             delay = backoff.next_delay()
             if failures == 1 or failures % 20 == 0:
-                log.warning("%s: broker unreachable (%s); retrying every <= %.1fs", what, exc, delay)
+                log.warning("%s: broker unreachable (%s); retrying every <= %.1fs",
+                            what, exc, delay)
             if stop is not None:
                 if stop.wait(delay):
                     raise InterruptedError(what) from exc
             else:
                 time.sleep(delay)
             if on_reconnect is not None:
-                try:
+                with contextlib.suppress(TRANSIENT):
                     on_reconnect()
-                except TRANSIENT:
-                    pass
 
 
 @dataclass
