@@ -24,7 +24,8 @@ class ModbusPlcAgent(Agent):
     does not count). A verdict arriving after its part was decided is ignored. The join
     state lives in the broker, so a restarted agent loses no half-joined part. A verdict is
     acknowledged only after the PLC accepted the part it completed; while the PLC is away
-    the agent retries with backoff, in order. Keys already written are never written again. Run one replica.
+    the agent retries with backoff, in order. Keys already written are never written
+    again. Run one replica.
     """
 
     class Params(Agent.Params):
