@@ -266,8 +266,6 @@ def test_trace_grows_one_hop_per_agent_along_a_chain() -> None:
     assert all(a.out_ns <= b.in_ns for a, b in zip(last.trace, last.trace[1:], strict=False))
 
 
-@pytest.mark.xfail(strict=True, reason="framework bug: _stamp mutates the sent message, so "
-                   "sending one object twice stamps it twice")
 def test_sending_one_message_object_twice_stamps_each_copy_once() -> None:
     class Twice(Agent):
         readings = Input(ApiReading)

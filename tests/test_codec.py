@@ -106,9 +106,10 @@ def header_of(fields: dict[bytes, Any]) -> dict[str, Any]:
 
 
 # -- scalar round trip ------------------------------------------------------------------------
-any_float = st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from(
+# JSON has no NaN or infinity: the codec refuses them in scalars (arrays carry them fine)
+any_float = st.floats(allow_nan=False, allow_infinity=False) | st.sampled_from(
     [0.0, -0.0, 5e-324, -5e-324, 2.2250738585072014e-308, 1.7976931348623157e308,
-     math.inf, -math.inf, math.nan])
+     -1.7976931348623157e308])
 any_int = st.integers() | st.sampled_from([0, -1, 2**31, -(2**31), 2**63 - 1, -(2**63), 2**64])
 any_text = st.text() | st.sampled_from(["", "é", "😀", "\x00", "\u2028", "a\"b\\c", "日本語"])
 inners = st.builds(CdcInner, label=any_text, score=any_float, tags=st.lists(any_text, max_size=3))
@@ -129,6 +130,18 @@ def test_scalar_fields_round_trip(**kw: Any) -> None:
     assert type(out) is CdcScalars
     assert same(out.model_dump(), msg.model_dump())
     assert (out.id, out.key, out.ts_ns, out.trace) == (msg.id, msg.key, msg.ts_ns, msg.trace)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("where", ["f", "inner", "mapping", "opt_inner"])
+def test_nan_and_infinity_in_scalars_are_refused(bad: float, where: str) -> None:
+    good = {"i": 1, "f": 0.5, "s": "", "b": False, "inner": CdcInner(label="", score=0),
+            "items": [], "mapping": {}}
+    value: Any = {"f": bad, "inner": CdcInner(label="", score=bad), "mapping": {"x": bad},
+                  "opt_inner": CdcInner(label="", score=1, tags=[]).model_copy(
+                      update={"score": bad})}[where]
+    with pytest.raises(CodecError, match="NaN or infinity"):
+        codec.encode(CdcScalars(**{**good, where: value}))
 
 
 def test_header_is_plain_json_with_version_and_type() -> None:

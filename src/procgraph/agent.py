@@ -143,20 +143,23 @@ class Agent:
             )
 
     def _stamp(self, msg: Message) -> Message:
-        """Give an outgoing message the key and trace of the input being handled."""
+        """A copy of an outgoing message with the key and trace of the input being handled.
+
+        The sender's object is left as it was, so it can be sent again or kept.
+        """
         self._tick = time.monotonic()
         now = time.time_ns()
         current = self._current
-        if current is not None:
-            if not msg.key:
-                msg.key = current.key
-            if not msg.trace:
-                msg.trace = list(current.trace)
+        key = msg.key or (current.key if current is not None else "")
+        trace = list(msg.trace) if msg.trace or current is None else list(current.trace)
         in_ns = self._in_ns or msg.ts_ns
-        msg.trace.append(
+        trace.append(
             Hop(agent=self.context.agent, replica=self.context.replica, in_ns=in_ns, out_ns=now)
         )
-        return msg
+        out = msg.model_copy()
+        out.__dict__["key"] = key
+        out.__dict__["trace"] = trace
+        return out
 
     def _handle(self, port: str, payload: Message | list[Message], in_ns: int) -> None:
         self._tick = time.monotonic()

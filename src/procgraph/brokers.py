@@ -69,7 +69,9 @@ class EmbeddedBroker:
         args = [str(binary), "--port", str(self.port), "--bind", self.host,
                 "--save", "", "--appendonly", "no", "--dir", self._dir.name,
                 "--protected-mode", "no", "--loglevel", "warning"]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # its own session: Ctrl-C in a terminal must not stop the broker before the agents
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout_s
         client = redis.Redis(host="127.0.0.1" if self.host == "0.0.0.0" else self.host,
                              port=self.port, socket_connect_timeout=0.5)
