@@ -52,6 +52,7 @@ class Recorder(Agent):
         slow_ms: float = 0.0
         poison: list[str] = []
         crash_at: int = -1
+        crash_always_at: int = -1
 
     items = Input(Item)
 
@@ -64,6 +65,8 @@ class Recorder(Agent):
             raise ValueError(f"cannot handle {msg.key}")
         if msg.n == self.params.crash_at and self.client.setnx(f"{self.prefix}:crashed", 1):
             os._exit(3)
+        if msg.n == self.params.crash_always_at:
+            os._exit(4)
         if self.params.slow_ms:
             time.sleep(self.params.slow_ms / 1000)
         pipe = self.client.pipeline(transaction=False)

@@ -114,6 +114,25 @@ agents:
     assert client.xpending(stream, "sink")["pending"] == 0
 
 
+def test_entry_that_crashes_the_process_is_dead_lettered(broker, run_graph):
+    """A handler that kills its process on one entry: after max_deliveries restarts the
+    entry goes to the dead-letter stream and the rest is handled."""
+    client = redis.Redis.from_url(broker.url)
+    graph = """
+name: crashloop
+brokers: {main: {url: embedded}}
+agents:
+  src: {class: "pgtest_agents:Numbers", params: {count: 20}}
+  sink: {class: "pgtest_agents:Recorder", inputs: {items: src.out}, max_deliveries: 2,
+         params: {crash_always_at: 5}}
+"""
+    with run_graph(graph, redis_url=broker.url):
+        wait_for(lambda: _seen(client, "sink") == _keys(20) - {"k5"}, 60, "all but k5")
+        wait_for(lambda: client.xlen("pg:crashloop:src:out:dead") == 1, 30, "k5 dead-lettered")
+    (_, fields), = client.xrange("pg:crashloop:src:out:dead")
+    assert b"crashed or hung the process" in fields[b"dead:reason"]
+
+
 def test_broker_restart_is_survived(run_graph, tmp_path):
     broker = EmbeddedBroker()
     broker.start()

@@ -35,10 +35,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
-from torch.nn import functional as F  # noqa: N812
-
 from procgraph.agents.camera.parts import DEFECT_KINDS, PartSpec, make_part, render_view
+from torch import nn
+from torch.nn import functional as F
 
 LABELS = ["ok", "defective"]
 INPUT_NAME = "image"
@@ -117,7 +116,12 @@ class WithSoftmax(nn.Module):
 
 
 def train_view(
-    view: str, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, args: argparse.Namespace
+    view: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    xv: np.ndarray,
+    yv: np.ndarray,
+    args: argparse.Namespace,
 ) -> nn.Module:
     """Train one model on (x, y), printing loss and validation accuracy per epoch."""
     torch.manual_seed(args.seed)

@@ -29,6 +29,7 @@ from procgraph.transport import (
     StreamWriter,
     WriterConfig,
     connect,
+    retry,
 )
 from procgraph.yamlmarks import Marked
 
@@ -106,7 +107,6 @@ class AgentRunner:
             self.readers.append(
                 GroupReader(self.client(broker), specs, ctx.consumer, self.stop_event)
             )
-        self._failures: dict[bytes, int] = {}
         self._collect: dict[str, list[Any]] | None = None
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.cls.inputs}
         self._batch_started: dict[str, float] = {}
@@ -192,8 +192,6 @@ class AgentRunner:
 
     def _consume(self) -> None:
         for reader in self.readers:
-            from procgraph.transport import retry
-
             retry(reader.ensure_groups, "create consumer groups", self.stop_event)
             self._drain_own_pending(reader)
         last_claim = time.monotonic()
@@ -217,32 +215,47 @@ class AgentRunner:
         self._flush_due_batches(reader_force=True)
 
     def _drain_own_pending(self, reader: GroupReader) -> None:
-        """Re-handle what this consumer had read but not acked before it restarted."""
+        """Re-handle what this consumer had read but not acked before it restarted.
+
+        These entries are handled one at a time, each acknowledged at once, with a marker
+        in the broker naming the entry in hand. If the process dies again, the restarted
+        replica knows which entry killed it (the others read with it are innocent) and
+        dead-letters that entry once it has crashed or hung the process ``max_deliveries``
+        times in all.
+        """
+        ctx = self.agent.context
+        marker = f"pg:{ctx.graph}:inflight:{ctx.agent}:{ctx.replica}"
+        crashes = f"pg:{ctx.graph}:crashes:{ctx.agent}"
+        client = reader.client
+        culprit = retry(lambda: client.get(marker), "read in-flight marker", self.stop_event)
+        if culprit is not None:
+            retry(lambda: client.hincrby(crashes, culprit, 1), "count crash", self.stop_event)
+        announced = False
         while not self.stop_event.is_set():
             got = reader.read(READ_COUNT, 0, pending=True)
             if not got:
-                return
-            by_stream: dict[str, list[bytes]] = {}
-            for stream, (entry_id, _) in got:
-                by_stream.setdefault(stream, []).append(entry_id)
-            counts: dict[bytes, int] = {}
-            for stream, ids in by_stream.items():
-                counts.update(reader.delivery_counts(stream, ids))
-            log.info("re-reading %d pending entr%s left by an earlier run",
-                     len(got), "y" if len(got) == 1 else "ies")
-            fresh = []
+                break
+            if not announced:
+                announced = True
+                log.info("re-handling pending entries left by an earlier run, one at a time")
             for stream, entry in got:
-                if counts.get(entry[0], 0) > self.spec.max_deliveries:
-                    reader.dead_letter(stream, entry, f"delivered {counts[entry[0]]} times: the "
-                                       "handler crashed or hung the process each time",
-                                       self.agent.context.consumer)
+                if self.stop_event.is_set():
+                    break
+                entry_id = entry[0]
+                count = int(retry(lambda e=entry_id: client.hget(crashes, e) or 0,
+                                  "read crash count", self.stop_event))
+                if count + 1 >= self.spec.max_deliveries:
+                    reader.dead_letter(stream, entry, f"the handler crashed or hung the process "
+                                       f"{count + 1} times on this entry", ctx.consumer)
                     self.stats_in[self.port_of[stream]].dead += 1
                 else:
-                    fresh.append((stream, entry))
-            self._process(reader, fresh)
-            self._flush_due_batches(reader_force=True)
-            if len(got) < READ_COUNT:
-                return
+                    retry(lambda e=entry_id: client.set(marker, e), "mark entry", self.stop_event)
+                    self._process(reader, [(stream, entry)])
+                    self._flush_due_batches(reader_force=True)
+                    reader.flush_acks()
+                if count:
+                    retry(lambda e=entry_id: client.hdel(crashes, e), "clear", self.stop_event)
+        retry(lambda: client.delete(marker), "clear in-flight marker", self.stop_event)
 
     def _block_ms(self) -> int:
         if not self._batch_started:

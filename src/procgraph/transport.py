@@ -359,19 +359,6 @@ class GroupReader:
                     out.append((stream, (entry_id, fields or {})))
         return out
 
-    def delivery_counts(self, stream: str, ids: list[bytes]) -> dict[bytes, int]:
-        """How often each pending entry was delivered (to spot process-crashing entries)."""
-        if not ids:
-            return {}
-        group = self.specs[stream].group
-        rows = self._call(
-            lambda: self.client.xpending_range(
-                stream, group, min=ids[0], max=ids[-1], count=len(ids) + 100
-            ),
-            "XPENDING",
-        )
-        return {r["message_id"]: int(r["times_delivered"]) for r in rows}
-
     def claim_idle(self, min_idle_ms: int, count: int = 100) -> list[tuple[str, Entry]]:
         """Take over entries another consumer left pending longer than ``min_idle_ms``."""
         out: list[tuple[str, Entry]] = []

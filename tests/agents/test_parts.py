@@ -8,7 +8,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from procgraph.agents.camera.parts import (
     DEFECT_KINDS,
     PartSpec,
@@ -100,7 +99,9 @@ def test_defect_changes_only_a_small_region(view: str, kind: str) -> None:
     assert 0.001 * ok.size < changed.sum() < 0.05 * ok.size
     # a defect on one side leaves the other side's picture untouched
     other = "back" if view == "front" else "front"
-    assert np.array_equal(render_view(spec, other), render_view(PartSpec(1, None, None, seed), other))
+    assert np.array_equal(
+        render_view(spec, other), render_view(PartSpec(1, None, None, seed), other)
+    )
 
 
 @pytest.mark.parametrize("view", VIEWS)
