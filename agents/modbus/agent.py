@@ -45,6 +45,7 @@ class ModbusPlcAgent(Agent):
         handshake_timeout_s: float = Field(5.0, gt=0)
         backoff_max_s: float = Field(5.0, gt=0)
         done_ttl_s: int = Field(86400, ge=60, description="how long written keys are kept")
+        summary_every_s: float = Field(10.0, gt=0, description="log a line summary this often")
 
     verdicts = Input(Verdict, doc="verdicts of both cameras (fan-in)")
     outcomes = Output(PartOutcome, doc="every outcome written to the PLC")
@@ -69,6 +70,8 @@ class ModbusPlcAgent(Agent):
         self.sides = {p.front_camera: "front", p.back_camera: "back"}
         self.written = 0
         self.watermark_ns: dict[str, int] = {}
+        self.counts: dict[str, int] = {}
+        self.last_summary = time.monotonic()
         self.resumed_ns = time.time_ns()
         self.log.info("PLC at %s, unit %d, registers from %d; join window %.0f ms",
                       where, p.unit_id, p.base, p.window_ms)
@@ -115,6 +118,9 @@ class ModbusPlcAgent(Agent):
 
     def tick(self) -> None:
         """Give parts whose window ended the fail-safe outcome, oldest first."""
+        if time.monotonic() - self.last_summary >= self.params.summary_every_s:
+            self.last_summary = time.monotonic()
+            self.log_summary()
         pending = self.redis.hgetall(self.pending_key)
         expired = []
         for key, raw in pending.items():
@@ -123,6 +129,16 @@ class ModbusPlcAgent(Agent):
                 expired.append((self._capture_ns(part), key.decode(), part))
         for _, key, part in sorted(expired):
             self._write(key, part)
+
+    def log_summary(self) -> None:
+        """One console line: parts written, outcomes, yield."""
+        if not self.written:
+            self.log.info("no part written to the PLC yet")
+            return
+        ok = self.counts.get("ok", 0)
+        detail = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
+        self.log.info("%d parts to the PLC: %s; yield %.1f%%", self.written, detail,
+                      100.0 * ok / self.written)
 
     # -- decide and write ---------------------------------------------------------------
     def decide(self, part: dict[str, Any]) -> tuple[str, bool, list[str]]:
@@ -168,6 +184,7 @@ class ModbusPlcAgent(Agent):
         pipe.hdel(self.pending_key, key)
         pipe.execute()
         self.written += 1
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
         truths = [v.truth for v in verdicts.values()]
         truth = None if None in truths or missing else any(t != "ok" for t in truths)
         if outcome == "incomplete":

@@ -30,7 +30,8 @@ def describe(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
 
 def tap(
     stream: Annotated[str, typer.Argument(help="stream key, e.g. pg:minimal:counter:out")],
-    redis_url: Annotated[str, typer.Option("--redis", help="broker URL")] = (
+    redis_url: Annotated[str, typer.Option(
+        "--redis", envvar="PROCGRAPH_REDIS", help="broker URL (the one `run` prints)")] = (
         "redis://127.0.0.1:6379"),
     count: Annotated[int, typer.Option(help="stop after N messages (0: never)")] = 0,
     from_start: Annotated[bool, typer.Option("--from-start", help="print old entries too")
