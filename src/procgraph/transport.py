@@ -24,6 +24,11 @@ TRANSIENT = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 #: payloads above this size are sent as separate chunks instead of being copied
 _CUTOFF = 512 * 1024
 
+try:
+    from hiredis import pack_command as _hiredis_pack
+except ImportError:  # pragma: no cover - hiredis is a dependency, but stay usable without
+    _hiredis_pack = None
+
 
 class _ZeroCopyPacker:
     """RESP command packer that sends large payloads as they are, without copying.
@@ -35,6 +40,14 @@ class _ZeroCopyPacker:
     def pack(self, *args: Any) -> list[bytes | memoryview]:
         if isinstance(args[0], str):
             args = (*args[0].encode().split(), *args[1:])
+        if _hiredis_pack is not None and not any(
+            isinstance(a, (bytes, bytearray, memoryview)) and len(a) > _CUTOFF for a in args
+        ):  # small command: hiredis packs it in C
+            try:
+                return [_hiredis_pack(tuple(
+                    bytes(a) if isinstance(a, (bytearray, memoryview)) else a for a in args))]
+            except TypeError as exc:
+                raise redis.DataError(str(exc)) from exc
         out: list[bytes | memoryview] = []
         buf = bytearray(b"*%d\r\n" % len(args))
         for arg in args:

@@ -1,0 +1,46 @@
+"""Unit tests of transport pieces that need no broker: the command packer and backoff."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+from redis.connection import PythonRespSerializer
+
+from procgraph.transport import _CUTOFF, Backoff, _ZeroCopyPacker
+
+REFERENCE = PythonRespSerializer(6000, redis.connection.Encoder("utf-8", "strict", False).encode)
+
+
+@pytest.mark.parametrize("args", [
+    ("PING",),
+    ("XADD", "s", "*", b"h", b'{"v":1}', b"a:x", memoryview(b"\x00\x01\x02")),
+    ("SET", "k", 12, "PX", 5000),
+    ("XADD", "s", "MAXLEN", "~", 100, "*", b"d", 1.5),
+    ("XADD", "s", "*", b"d", memoryview(np.arange(_CUTOFF + 10, dtype=np.uint8))),
+    ("XADD", "s", "*", b"d", bytes(_CUTOFF * 3)),
+    ("CLIENT SETNAME", "x"),
+])
+def test_packer_matches_redis_py(args: tuple) -> None:
+    ours = b"".join(bytes(c) for c in _ZeroCopyPacker().pack(*args))
+    ref = b"".join(bytes(c) for c in REFERENCE.pack(*args))
+    assert ours == ref
+
+
+def test_large_payload_is_not_copied() -> None:
+    frame = np.zeros((1024, 1024, 3), np.uint8)
+    view = memoryview(frame).cast("B")
+    chunks = _ZeroCopyPacker().pack("XADD", "s", "*", b"a:image", view)
+    assert any(c is view for c in chunks), "the frame buffer must be sent as it is"
+
+
+def test_packer_refuses_unknown_types() -> None:
+    with pytest.raises(redis.DataError):
+        _ZeroCopyPacker().pack("SET", "k", object())
+
+
+def test_backoff_grows_to_its_cap_and_resets() -> None:
+    b = Backoff(start_s=0.1, max_s=0.5)
+    assert [b.next_delay() for _ in range(5)] == [0.1, 0.2, 0.4, 0.5, 0.5]
+    b.reset()
+    assert b.next_delay() == 0.1
