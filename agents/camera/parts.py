@@ -235,8 +235,9 @@ def _draw_front(img: np.ndarray, sc: _Scene, geo: np.random.Generator, on_surfac
 def _draw_back(img: np.ndarray, sc: _Scene, geo: np.random.Generator, on_surface: _Hook) -> None:
     """Back face: lathe marks, O-ring groove, keyed bore, blind dowel holes, matrix code.
 
-    ``on_surface`` is called with the holes and marks (x, y, radius) once the turned surface is
-    drawn and before groove, holes, code and bore are added.
+    ``on_surface`` is called with the holes and marks (x, y, radius) once the turned surface and
+    the O-ring groove are drawn and before holes, code and bore are cut: a scratch or dent made
+    after machining marks the groove as well, it is not hidden under it.
     """
     cx, cy, r, m = sc.cx, sc.cy, sc.radius, sc.metal
     light_deg = math.degrees(sc.light)
@@ -254,10 +255,10 @@ def _draw_back(img: np.ndarray, sc: _Scene, geo: np.random.Generator, on_surface
     _ring(img, cx, cy, r - 1.5 * sc.px, m + 25, max(1, round(2 * sc.px)))
     for k, rr in enumerate(np.arange(0.3, 0.97, 0.035) * r):
         _ring(img, cx, cy, float(rr), m + (7 if k % 3 else -7), w1)
-    on_surface(holes)
     _ring(img, cx, cy, groove, m - 38, max(1, round(gw)))
     _lit_step(img, cx, cy, groove - gw / 2, light_deg + 180, m + 35, m - 55, w1)
     _lit_step(img, cx, cy, groove + gw / 2, light_deg, m + 35, m - 55, w1)
+    on_surface(holes)
     for hx, hy in dowels:
         _disc(img, hx, hy, r * 0.05, m - 60)
         _lit_step(img, hx, hy, r * 0.05, light_deg + 180, m + 30, m - 70, w1)
@@ -296,11 +297,11 @@ def _surface_point(
     return x, y
 
 
-def _draw_scratch(img: np.ndarray, sc: _Scene, rng: np.random.Generator) -> None:
-    """A thin, long, gently curved line, bright or dark, kept inside the metal."""
-    r = sc.radius
-    length = r * rng.uniform(0.45, 0.75)
-    rad = r * math.sqrt(rng.uniform(0.1, 0.5))
+def _scratch_path(
+    sc: _Scene, rng: np.random.Generator, length: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """A candidate scratch: 9 points along a gently curved line; also returns its heading."""
+    rad = sc.radius * math.sqrt(rng.uniform(0.1, 0.5))
     x0, y0 = _polar(sc.cx, sc.cy, rad, rng.uniform(0, 2 * math.pi))
     heading = rng.uniform(0, 2 * math.pi)
     bend = rng.uniform(-0.25, 0.25)  # total change of heading along the scratch, radians
@@ -317,6 +318,41 @@ def _draw_scratch(img: np.ndarray, sc: _Scene, rng: np.random.Generator) -> None
         + np.concatenate([[0.0], np.cumsum(np.sin(ang[1:]) * step)])
         - length / 2 * math.sin(heading)
     )
+    return xs, ys, heading
+
+
+def _on_bare_metal(
+    sc: _Scene, xs: np.ndarray, ys: np.ndarray, holes: list[tuple[float, float, float]]
+) -> float:
+    """Fraction of a polyline (densely resampled) that lies on metal, off holes and rim."""
+    t = np.linspace(0, len(xs) - 1, 8 * (len(xs) - 1) + 1)
+    px, py = np.interp(t, np.arange(len(xs)), xs), np.interp(t, np.arange(len(ys)), ys)
+    ok = np.hypot(px - sc.cx, py - sc.cy) < sc.radius * 0.93
+    for hx, hy, hr in holes:
+        ok &= np.hypot(px - hx, py - hy) > hr + 1.5 * sc.px
+    return float(ok.mean())
+
+
+def _draw_scratch(
+    img: np.ndarray, sc: _Scene, rng: np.random.Generator, holes: list[tuple[float, float, float]]
+) -> None:
+    """A thin, long, gently curved line, bright or dark, kept inside the metal.
+
+    The line is placed so that most of it lies on bare metal: a scratch that mostly vanishes
+    into a bore or a bolt hole is not one an inspector could see, so it would be a wrong label.
+    """
+    r = sc.radius
+    length = r * rng.uniform(0.45, 0.75)
+    best: tuple[float, np.ndarray, np.ndarray, float] | None = None
+    for _ in range(20):
+        xs, ys, heading = _scratch_path(sc, rng, length)
+        frac = _on_bare_metal(sc, xs, ys, holes)
+        if best is None or frac > best[0]:
+            best = (frac, xs, ys, heading)
+        if frac >= 0.85:
+            break
+    assert best is not None
+    _, xs, ys, heading = best
     # keep it on the part: pull points beyond 93% of the radius back inside
     d = np.hypot(xs - sc.cx, ys - sc.cy)
     k = np.minimum(1.0, r * 0.93 / np.maximum(d, 1e-6))
@@ -519,7 +555,7 @@ def render_view(
 
     def on_surface(holes: list[tuple[float, float, float]]) -> None:
         if kind == "scratch":
-            _draw_scratch(img, scene, defect_rng)
+            _draw_scratch(img, scene, defect_rng, holes)
         elif kind == "dent":
             _draw_dent(img, scene, defect_rng, holes)
 
