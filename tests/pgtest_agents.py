@@ -53,6 +53,7 @@ class Recorder(Agent):
         poison: list[str] = []
         crash_at: int = -1
         crash_always_at: int = -1
+        hang_at: int = -1
 
     items = Input(Item)
 
@@ -67,6 +68,8 @@ class Recorder(Agent):
             os._exit(3)
         if msg.n == self.params.crash_always_at:
             os._exit(4)
+        if msg.n == self.params.hang_at:
+            time.sleep(3600)  # stuck: no progress, so no heartbeat
         if self.params.slow_ms:
             time.sleep(self.params.slow_ms / 1000)
         pipe = self.client.pipeline(transaction=False)

@@ -7,6 +7,7 @@ import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import redis
 
@@ -131,6 +132,27 @@ agents:
         wait_for(lambda: client.xlen("pg:crashloop:src:out:dead") == 1, 30, "k5 dead-lettered")
     (_, fields), = client.xrange("pg:crashloop:src:out:dead")
     assert b"crashed or hung the process" in fields[b"dead:reason"]
+
+
+def test_hung_replica_is_restarted_and_its_entry_dead_lettered(valkey, run_graph):
+    """A handler stuck forever stops the heartbeat: the supervisor kills and restarts the
+    replica; the entry that hangs it twice goes to the dead letters; the rest is handled."""
+    client = redis.Redis.from_url(valkey.url)
+    graph = """
+name: hang
+brokers: {main: {url: embedded}}
+agents:
+  src: {class: "pgtest_agents:Numbers", params: {count: 30}}
+  sink: {class: "pgtest_agents:Recorder", inputs: {items: src.out}, heartbeat_timeout_s: 2,
+         max_deliveries: 2, params: {hang_at: 10}}
+"""
+    with run_graph(graph, redis_url=valkey.url) as sup:
+        wait_for(lambda: _seen(client, "sink") == _keys(30) - {"k10"}, 60, "all but k10")
+        wait_for(lambda: client.xlen("pg:hang:src:out:dead") == 1, 30, "k10 dead-lettered")
+        sink = next(r for r in sup.replicas if r.agent.name == "sink")
+        assert sink.restarts >= 2
+    log = (Path(sup.plan.file).parent / "supervisor.log").read_text()
+    assert "heartbeat stopped" in log
 
 
 def test_broker_restart_is_survived(run_graph, tmp_path):

@@ -27,6 +27,7 @@ import json
 import platform
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -216,17 +217,19 @@ def export_onnx(net: nn.Module, view: str, path: Path, args: argparse.Namespace)
     path.parent.mkdir(parents=True, exist_ok=True)
     # The TorchScript exporter writes opset 17 directly; the dynamo exporter writes opset 18
     # and its down-conversion to 17 fails on ReduceMax/ReduceMean (axes as an input).
-    torch.onnx.export(
-        model,
-        (dummy,),
-        str(path),
-        input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
-        opset_version=OPSET,
-        dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-        do_constant_folding=True,
-        dynamo=False,
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            model,
+            (dummy,),
+            str(path),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            opset_version=OPSET,
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            do_constant_folding=True,
+            dynamo=False,
+        )
     proto = onnx.load(str(path))
     proto.producer_name = "procgraph tools/train_demo_model.py"
     proto.doc_string = (
