@@ -6,6 +6,7 @@ import json
 import time
 
 import numpy as np
+from procgraph.agents.camera import CameraAgent
 
 from procgraph import Agent, Input, Message, Output
 
@@ -72,3 +73,21 @@ class BlobSink(Agent):
             result = {"lat_ms": self.lat, "first_send": self.first, "last_recv": now / 1e9,
                       "nbytes": self.nbytes}
             self.context.redis().set(f"{self.params.prefix}:result", json.dumps(result))
+
+
+
+class MemoryCamera(CameraAgent):
+    """A camera whose sensor is a prepared image: measures the publishing path only."""
+
+    class Params(CameraAgent.Params):
+        width: int = 1024
+        height: int = 1024
+
+    def open_source(self) -> None:
+        """Prepare the image."""
+        rng = np.random.default_rng(0)
+        self.image = rng.integers(0, 255, (self.params.height, self.params.width), np.uint8)
+
+    def grab(self) -> tuple[np.ndarray, str, dict]:
+        """Return it at once."""
+        return self.image, "Mono8", {}
