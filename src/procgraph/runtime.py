@@ -6,6 +6,7 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import signal
 import threading
 import time
@@ -56,10 +57,43 @@ class PortStats:
 
 @dataclass
 class _Pending:
+    reader: GroupReader
     stream: str
     entry: Entry
     msg: Message
     in_ns: int
+
+
+class _Prefetcher(threading.Thread):
+    """Reads the next entries while the handler works on the current ones.
+
+    Socket reads of large entries then overlap with handling (e.g. inference, which
+    releases the GIL). At most one chunk per reader waits in the queue; entries read but
+    not handled stay pending in the broker, so nothing is lost if the process dies.
+    """
+
+    def __init__(self, reader: GroupReader, out: queue.Queue[Any], stop: threading.Event):
+        super().__init__(name=f"prefetch-{reader.consumer}", daemon=True)
+        self.reader = reader
+        self.out = out
+        self.stop = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                got = self.reader.read(READ_COUNT, IDLE_BLOCK_MS)
+                while got and not self.stop.is_set():
+                    try:
+                        self.out.put((self.reader, got), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except InterruptedError:
+            pass
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self.error = exc
+            self.stop.set()
 
 
 class AgentRunner:
@@ -194,6 +228,11 @@ class AgentRunner:
         for reader in self.readers:
             retry(reader.ensure_groups, "create consumer groups", self.stop_event)
             self._drain_own_pending(reader)
+        chunks: queue.Queue[tuple[GroupReader, list[tuple[str, Entry]]]] = queue.Queue(
+            maxsize=max(1, len(self.readers)))
+        fetchers = [_Prefetcher(r, chunks, self.stop_event) for r in self.readers]
+        for f in fetchers:
+            f.start()
         last_claim = time.monotonic()
         claim_every = max(0.5, self.spec.claim_idle_ms / 2000)
         while not self.stop_event.is_set():
@@ -202,17 +241,22 @@ class AgentRunner:
                 self.stop_event.wait(IDLE_BLOCK_MS / 1000)
                 self.agent.tick()
                 continue
-            block = self._block_ms()
-            for reader in self.readers:
-                got = reader.read(READ_COUNT, block if len(self.readers) == 1 else min(block, 10))
+            try:
+                reader, got = chunks.get(timeout=self._block_ms() / 1000)
                 self._process(reader, got)
-            self._flush_due_batches(reader_force=False)
+            except queue.Empty:
+                pass
+            self._flush_due_batches(force=False)
             self.agent.tick()
             if time.monotonic() - last_claim > claim_every:
                 last_claim = time.monotonic()
                 for reader in self.readers:
                     self._process(reader, reader.claim_idle(self.spec.claim_idle_ms))
-        self._flush_due_batches(reader_force=True)
+        for f in fetchers:
+            f.join(timeout=2 * IDLE_BLOCK_MS / 1000 + 5)
+            if f.error is not None:
+                raise f.error
+        self._flush_due_batches(force=True)
 
     def _drain_own_pending(self, reader: GroupReader) -> None:
         """Re-handle what this consumer had read but not acked before it restarted.
@@ -251,7 +295,7 @@ class AgentRunner:
                 else:
                     retry(lambda e=entry_id: client.set(marker, e), "mark entry", self.stop_event)
                     self._process(reader, [(stream, entry)])
-                    self._flush_due_batches(reader_force=True)
+                    self._flush_due_batches(force=True)
                     reader.flush_acks()
                 if count:
                     retry(lambda e=entry_id: client.hdel(crashes, e), "clear", self.stop_event)
@@ -282,33 +326,29 @@ class AgentRunner:
                 reader.dead_letter(stream, entry, f"decode: {exc}", self.agent.context.consumer)
                 self.stats_in[port].dead += 1
                 continue
-            item = _Pending(stream, entry, msg, in_ns)
+            item = _Pending(reader, stream, entry, msg, in_ns)
             if batch_size == 1:
-                self._run_handler(reader, port, [item])
+                self._run_handler(port, [item])
             else:
                 batch = self._batches[port]
                 batch.append(item)
                 self._batch_started.setdefault(port, time.monotonic())
                 if len(batch) >= batch_size:
-                    self._dispatch_batch(reader, port)
-        self._reader_for_batches = reader
+                    self._dispatch_batch(port)
 
-    def _flush_due_batches(self, reader_force: bool) -> None:
-        reader = getattr(self, "_reader_for_batches", None)
-        if reader is None:
-            return
+    def _flush_due_batches(self, force: bool) -> None:
         now = time.monotonic()
         for port, t0 in list(self._batch_started.items()):
-            if reader_force or (now - t0) * 1000 >= self.max_wait_ms[port]:
-                self._dispatch_batch(reader, port)
+            if force or (now - t0) * 1000 >= self.max_wait_ms[port]:
+                self._dispatch_batch(port)
 
-    def _dispatch_batch(self, reader: GroupReader, port: str) -> None:
+    def _dispatch_batch(self, port: str) -> None:
         items, self._batches[port] = self._batches[port], []
         self._batch_started.pop(port, None)
         if items:
-            self._run_handler(reader, port, items)
+            self._run_handler(port, items)
 
-    def _run_handler(self, reader: GroupReader, port: str, items: list[_Pending]) -> None:
+    def _run_handler(self, port: str, items: list[_Pending]) -> None:
         stats = self.stats_in[port]
         batched = self.cls.inputs[port].batch > 1
         attempt = 0
@@ -338,33 +378,33 @@ class AgentRunner:
                 if len(items) > 1:
                     log.warning("batch of %d failed; retrying one by one", len(items))
                     for one in items:
-                        self._run_handler_single_batch(reader, port, one)
+                        self._run_handler_single_batch(port, one)
                     return
                 log.exception("handler on_%s failed %d times: dead-lettering entry %s", port,
                               attempt, items[0].entry[0].decode())
-                reader.dead_letter(items[0].stream, items[0].entry,
+                items[0].reader.dead_letter(items[0].stream, items[0].entry,
                                    f"handler on_{port} failed {attempt} times: {exc!r}",
                                    self.agent.context.consumer)
                 stats.dead += 1
                 return
         now = time.time_ns()
         for item in items:
-            reader.ack_later(item.stream, item.entry[0])
+            item.reader.ack_later(item.stream, item.entry[0])
             stats.count += 1
             stats.latency_ms.append((now - item.msg.ts_ns) / 1e6)
 
-    def _run_handler_single_batch(self, reader: GroupReader, port: str, item: _Pending) -> None:
+    def _run_handler_single_batch(self, port: str, item: _Pending) -> None:
         try:
             self._collect = {}
             self.agent._handle(port, [item.msg], item.in_ns)
             self._flush_outputs()
         except Exception as exc:
             self._collect = None
-            reader.dead_letter(item.stream, item.entry, f"handler on_{port} failed: {exc!r}",
+            item.reader.dead_letter(item.stream, item.entry, f"handler on_{port} failed: {exc!r}",
                                self.agent.context.consumer)
             self.stats_in[port].dead += 1
             return
-        reader.ack_later(item.stream, item.entry[0])
+        item.reader.ack_later(item.stream, item.entry[0])
         self.stats_in[port].count += 1
 
 

@@ -304,6 +304,7 @@ class GroupReader:
         self.consumer = consumer
         self.stop = stop
         self._acks: dict[str, list[bytes]] = {}
+        self._acks_lock = threading.Lock()  # the handler thread queues, the reader sends
 
     def ensure_groups(self) -> None:
         """Create the consumer groups (and streams) that do not exist yet."""
@@ -326,13 +327,19 @@ class GroupReader:
 
     def ack_later(self, stream: str, entry_id: bytes) -> None:
         """Queue an acknowledgement; it is sent with the next read or flush."""
-        self._acks.setdefault(stream, []).append(entry_id)
+        with self._acks_lock:
+            self._acks.setdefault(stream, []).append(entry_id)
+
+    def _take_acks(self) -> dict[str, list[bytes]]:
+        with self._acks_lock:
+            acks, self._acks = self._acks, {}
+        return acks
 
     def flush_acks(self) -> None:
         """Send queued acknowledgements now."""
-        if not self._acks:
+        acks = self._take_acks()
+        if not acks:
             return
-        acks, self._acks = self._acks, {}
 
         def send() -> None:
             pipe = self.client.pipeline(transaction=False)
@@ -344,7 +351,7 @@ class GroupReader:
 
     def read(self, count: int, block_ms: int, pending: bool = False) -> list[tuple[str, Entry]]:
         """Read new entries (or this consumer's own pending ones), flushing acks first."""
-        acks, self._acks = self._acks, {}
+        acks = self._take_acks()
         by_group: dict[str, dict[str, str]] = {}
         for spec in self.specs.values():
             by_group.setdefault(spec.group, {})[spec.stream] = "0" if pending else ">"

@@ -1,0 +1,376 @@
+"""Deployment manifests from a graph: a Compose file for one host, Kubernetes for a fleet.
+
+Pure functions: a validated :class:`~procgraph.graph.GraphPlan` plus :class:`DeployOptions` in,
+plain dicts out (``compose_file``, ``k8s_manifests``), YAML text from ``render_*``. Nothing here
+talks to Docker or to a cluster. Every agent replica runs ``procgraph agent GRAPH AGENT REPLICA``
+in the agent image (deploy/Dockerfile); every ``embedded`` broker becomes a Valkey (or Redis)
+container; ``redis://`` brokers are used as they are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from procgraph.errors import ProcgraphError
+from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan
+from procgraph.supervisor import BROKERS_ENV
+
+GRAPH_DIR = "/app/graphs"  # relative paths in the graph (../models/x.onnx) resolve in /app
+BROKER_PORT = 6379
+AGENT_UID = 10001  # the non-root user of deploy/Dockerfile
+#: class path -> published to the outside (True) or reachable inside the deployment only.
+#: These agents listen on ``params.port``; ``DeployOptions.publish`` adds others.
+SERVERS: dict[str, bool] = {
+    "procgraph.agents.hmi:HmiAgent": True,
+    "procgraph.agents.modbus:SimulatedPlcAgent": False,
+}
+_RESTART_COMPOSE = {"always": "unless-stopped", "on-failure": "on-failure", "never": "no"}
+_DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class DeployError(ProcgraphError):
+    """The graph cannot be turned into manifests as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class DeployOptions:
+    """What the generators need besides the graph."""
+
+    graph_text: str  # the graph file, verbatim (ConfigMap data / header hash)
+    graph_file: str = "graph.yaml"  # its file name inside the container, under GRAPH_DIR
+    image: str = "procgraph:0.1"
+    broker_image: str = "valkey/valkey:8"
+    env: Mapping[str, str] = field(default_factory=dict)  # set in every agent container
+    publish: tuple[str, ...] = ()  # agents (besides SERVERS) whose params.port is published
+    namespace: str | None = None  # Kubernetes only; None: no Namespace, no metadata.namespace
+    node_label: str = "kubernetes.io/hostname"  # node key matched against an agent's node
+    service_type: str = "ClusterIP"  # Kubernetes Service type for published ports
+    graph_source: str = "graph.yaml"  # Compose only: bind-mount source, relative to the file
+    command: str = ""  # the command line that generated the output (shown in the header)
+
+
+def dns_name(name: str) -> str:
+    """A graph name as an RFC 1123 label: lower case, ``_`` becomes ``-``."""
+    label = name.lower().replace("_", "-")
+    if not _DNS.match(label) or len(label) > 55:
+        raise DeployError(f"{name!r} cannot be a container/Kubernetes name ({label!r}): use "
+                          "letters, digits and '-', at most 55 characters, no leading '-'")
+    return label
+
+
+def broker_host(broker: str) -> str:
+    """Service name of an embedded broker."""
+    return f"broker-{dns_name(broker)}"
+
+
+def broker_urls(plan: GraphPlan) -> dict[str, str]:
+    """URL of every broker as seen from inside the deployment (value of PROCGRAPH_BROKERS)."""
+    return {name: f"redis://{broker_host(name)}:{BROKER_PORT}" if spec.url == EMBEDDED
+            else spec.url for name, spec in plan.brokers.items()}
+
+
+def _check_names(plan: GraphPlan) -> None:
+    seen: dict[str, str] = {}
+    names = [(broker_host(b), f"broker {b}") for b in plan.brokers]
+    names += [(dns_name(a), f"agent {a}") for a in plan.agents]
+    for label, what in names:
+        if label in seen:
+            raise DeployError(f"{what} and {seen[label]} both become {label!r}: rename one")
+        seen[label] = what
+
+
+def served_port(agent: AgentPlan, opts: DeployOptions) -> tuple[int, bool] | None:
+    """``(port, published)`` if the agent listens on ``params.port``, else None."""
+    published = SERVERS.get(agent.class_path)
+    if agent.name in opts.publish:
+        published = True
+    port = agent.params.get("port")
+    if published is None or not isinstance(port, int) or port <= 0:
+        return None
+    return port, published
+
+
+def _brokers_used(agent: AgentPlan) -> list[str]:
+    used = {agent.broker, *(i.broker for i in agent.inputs), *(o.broker for o in agent.outputs)}
+    return sorted(used)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warnings(plan: GraphPlan, opts: DeployOptions, kind: str) -> list[str]:
+    """Things in the graph that will not work as the user may expect once containerised."""
+    out = []
+    for name in opts.publish:
+        if name not in plan.agents:
+            raise DeployError(f"--publish {name}: the graph has no agent {name!r}")
+    for name, spec in plan.brokers.items():
+        host = spec.url.split("://", 1)[-1].split("/", 1)[0].rsplit(":", 1)[0]
+        if spec.url != EMBEDDED and _is_loopback(host):
+            out.append(f"broker {name}: {spec.url} is loopback: inside a container that is "
+                       "the container itself")
+    for a in plan.agents.values():
+        host = a.params.get("host")
+        if isinstance(host, str) and _is_loopback(host):
+            out.append(f"agent {a.name}: params.host is {host}: inside a container that is "
+                       "the container itself (bind 0.0.0.0 / name a service instead)")
+        served = served_port(a, opts)
+        if served and served[1] and a.replicas > 1 and kind == "compose":
+            out.append(f"agent {a.name}: replica i publishes host port {served[0]}+i")
+        if kind == "k8s" and a.restart != "always":
+            out.append(f"agent {a.name}: restart {a.restart!r} has no StatefulSet equivalent; "
+                       "Kubernetes always restarts it")
+    return out
+
+
+def _labels(plan: GraphPlan, **extra: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "procgraph", "app.kubernetes.io/part-of": plan.name,
+            **{f"procgraph.io/{k}": v for k, v in extra.items()}}
+
+
+def _broker_tools(image: str) -> tuple[str, str]:
+    """(server, cli) executables of a broker image: valkey-* unless it is a redis image."""
+    repo = image.rsplit("/", 1)[-1].split(":", 1)[0]
+    return ("redis-server", "redis-cli") if "redis" in repo else ("valkey-server", "valkey-cli")
+
+
+def _broker_args(opts: DeployOptions) -> list[str]:
+    server, _ = _broker_tools(opts.broker_image)
+    return [server, "--save", "", "--appendonly", "no"]  # streams are working data: no disk
+
+
+def _agent_env(plan: GraphPlan, opts: DeployOptions) -> dict[str, str]:
+    env = {BROKERS_ENV: json.dumps(broker_urls(plan)), "PYTHONUNBUFFERED": "1"}
+    env.update(sorted(opts.env.items()))
+    return env
+
+
+def _graph_path(opts: DeployOptions) -> str:
+    return f"{GRAPH_DIR}/{opts.graph_file}"
+
+
+# -- Compose ---------------------------------------------------------------------------------
+def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
+    """A Compose file: one service per embedded broker and one per agent replica.
+
+    Each replica is its own service (``<agent>-<i>``) because its command carries its replica
+    index; all replicas of an agent share the network alias ``<agent>``. Node placement is kept
+    as a label only (Compose runs on one host).
+    """
+    _check_names(plan)
+    services: dict[str, Any] = {}
+    server, cli = _broker_tools(opts.broker_image)
+    for name, spec in plan.brokers.items():
+        if spec.url != EMBEDDED:
+            continue
+        labels = _labels(plan, broker=name)
+        if spec.node:
+            labels["procgraph.io/node"] = spec.node
+        services[broker_host(name)] = {
+            "image": opts.broker_image,
+            "command": _broker_args(opts),
+            "restart": "unless-stopped",
+            "healthcheck": {"test": ["CMD", cli, "ping"], "interval": "2s", "timeout": "2s",
+                            "retries": 15, "start_period": "2s"},
+            "labels": labels,
+        }
+    embedded = {n for n, s in plan.brokers.items() if s.url == EMBEDDED}
+    env = _agent_env(plan, opts)
+    mount = {"type": "bind", "source": opts.graph_source, "target": _graph_path(opts),
+             "read_only": True}
+    for a in plan.agents.values():
+        served = served_port(a, opts)
+        for i in range(a.replicas):
+            labels = _labels(plan, agent=a.name, replica=str(i))
+            if a.node:
+                labels["procgraph.io/node"] = a.node
+            svc: dict[str, Any] = {
+                "image": opts.image,
+                "command": ["agent", _graph_path(opts), a.name, str(i)],
+                "environment": dict(env),
+                "volumes": [dict(mount)],
+                "restart": _RESTART_COMPOSE[a.restart],
+                "stop_grace_period": "15s",
+                "labels": labels,
+                "networks": {"default": {"aliases": [dns_name(a.name)]}},
+            }
+            deps = [b for b in _brokers_used(a) if b in embedded]
+            if deps:
+                svc["depends_on"] = {broker_host(b): {"condition": "service_healthy"}
+                                     for b in deps}
+            if served and served[1]:
+                svc["ports"] = [f"{served[0] + i}:{served[0]}"]
+            elif served:
+                svc["expose"] = [str(served[0])]
+            services[f"{dns_name(a.name)}-{i}"] = svc
+    return {"name": f"procgraph-{dns_name(plan.name)}", "services": services}
+
+
+# -- Kubernetes ------------------------------------------------------------------------------
+def _meta(name: str, opts: DeployOptions, labels: dict[str, str]) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if opts.namespace:
+        meta["namespace"] = opts.namespace
+    meta["labels"] = labels
+    return meta
+
+
+def _broker_objects(plan: GraphPlan, name: str, opts: DeployOptions) -> list[dict[str, Any]]:
+    spec = plan.brokers[name]
+    labels = _labels(plan, broker=name)
+    selector = {"procgraph.io/graph": plan.name, "procgraph.io/broker": name}
+    labels.update(selector)
+    _, cli = _broker_tools(opts.broker_image)
+    probe = {"exec": {"command": [cli, "ping"]}, "periodSeconds": 5, "timeoutSeconds": 2}
+    pod: dict[str, Any] = {"containers": [{
+        "name": "broker", "image": opts.broker_image, "args": _broker_args(opts),
+        "ports": [{"name": "redis", "containerPort": BROKER_PORT}],
+        "readinessProbe": probe, "livenessProbe": {**probe, "initialDelaySeconds": 10},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+    }]}
+    if spec.node:
+        pod["nodeSelector"] = {opts.node_label: spec.node}
+    host = broker_host(name)
+    return [
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(host, opts, labels),
+         "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                  "selector": {"matchLabels": selector},
+                  "template": {"metadata": {"labels": labels}, "spec": pod}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(host, opts, labels),
+         "spec": {"selector": selector,
+                  "ports": [{"name": "redis", "port": BROKER_PORT, "targetPort": "redis"}]}},
+    ]
+
+
+def _agent_objects(plan: GraphPlan, a: AgentPlan, opts: DeployOptions,
+                   configmap: str) -> list[dict[str, Any]]:
+    name = dns_name(a.name)
+    selector = {"procgraph.io/graph": plan.name, "procgraph.io/agent": a.name}
+    labels = {**_labels(plan, agent=a.name), **selector}
+    served = served_port(a, opts)
+    index = "metadata.labels['apps.kubernetes.io/pod-index']"  # Kubernetes >= 1.28
+    env: list[dict[str, Any]] = [
+        {"name": "PROCGRAPH_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": index}}}]
+    env += [{"name": k, "value": v} for k, v in _agent_env(plan, opts).items()]
+    container: dict[str, Any] = {
+        "name": "agent", "image": opts.image, "imagePullPolicy": "IfNotPresent",
+        # Kubernetes expands $(VAR) in args: no shell needed for the replica index.
+        "args": ["agent", _graph_path(opts), a.name, "$(PROCGRAPH_REPLICA)"],
+        "env": env,
+        "volumeMounts": [{"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "securityContext": {"allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+    }
+    ports = []
+    if served:
+        ports = [{"name": "serve", "port": served[0], "targetPort": "serve"}]
+        container["ports"] = [{"name": "serve", "containerPort": served[0]}]
+    pod: dict[str, Any] = {
+        "terminationGracePeriodSeconds": 15,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": AGENT_UID,
+                            "runAsGroup": AGENT_UID,
+                            "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "graph", "configMap": {
+            "name": configmap, "items": [{"key": opts.graph_file, "path": opts.graph_file}]}}],
+    }
+    if a.node:
+        pod["affinity"] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": opts.node_label, "operator": "In", "values": [a.node]}]}]}}}
+    digest = hashlib.sha256(opts.graph_text.encode()).hexdigest()
+    template_meta = {"labels": labels, "annotations": {"procgraph.io/graph-sha256": digest}}
+    objects: list[dict[str, Any]] = [
+        # governing (headless) Service: stable pod DNS; it also names a served port
+        {"apiVersion": "v1", "kind": "Service", "metadata": _meta(name, opts, labels),
+         "spec": {"clusterIP": "None", "selector": selector, "ports": ports}},
+        {"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": _meta(name, opts, labels),
+         "spec": {"serviceName": name, "replicas": a.replicas,
+                  "podManagementPolicy": "Parallel", "selector": {"matchLabels": selector},
+                  "template": {"metadata": template_meta, "spec": pod}}},
+    ]
+    if not ports:
+        del objects[0]["spec"]["ports"]
+    if served and served[1]:
+        objects.append({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": _meta(f"{name}-public", opts, labels),
+            "spec": {"type": opts.service_type, "selector": selector, "ports": ports}})
+    return objects
+
+
+def k8s_manifests(plan: GraphPlan, opts: DeployOptions) -> list[dict[str, Any]]:
+    """Kubernetes objects: [Namespace], graph ConfigMap, brokers, one StatefulSet per agent.
+
+    A StatefulSet gives each pod a stable ordinal, which is the agent's replica index.
+    """
+    _check_names(plan)
+    docs: list[dict[str, Any]] = []
+    if opts.namespace:
+        docs.append({"apiVersion": "v1", "kind": "Namespace",
+                     "metadata": {"name": opts.namespace, "labels": _labels(plan)}})
+    configmap = f"{dns_name(plan.name)}-graph"
+    docs.append({"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": _meta(configmap, opts, _labels(plan)),
+                 "data": {opts.graph_file: opts.graph_text}})
+    for name, spec in plan.brokers.items():
+        if spec.url == EMBEDDED:
+            docs += _broker_objects(plan, name, opts)
+    for a in plan.agents.values():
+        docs += _agent_objects(plan, a, opts, configmap)
+    return docs
+
+
+# -- YAML ------------------------------------------------------------------------------------
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper: multi-line strings (the graph) as literal blocks, no anchors/aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        """Repeat shared values instead of writing ``&id001`` / ``*id001``."""
+        return True
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def _dump(doc: Any) -> str:
+    return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, width=100, allow_unicode=True)
+
+
+def _header(plan: GraphPlan, opts: DeployOptions, notes: list[str]) -> str:
+    lines = [f"Generated by procgraph from graph {plan.name!r}: regenerate, do not edit.",
+             *([f"  {opts.command}"] if opts.command else []),
+             f"graph sha256: {hashlib.sha256(opts.graph_text.encode()).hexdigest()}",
+             *(f"warning: {n}" for n in notes)]
+    return "".join(f"# {line}\n" for line in lines)
+
+
+def render_compose(plan: GraphPlan, opts: DeployOptions) -> str:
+    """The Compose file as YAML text, with a header naming the command and any warnings."""
+    doc = compose_file(plan, opts)
+    return _header(plan, opts, warnings(plan, opts, "compose")) + _dump(doc)
+
+
+def render_k8s(plan: GraphPlan, opts: DeployOptions) -> str:
+    """The Kubernetes manifests as one multi-document YAML text, with a header."""
+    docs = k8s_manifests(plan, opts)
+    body = "---\n".join(_dump(d) for d in docs)
+    return _header(plan, opts, warnings(plan, opts, "k8s")) + "---\n" + body
