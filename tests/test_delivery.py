@@ -155,6 +155,42 @@ agents:
     assert "heartbeat stopped" in log
 
 
+def test_reader_started_after_its_producer_misses_nothing(valkey, tmp_path):
+    """Without a supervisor (containers, Kubernetes) a producer may start first: it creates
+    its lossless readers' groups before its first entry."""
+    import shutil
+    import subprocess
+    import sys
+
+    client = redis.Redis.from_url(valkey.url)
+    shutil.copy(Path(__file__).parent / "pgtest_agents.py", tmp_path / "pgtest_agents.py")
+    graph = tmp_path / "late.yaml"
+    graph.write_text("""
+name: late
+brokers: {main: {url: embedded}}
+agents:
+  src: {class: "pgtest_agents:Numbers", params: {count: 50}}
+  sink: {class: "pgtest_agents:Recorder", inputs: {items: src.out}}
+""")
+
+    def start(agent: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "procgraph", "agent", str(graph), agent,
+                                 "0", "--broker", f"main={valkey.url}"])
+
+    src = start("src")
+    try:
+        wait_for(lambda: client.get("pgtest:src:done"), 30, "the producer to finish")
+        sink = start("sink")
+        try:
+            wait_for(lambda: _seen(client, "sink") == _keys(50), 30, "all 50 items")
+        finally:
+            sink.terminate()
+            assert sink.wait(15) == 0
+    finally:
+        src.terminate()
+        src.wait(15)
+
+
 def test_broker_restart_is_survived(run_graph, tmp_path):
     broker = EmbeddedBroker()
     broker.start()
@@ -215,3 +251,33 @@ agents:
     assert max(lengths) <= 100 + 110, max(lengths)
     # the latest-policy preview reader was allowed to miss entries and did
     assert len(_seen(client, "preview")) < 1500
+
+
+def test_check_command_reports_heartbeats(valkey, run_graph):
+    import subprocess
+    import sys
+
+    graph = """
+name: chk
+brokers: {main: {url: embedded}}
+agents:
+  src: {class: "pgtest_agents:Numbers", params: {count: 5}}
+  sink: {class: "pgtest_agents:Recorder", inputs: {items: src.out}, replicas: 2}
+"""
+
+    def check(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "procgraph", "check", str(graph_file),
+                               "--redis", valkey.url, *args], capture_output=True, text=True)
+
+    with run_graph(graph, redis_url=valkey.url) as sup:
+        graph_file = sup.plan.file
+        client = redis.Redis.from_url(valkey.url)
+        wait_for(lambda: len(client.keys("pg:chk:hb:*")) == 3, 30, "three heartbeats")
+        ok = check()
+        assert ok.returncode == 0 and "3 replica(s) alive" in ok.stdout, ok.stdout
+        assert check("--agent", "sink", "--replica", "1").returncode == 0
+        assert check("--agent", "nope").returncode == 1
+    # everything stopped: the heartbeats expire, the check fails
+    wait_for(lambda: not client.keys("pg:chk:hb:*"), 15, "heartbeats to expire")
+    down = check("--agent", "sink")
+    assert down.returncode == 1 and "sink[0]" in down.stdout and "sink[1]" in down.stdout

@@ -32,11 +32,16 @@ from procgraph.graph import load_graph
 ROOT = Path(__file__).resolve().parent.parent
 GRAPHS = ["inspection", "minimal"]
 K8S_VERSIONS = ["1.33.0", "1.28.0"]  # 1.28: first with the pod-index label the pods use
+# containers do not share a loopback: the HMI and the PLC simulator listen on all
+# interfaces (the HMI then needs its token) and the PLC writer dials the simulator's service
+CONTAINER_ENV = ["-e", "HMI_HOST=0.0.0.0", "-e", "HMI_TOKEN=${HMI_TOKEN}",
+                 "-e", "PLC_HOST=plc-sim", "-e", "PLC_SIM_HOST=0.0.0.0"]
 EXAMPLES = {  # example file -> the command line (after `procgraph`) that writes it
     "deploy/compose.inspection.yaml": ["deploy", "compose", "graphs/inspection.yaml",
-                                       "--graph-source", "../graphs/inspection.yaml"],
+                                       "--graph-source", "../graphs/inspection.yaml",
+                                       *CONTAINER_ENV],
     "deploy/k8s.inspection.yaml": ["deploy", "k8s", "graphs/inspection.yaml",
-                                   "--namespace", "inspection"],
+                                   "--namespace", "inspection", *CONTAINER_ENV],
 }
 runner = CliRunner()
 

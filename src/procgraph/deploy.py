@@ -171,7 +171,7 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
     """
     _check_names(plan)
     services: dict[str, Any] = {}
-    server, cli = _broker_tools(opts.broker_image)
+    _, cli = _broker_tools(opts.broker_image)
     for name, spec in plan.brokers.items():
         if spec.url != EMBEDDED:
             continue

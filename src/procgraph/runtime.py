@@ -223,6 +223,9 @@ class AgentRunner:
             except (InterruptedError, *TRANSIENT):
                 log.warning("could not flush acks; those entries will be delivered again")
             self.agent.teardown()
+            with contextlib.suppress(*TRANSIENT):  # gone at once, not 5 s later
+                key = heartbeat_key(self.plan.name, self.spec.name, self.replica)
+                self.client(self.spec.broker).delete(key)
 
     def _consume(self) -> None:
         for reader in self.readers:

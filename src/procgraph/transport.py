@@ -171,6 +171,7 @@ class StreamWriter:
         self.config = config
         self.stop = stop
         self.on_wait = on_wait  # called while held back (a waiting producer is alive)
+        self._groups_ready = False
         self._cap = config.maxlen
         self._since_check = 0
         self._est_len = 0
@@ -194,13 +195,33 @@ class StreamWriter:
             )
         self._since_check += 1
         self._est_len += 1
+        self._ensure_reader_groups()
         if self._est_len >= self._cap or self._since_check >= max(1, self._cap // 8):
             self._make_room()
         return retry(
             lambda: self.client.xadd(self.config.stream, fields),
             f"XADD {self.config.stream}",
             self.stop,
+            on_reconnect=self._recreate_reader_groups,
         )
+
+    def _ensure_reader_groups(self, start: str = "$") -> None:
+        """Create the lossless readers' groups before the first entry, so a reader that
+        starts after this producer (no supervisor, e.g. on Kubernetes) misses nothing."""
+        if self._groups_ready and start == "$":
+            return
+        for group in self.config.lossless_groups:
+            try:
+                retry(lambda g=group: self.client.xgroup_create(
+                    self.config.stream, g, id=start, mkstream=True), "create group", self.stop)
+            except ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self._groups_ready = True
+
+    def _recreate_reader_groups(self) -> None:
+        with contextlib.suppress(*TRANSIENT):
+            self._ensure_reader_groups(start="0")
 
     def send_many(self, batch: list[Mapping[bytes, bytes | memoryview]]) -> None:
         """Append several entries in one round trip (in order), with the same rules."""
@@ -213,6 +234,7 @@ class StreamWriter:
         self._cap = self._cap_for(nbytes)
         lossless = bool(self.config.lossless_groups)
         if lossless:
+            self._ensure_reader_groups()
             self._since_check += len(batch)
             self._est_len += len(batch)
             if self._est_len >= self._cap or self._since_check >= max(1, self._cap // 8):
@@ -227,7 +249,8 @@ class StreamWriter:
                     pipe.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
             pipe.execute()
 
-        retry(send, f"XADD {self.config.stream}", self.stop)
+        retry(send, f"XADD {self.config.stream}", self.stop,
+              on_reconnect=self._recreate_reader_groups if lossless else None)
 
     def _make_room(self) -> None:
         waited_from = time.monotonic()
@@ -306,11 +329,16 @@ class GroupReader:
         self._acks: dict[str, list[bytes]] = {}
         self._acks_lock = threading.Lock()  # the handler thread queues, the reader sends
 
-    def ensure_groups(self) -> None:
-        """Create the consumer groups (and streams) that do not exist yet."""
+    def ensure_groups(self, start: str | None = None) -> None:
+        """Create the consumer groups (and streams) that do not exist yet.
+
+        ``start`` overrides where new groups begin: after a broker restart they begin at
+        ``0``, since everything in the (new) stream arrived after the restart.
+        """
         for spec in self.specs.values():
             try:
-                self.client.xgroup_create(spec.stream, spec.group, id=spec.start, mkstream=True)
+                self.client.xgroup_create(spec.stream, spec.group, id=start or spec.start,
+                                          mkstream=True)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -318,12 +346,15 @@ class GroupReader:
     def _call(self, fn: Callable[[], T], what: str) -> T:
         while True:
             try:
-                return retry(fn, what, self.stop, on_reconnect=self.ensure_groups)
+                return retry(fn, what, self.stop, on_reconnect=self._recreate_groups)
             except ResponseError as exc:
                 if "NOGROUP" not in str(exc):
                     raise
                 log.warning("%s: consumer group missing (broker restarted?); re-creating", what)
-                retry(self.ensure_groups, "create groups", self.stop)
+                retry(self._recreate_groups, "create groups", self.stop)
+
+    def _recreate_groups(self) -> None:
+        self.ensure_groups(start="0")
 
     def ack_later(self, stream: str, entry_id: bytes) -> None:
         """Queue an acknowledgement; it is sent with the next read or flush."""

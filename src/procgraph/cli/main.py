@@ -21,7 +21,7 @@ def _register_optional() -> None:
     """Commands that live with the agents they belong to."""
     import importlib
 
-    for name in ("procgraph.cli.model_cmd", "procgraph.cli.plc_cmd", "procgraph.cli.top_cmd",
+    for name in ("procgraph.cli.check_cmd", "procgraph.cli.model_cmd", "procgraph.cli.plc_cmd", "procgraph.cli.top_cmd",
                  "procgraph.cli.record_cmd", "procgraph.cli.deploy_cmd", "procgraph.cli.new_cmd"):
         try:
             module = importlib.import_module(name)

@@ -154,14 +154,14 @@ class TopSampler:
                 count, rate, stats = self._totals(agent.name, beats, "inputs", inp.port)
                 lag, pending = self._group(inp.broker, inp.stream, agent.name)
                 lat = [float(s["latency_ms"]) for s in stats if s.get("latency_ms") is not None]
-                rows.append(Row(**base, port=f"in  {inp.port} <- {inp.source}", count=count,
+                rows.append(Row(**base, port=f"in:{inp.port}", count=count,
                                 rate=rate, lag=lag, pending=pending,
                                 dead=self.clients[inp.broker].xlen(dead_letter_key(inp.stream)),
                                 p50_ms=max(lat) if lat else None))
             for out in agent.outputs:
                 count, rate, stats = self._totals(agent.name, beats, "outputs", out.port)
                 blocked = [float(s.get("blocked_s") or 0) for s in stats]
-                rows.append(Row(**base, port=f"out {out.port}", count=count, rate=rate,
+                rows.append(Row(**base, port=f"out:{out.port}", count=count, rate=rate,
                                 blocked_s=sum(blocked) if blocked else None))
             if not agent.inputs and not agent.outputs:
                 rows.append(Row(**base, port="-"))
@@ -173,15 +173,16 @@ def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
 
 
 def render(plan: GraphPlan, rows: list[Row], note: str = "", plain: bool = False) -> Table:
-    """The table ``top`` shows (``plain``: no colours, simple borders)."""
+    """The table ``top`` shows (``plain``: no colours)."""
     table = Table(title=f"graph {plan.name!r}  {time.strftime('%H:%M:%S')}", caption=note or None,
-                  box=box.SIMPLE if plain else box.ROUNDED, title_justify="left")
+                  box=box.SIMPLE_HEAD, title_justify="left", caption_justify="left",
+                  collapse_padding=True, pad_edge=False)
     table.add_column("agent", no_wrap=True)
-    table.add_column("alive", justify="right")
-    table.add_column("restarts", justify="right")
-    table.add_column("port", no_wrap=True)
-    for name in ("count", "msg/s", "lag", "pending", "dead", "p50 ms", "blocked s"):
-        table.add_column(name, justify="right")
+    for name in ("up", "rst"):
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("port", overflow="fold", min_width=8)
+    for name in ("count", "msg/s", "lag", "pend", "dead", "p50ms", "blk s"):
+        table.add_column(name, justify="right", no_wrap=True)
     last = None
     for r in rows:
         first = r.agent != last
