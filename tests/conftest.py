@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -71,21 +70,10 @@ def run_graph(tmp_path: Path) -> Callable[..., object]:
         plan = load_graph(graph)
         log = io.StringIO()
         sup = Supervisor(plan, redis_url=redis_url, out=log, colour=False)
-        sup.start()
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                sup.poll()
-                stop.wait(0.1)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
+        sup.start_in_thread()
         try:
             yield sup
         finally:
-            stop.set()
-            thread.join()
             sup.shutdown()
             (tmp_path / "supervisor.log").write_text(log.getvalue())
             print(log.getvalue()[-4000:])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,21 +47,10 @@ def line(url: str, parts: int, rate: float, window_ms: int = 3000, clf_replicas:
             plan.agents[name].replicas = clf_replicas
         out = io.StringIO()
         sup = Supervisor(plan, out=out, colour=False)
-        sup.start()
-        stop = threading.Event()
-
-        def loop() -> None:
-            while not stop.is_set():
-                sup.poll()
-                stop.wait(0.1)
-
-        thread = threading.Thread(target=loop, daemon=True)
-        thread.start()
+        sup.start_in_thread()
         try:
             yield sup, plc
         finally:
-            stop.set()
-            thread.join()
             sup.shutdown()
             print(out.getvalue()[-6000:])
     finally:

@@ -12,6 +12,9 @@ ARRAY_FIELD_PREFIX = "a:"
 
 DEAD_LETTER_SUFFIX = ":dead"
 
+#: environment variable with the broker URLs (JSON: name -> URL) the supervisor gives replicas
+BROKERS_ENV = "PROCGRAPH_BROKERS"
+
 DEFAULT_MAXLEN = 1000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
 DEFAULT_MAX_DELIVERIES = 3

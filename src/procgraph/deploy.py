@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
+from procgraph.constants import BROKERS_ENV
 from procgraph.errors import ProcgraphError
 from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan
-from procgraph.supervisor import BROKERS_ENV
 
 GRAPH_DIR = "/app/graphs"  # relative paths in the graph (../models/x.onnx) resolve in /app
 BROKER_PORT = 6379

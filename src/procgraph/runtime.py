@@ -409,6 +409,7 @@ class AgentRunner:
             return
         item.reader.ack_later(item.stream, item.entry[0])
         self.stats_in[port].count += 1
+        self.stats_in[port].latency_ms.append((time.time_ns() - item.msg.ts_ns) / 1e6)
 
 
 def configure_logging(agent: str, replica: int, supervised: bool) -> None:

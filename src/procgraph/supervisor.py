@@ -15,11 +15,10 @@ from typing import IO
 import redis
 
 from procgraph.brokers import EmbeddedBroker
-from procgraph.constants import heartbeat_key
+from procgraph.constants import BROKERS_ENV, heartbeat_key
 from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan
 
 log = logging.getLogger("procgraph.supervisor")
-BROKERS_ENV = "PROCGRAPH_BROKERS"
 _COLOURS = [36, 33, 35, 32, 34, 91, 96, 93, 95, 92, 94]
 RESTART_MAX_S = 30.0
 STABLE_S = 30.0
@@ -232,6 +231,21 @@ class Supervisor:
                 self._spawn(r)
         self._check_heartbeats()
 
+    def start_in_thread(self, interval_s: float = 0.1) -> None:
+        """Start everything, then supervise from a background thread until ``shutdown()``.
+
+        For tests, benchmarks and programs that embed a line; ``run()`` is the blocking form.
+        """
+        self.start()
+
+        def loop() -> None:
+            while not self.stopping.is_set():
+                self.poll()
+                self.stopping.wait(interval_s)
+
+        self._thread = threading.Thread(target=loop, name="supervisor", daemon=True)
+        self._thread.start()
+
     def run(self, duration_s: float | None = None) -> int:
         """Start everything and supervise until stopped or ``duration_s`` passes."""
         self.start()
@@ -250,6 +264,9 @@ class Supervisor:
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop replicas (SIGTERM, then SIGKILL after ``grace_s``), then brokers."""
         self.stopping.set()
+        thread = getattr(self, "_thread", None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
         live = [r for r in self.replicas if r.pid is not None]
         if live:
             self.say("supervisor", f"stopping {len(live)} replica(s)")

@@ -11,7 +11,7 @@ import contextlib
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +27,7 @@ from procgraph.agents.hmi.state import HealthTracker, LiveState, annotate, encod
 from procgraph.agents.messages import ModelInfo, PartOutcome, Preview, Verdict
 from pydantic import ValidationError
 
+from pgtest_util import wait_for as wait_until
 from procgraph.brokers import free_port
 from procgraph.graph import load_graph
 from procgraph.supervisor import Supervisor
@@ -38,18 +39,6 @@ if TYPE_CHECKING:
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 MODEL = ModelInfo(name="m", version="3", sha256="ab" * 32)
-
-
-def wait_until(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    """Poll ``cond`` until it returns something truthy; fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s:g}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def preview(camera: str = "front", seq: int = 1, key: str = "", gray: bool = False) -> Preview:

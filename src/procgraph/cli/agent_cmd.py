@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from procgraph.cli.common import fail, load_or_exit
-from procgraph.supervisor import BROKERS_ENV
+from procgraph.constants import BROKERS_ENV
 
 
 def agent(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from procgraph.cli.common import fail, load_or_exit
+from procgraph.cli.common import broker_urls, fail, load_or_exit
 from procgraph.constants import heartbeat_key
-from procgraph.supervisor import BROKERS_ENV
 
 
 def check(
@@ -25,10 +22,7 @@ def check(
     import redis
 
     plan = load_or_exit(file)
-    urls = {n: b.url for n, b in plan.brokers.items() if b.url != "embedded"}
-    urls.update(json.loads(os.environ.get(BROKERS_ENV, "{}")))
-    if redis_url:
-        urls.update({n: redis_url for n, b in plan.brokers.items() if b.url == "embedded"})
+    urls = broker_urls(plan, redis_url)
     if agent is not None and agent not in plan.agents:
         raise fail(f"graph {plan.name!r} has no agent {agent!r}")
     missing: list[str] = []
@@ -36,9 +30,7 @@ def check(
     for a in plan.agents.values():
         if agent is not None and a.name != agent:
             continue
-        url = urls.get(a.broker)
-        if url is None:
-            raise fail(f"no URL for broker {a.broker!r}: pass --redis or set {BROKERS_ENV}")
+        url = urls[a.broker]
         client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
         indexes = [replica] if replica is not None else list(range(a.replicas))
         try:

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from procgraph.cli import agent_cmd, graph_cmd, run_cmd, tap_cmd, validate_cmd
+from procgraph.cli import (
+    agent_cmd,
+    check_cmd,
+    deploy_cmd,
+    graph_cmd,
+    model_cmd,
+    new_cmd,
+    plc_cmd,
+    record_cmd,
+    run_cmd,
+    tap_cmd,
+    top_cmd,
+    validate_cmd,
+)
 
 app = typer.Typer(
     name="procgraph",
@@ -13,26 +26,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-for module in (validate_cmd, graph_cmd, run_cmd, tap_cmd, agent_cmd):
+for module in (validate_cmd, graph_cmd, run_cmd, tap_cmd, top_cmd, check_cmd, record_cmd,
+               model_cmd, plc_cmd, deploy_cmd, new_cmd, agent_cmd):
     module.register(app)
-
-
-def _register_optional() -> None:
-    """Commands that live with the agents they belong to."""
-    import importlib
-
-    for name in ("procgraph.cli.check_cmd", "procgraph.cli.model_cmd", "procgraph.cli.plc_cmd", "procgraph.cli.top_cmd",
-                 "procgraph.cli.record_cmd", "procgraph.cli.deploy_cmd", "procgraph.cli.new_cmd"):
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue
-        module.register(app)
-
-
-_register_optional()
 
 
 def main() -> None:

@@ -21,8 +21,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from procgraph.cli.common import fail, load_or_exit
-from procgraph.cli.top_cmd import BrokerErrors, broker_urls
+from procgraph.cli.common import broker_urls, fail, load_or_exit
+from procgraph.cli.top_cmd import BrokerErrors
 from procgraph.recording import Record, RecordingError, RecordingReader, RecordingWriter, entry_ms
 
 READ_COUNT = 200

@@ -41,9 +41,12 @@ def tap(
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    last = "0-0" if from_start else "$"
+    last = "0-0"
     seen = 0
     try:
+        if not from_start:  # start after the newest entry now, so none is missed later
+            newest = client.xrevrange(stream, count=1)
+            last = newest[0][0] if newest else "0-0"
         while count <= 0 or seen < count:
             reply = client.xread({stream: last}, count=100, block=1000)
             for _, entries in reply or []:

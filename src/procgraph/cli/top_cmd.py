@@ -19,31 +19,11 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from procgraph.cli.common import fail, load_or_exit
+from procgraph.cli.common import broker_urls, fail, load_or_exit
 from procgraph.constants import dead_letter_key, heartbeat_key
-from procgraph.graph import EMBEDDED, GraphPlan
+from procgraph.graph import GraphPlan
 
 BrokerErrors = (redis.ConnectionError, redis.TimeoutError)
-
-
-def broker_urls(plan: GraphPlan, override: str | None) -> dict[str, str]:
-    """The URL of each broker of a graph, as a tool outside the supervisor reaches it.
-
-    An explicit URL in the graph wins; an embedded broker takes ``override`` (``--redis`` or
-    ``$PROCGRAPH_REDIS``), else its fixed ``port``. Raises typer.Exit when one is unknown.
-    """
-    urls: dict[str, str] = {}
-    for name, spec in plan.brokers.items():
-        if spec.url != EMBEDDED:
-            urls[name] = spec.url
-        elif override:
-            urls[name] = override
-        elif spec.port is not None:
-            urls[name] = f"redis://{spec.host}:{spec.port}"
-        else:
-            raise fail(f"broker {name!r} of graph {plan.name!r} is embedded on a free port: "
-                       "pass --redis URL (the URL `procgraph run` printed)")
-    return urls
 
 
 @dataclass
