@@ -89,10 +89,13 @@ class _Model:
 
         opts = ort.SessionOptions()
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        self.name = self.sess.get_inputs()[0].name
+        inp = self.sess.get_inputs()[0]
+        self.name = inp.name
+        self.hw = (int(inp.shape[2]), int(inp.shape[3]))  # NCHW, fixed H and W
 
     def defective(self, img: np.ndarray) -> bool:
-        x = cv2.resize(img, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+        h, w = self.hw
+        x = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
         x = ((x - 0.5) / 0.5)[None, None]
         probs = self.sess.run(None, {self.name: x})[0][0]
         return bool(probs[1] >= 0.5)

@@ -186,7 +186,8 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
         raise CodecError(f"array {name!r}: unsupported dtype {dtype_str!r}") from exc
     shape = tuple(shape_list)
     if (dtype.kind not in _ALLOWED_DTYPE_KINDS or len(shape) > _MAX_DIMS
-            or math.prod(shape) > _MAX_ELEMENTS):
+            or math.prod(d or 1 for d in shape) > _MAX_ELEMENTS):  # numpy limits empty
+        # arrays too: (0, 2**31, 2**31) holds nothing but cannot be created
         raise CodecError(f"array {name!r}: unsupported dtype {dtype} or shape {shape}")
     encoding = desc.get("encoding", "raw")
     if "ref" in desc:
