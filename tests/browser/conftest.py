@@ -24,7 +24,10 @@ VIEWPORT = {"width": 1600, "height": 980}
 def chromium() -> Iterator[Browser]:
     """A launched Chromium (Playwright ``Browser``); skips when Chromium is not installed."""
     if not CHROMIUM.exists():
-        pytest.skip(f"no Chromium at {CHROMIUM}: apt-get install -y chromium")
+        message = f"no Chromium at {CHROMIUM}: apt-get install -y chromium"
+        if os.environ.get("PROCGRAPH_REQUIRE_CHROMIUM") == "1":  # CI: a missing browser fails
+            pytest.fail(message)
+        pytest.skip(message)
     sync_api = pytest.importorskip("playwright.sync_api")
     with sync_api.sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
