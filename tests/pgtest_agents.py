@@ -33,6 +33,7 @@ class Numbers(Agent):
             if not self.running:
                 return
             self.out.send(Item(n=n, key=f"k{n}", payload=pad))
+            self.flush()
             client.set(f"pgtest:{self.context.agent}:next", n + 1)
             if self.params.rate_hz > 0:
                 time.sleep(1.0 / self.params.rate_hz)

@@ -166,7 +166,8 @@ class SyntheticPartCamera(CameraAgent):
             return 0
 
     def sent_seq(self, seq: int) -> None:
-        """Remember progress in the broker."""
+        """Remember progress in the broker, once the frame is surely there."""
+        self.flush()
         self.context.redis().set(self._counter_key, seq + 1)
 
     def grab(self) -> tuple[np.ndarray, str, dict[str, Any]]:

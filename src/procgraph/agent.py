@@ -97,6 +97,7 @@ class Agent:
         self._current: Message | None = None
         self._in_ns = 0
         self._bound_outputs: dict[str, BoundOutput[Any]] = {}
+        self._before_sleep: Callable[[], None] | None = None
 
     # -- lifecycle hooks (no-op defaults) -------------------------------------------------
     def setup(self) -> None:
@@ -126,9 +127,23 @@ class Agent:
         self._stop.set()
 
     def sleep(self, seconds: float) -> bool:
-        """Sleep up to ``seconds``, waking early on stop; returns ``self.running``."""
+        """Sleep up to ``seconds``, waking early on stop; returns ``self.running``.
+
+        What a source sent before is written out first, so pacing adds no latency.
+        """
+        self.flush()
         self._stop.wait(max(0.0, seconds))
         return self.running
+
+    def flush(self) -> None:
+        """Write out now what this source sent so far.
+
+        A source's ``send()`` may hold small messages up to 2 ms to write them together;
+        call ``flush()`` before recording elsewhere that they were sent. Handlers need not:
+        their sends are written when the handler returns, before the input is acked.
+        """
+        if self._before_sleep is not None:
+            self._before_sleep()
 
     @property
     def is_source(self) -> bool:

@@ -64,6 +64,68 @@ class _Pending:
     in_ns: int
 
 
+class _SourceBuffer:
+    """Coalesces a source agent's sends into pipelined XADDs.
+
+    Small messages wait at most ``linger_s`` (or until the source sleeps, or 64 are
+    queued); a large one (>= 64 KB) goes out at once with whatever is queued before it.
+    Order is kept. Backpressure still holds: a flush blocks while the stream is full.
+    """
+
+    MAX_ENTRIES = 64
+    BIG_BYTES = 64 * 1024
+
+    def __init__(self, writers: dict[str, StreamWriter], stop: threading.Event,
+                 linger_s: float = 0.002) -> None:
+        self.writers = writers
+        self.stop = stop
+        self.linger_s = linger_s
+        self.items: list[tuple[str, Any]] = []
+        self.first = 0.0
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._loop, name="send-buffer", daemon=True)
+        self.thread.start()
+
+    def add(self, port: str, fields: Any) -> None:
+        """Queue one encoded entry; flush when full or when it is large."""
+        nbytes = sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
+        with self.cond:
+            self.items.append((port, fields))
+            if len(self.items) == 1:
+                self.first = time.monotonic()
+                self.cond.notify()
+            if len(self.items) >= self.MAX_ENTRIES or nbytes >= self.BIG_BYTES:
+                self._flush_locked()
+
+    def flush(self) -> None:
+        """Write out everything queued now."""
+        with self.cond:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        items, self.items = self.items, []
+        start = 0
+        for i in range(1, len(items) + 1):  # consecutive runs of one port, in order
+            if i == len(items) or items[i][0] != items[start][0]:
+                self.writers[items[start][0]].send_many([f for _, f in items[start:i]])
+                start = i
+
+    def _loop(self) -> None:
+        with self.cond:
+            while not self.stop.is_set():
+                if not self.items:
+                    self.cond.wait(0.1)
+                    continue
+                remaining = self.first + self.linger_s - time.monotonic()
+                if remaining > 0:
+                    self.cond.wait(remaining)
+                    continue
+                try:
+                    self._flush_locked()
+                except InterruptedError:
+                    return
+
+
 class _Prefetcher(threading.Thread):
     """Reads the next entries while the handler works on the current ones.
 
@@ -142,6 +204,7 @@ class AgentRunner:
                 GroupReader(self.client(broker), specs, ctx.consumer, self.stop_event)
             )
         self._collect: dict[str, list[Any]] | None = None
+        self._source_buffer: _SourceBuffer | None = None
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.cls.inputs}
         self._batch_started: dict[str, float] = {}
 
@@ -162,6 +225,8 @@ class AgentRunner:
         fields = codec.encode(msg, self.encodings[port])
         if self._collect is not None:  # inside a handler: sent together when it returns
             self._collect.setdefault(port, []).append(fields)
+        elif self._source_buffer is not None:
+            self._source_buffer.add(port, fields)
         else:
             self.writers[port].send(fields)
 
@@ -210,7 +275,13 @@ class AgentRunner:
         self.agent.setup()
         try:
             if self.agent.is_source:
-                self.agent.run()
+                self._source_buffer = _SourceBuffer(self.writers, self.stop_event)
+                self.agent._before_sleep = self._source_buffer.flush
+                try:
+                    self.agent.run()
+                finally:
+                    with contextlib.suppress(InterruptedError, *TRANSIENT):
+                        self._source_buffer.flush()
             else:
                 self._consume()
         except InterruptedError:
