@@ -11,7 +11,9 @@ framework: render both views, run both models with onnxruntime, write the outcom
 same simulated PLC with the same register map and handshake.
 
 Reports parts/s (cameras unthrottled), latency from capture to the PLC write (p50/p95/p99,
-cameras at --rate parts/s) and the accuracy of what reached the PLC against ground truth.
+cameras at --rate parts/s; counted from the capture of a part's last view, since the two
+synthetic cameras are not triggered together; the p50 from the first view is shown too) and
+the accuracy of what reached the PLC against ground truth.
 """
 
 from __future__ import annotations
@@ -75,12 +77,17 @@ def run_procgraph(count: int, rate: float) -> dict:
         outs = [codec.decode(f, PartOutcome) for _, f in
                 client.xrange("pg:inspection:plc:outcomes")]
     outs = [o for o in outs if int(o.key.split("-")[1]) < count]
-    lat = [(o.plc_written_ns - o.capture_ns) / 1e6 for o in outs]
+    # from the capture of the part's last view: the synthetic front and back cameras run
+    # unsynchronised, so the first view can wait up to one camera period for the second
+    lat = [(o.plc_written_ns - max(v.capture_ns for v in o.verdicts.values())) / 1e6
+           for o in outs]
+    wait = [(o.plc_written_ns - o.capture_ns) / 1e6 for o in outs]
     span = (max(o.plc_written_ns for o in outs) - min(o.capture_ns for o in outs)) / 1e9
     right = sum(o.reject == o.truth_defective for o in outs)
     dup = sum(p["duplicate"] for p in plc.received)
-    return {"parts": len(outs), "rate": len(outs) / span, "lat": lat, "right": right,
-            "dup": dup, "incomplete": sum(o.outcome == "incomplete" for o in outs)}
+    return {"parts": len(outs), "rate": len(outs) / span, "lat": lat, "first": wait,
+            "right": right, "dup": dup,
+            "incomplete": sum(o.outcome == "incomplete" for o in outs)}
 
 
 class _Model:
@@ -131,8 +138,8 @@ def run_baseline(count: int, rate: float) -> dict:
         writer.close()
         plc.stop_thread()
     span = (time.time_ns() - t0) / 1e9
-    return {"parts": count, "rate": count / span, "lat": lat, "right": right, "dup": 0,
-            "incomplete": 0}
+    return {"parts": count, "rate": count / span, "lat": lat, "first": lat, "right": right,
+            "dup": 0, "incomplete": 0}
 
 
 def main() -> None:
@@ -150,13 +157,14 @@ def main() -> None:
         paced = fn(args.paced, args.rate)
         results[name] = (flat, paced)
     print()
-    print("| impl | parts/s (flat out) | p50 ms | p95 ms | p99 ms | accuracy at PLC | "
-          "duplicates | incomplete |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| impl | parts/s (flat out) | p50 ms | p95 ms | p99 ms | p50 ms from 1st view | "
+          "accuracy at PLC | duplicates | incomplete |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, (flat, paced) in results.items():
         acc = (flat["right"] + paced["right"]) / (flat["parts"] + paced["parts"])
         print(f"| {name} | {flat['rate']:.1f} | {pct(paced['lat'], 50):.1f} | "
-              f"{pct(paced['lat'], 95):.1f} | {pct(paced['lat'], 99):.1f} | {acc:.1%} | "
+              f"{pct(paced['lat'], 95):.1f} | {pct(paced['lat'], 99):.1f} | "
+              f"{pct(paced['first'], 50):.1f} | {acc:.1%} | "
               f"{flat['dup'] + paced['dup']} | {flat['incomplete'] + paced['incomplete']} |")
     ratio = results["procgraph"][0]["rate"] / results["baseline"][0]["rate"]
     print(f"\nprocgraph/baseline parts/s: {ratio:.2f}  (latency measured at {args.rate} parts/s)")
