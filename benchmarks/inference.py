@@ -37,7 +37,7 @@ from procgraph.transport import connect
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS_MODEL = REPO / "models" / "parts-front.onnx"
-SIZE = 64
+SIZE = 64  # input size of the generated stand-in model
 
 
 def generated_model() -> bytes:
@@ -106,13 +106,14 @@ def raw_loop(model: bytes, frames: list[Frame], batch: int,
     opts.intra_op_num_threads = threads
     session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    session.run(None, {name: np.zeros((batch, 1, SIZE, SIZE), np.float32)})
+    h, w = (int(d) for d in session.get_inputs()[0].shape[2:4])  # the model's input size
+    session.run(None, {name: np.zeros((batch, 1, h, w), np.float32)})
     latencies: list[float] = []
     t_start = time.perf_counter()
     for i in range(0, len(frames), batch):
         t0 = time.perf_counter()
         chunk = frames[i:i + batch]
-        x = np.stack([cv2.resize(f.image, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
+        x = np.stack([cv2.resize(f.image, (w, h), interpolation=cv2.INTER_AREA)
                       for f in chunk]).astype(np.float32)
         x = ((x / 255.0 - 0.5) / 0.5)[:, None, :, :]
         session.run(None, {name: x})
