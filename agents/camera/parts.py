@@ -372,11 +372,11 @@ def _draw_dent(
     img: np.ndarray, sc: _Scene, rng: np.random.Generator, holes: list[tuple[float, float, float]]
 ) -> None:
     """A shaded elliptical depression: dark on the side facing the light, bright opposite."""
-    a = sc.radius * rng.uniform(0.09, 0.14)
+    a = sc.radius * rng.uniform(0.10, 0.15)
     b = a * rng.uniform(0.55, 0.9)
     phi = rng.uniform(0, math.pi)
     x0, y0 = _surface_point(sc, rng, holes, a)
-    strength = rng.uniform(55, 85)
+    strength = rng.uniform(65, 90)
     x_lo, x_hi = max(0, int(x0 - a) - 2), min(sc.width, int(x0 + a) + 3)
     y_lo, y_hi = max(0, int(y0 - a) - 2), min(sc.height, int(y0 + a) + 3)
     if x_hi <= x_lo or y_hi <= y_lo:

@@ -24,9 +24,10 @@ def _parts(count: int, seed: int, defect_rate: float) -> list[PartSpec]:
     return [make_part(i, rng, defect_rate) for i in range(count)]
 
 
-def _model_input(view: np.ndarray) -> np.ndarray:
-    """Preprocessing of docs/models/parts.md: grey, INTER_AREA to 64x64, [0,1], (x-0.5)/0.5."""
-    small = cv2.resize(view, (64, 64), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+def _model_input(view: np.ndarray, size: tuple[int, int] = (128, 128)) -> np.ndarray:
+    """Preprocessing of docs/models/parts.md: grey, INTER_AREA to HxW, [0,1], (x-0.5)/0.5."""
+    h, w = size
+    small = cv2.resize(view, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
     return ((small - 0.5) / 0.5)[None]
 
 
@@ -105,6 +106,19 @@ def test_defect_changes_only_a_small_region(view: str, kind: str) -> None:
 
 
 @pytest.mark.parametrize("view", VIEWS)
+@pytest.mark.parametrize("kind", DEFECT_KINDS)
+def test_every_defect_is_visible(view: str, kind: str) -> None:
+    # a defect must not vanish into a bore or hole or under the O-ring groove: the label
+    # "defective" has to be something an inspector can see in the picture
+    rng = np.random.default_rng(31)
+    for seed in rng.integers(0, 2**32, 40):
+        ok = render_view(PartSpec(1, None, None, int(seed)), view, dust=False, lighting=False)
+        bad = render_view(PartSpec(1, kind, kind, int(seed)), view, dust=False, lighting=False)
+        changed = int((cv2.absdiff(ok, bad) > 20).sum())
+        assert changed >= 50, f"{view} {kind} seed {seed}: only {changed} pixels show it"
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_dust_and_lighting_do_not_change_the_part(view: str) -> None:
     spec = PartSpec(3, None, None, seed=77)
     clean = render_view(spec, view, dust=False, lighting=False).astype(np.int16)
@@ -135,6 +149,25 @@ def test_render_speed_256() -> None:
 
 
 @pytest.mark.parametrize("view", VIEWS)
+def test_onnx_model_interface(view: str) -> None:
+    onnx = pytest.importorskip("onnx")
+    path = MODELS / f"parts-{view}.onnx"
+    assert path.exists(), f"{path} is missing: run python tools/train_demo_model.py"
+    assert path.stat().st_size < 2 * 1024 * 1024
+    model = onnx.load(str(path))
+    assert {o.domain or "ai.onnx": o.version for o in model.opset_import} == {"ai.onnx": 17}
+    (inp,) = model.graph.input
+    (out,) = model.graph.output
+    dims = [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+    assert (inp.name, inp.type.tensor_type.elem_type) == ("image", onnx.TensorProto.FLOAT)
+    assert dims == ["batch", 1, 128, 128]
+    dims = [d.dim_param or d.dim_value for d in out.type.tensor_type.shape.dim]
+    assert (out.name, dims) == ("probs", ["batch", 2])
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["labels"] == '["ok", "defective"]' and meta["view"] == view
+
+
+@pytest.mark.parametrize("view", VIEWS)
 def test_onnx_models_classify_fresh_parts(view: str) -> None:
     ort = pytest.importorskip("onnxruntime")
     path = MODELS / f"parts-{view}.onnx"
@@ -142,9 +175,10 @@ def test_onnx_models_classify_fresh_parts(view: str) -> None:
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in sess.get_inputs()] == ["image"]
     assert [o.name for o in sess.get_outputs()] == ["probs"]
+    size = tuple(sess.get_inputs()[0].shape[2:])  # (H, W), fixed
     # seeds never used by the training tool (train 7, validation 8, card 20240917)
     parts = _parts(200, seed=99_001 if view == "front" else 99_002, defect_rate=0.75)
-    x = np.stack([_model_input(render_view(p, view)) for p in parts])
+    x = np.stack([_model_input(render_view(p, view), size) for p in parts])
     y = np.array([p.defect(view) is not None for p in parts])
     assert 60 < y.sum() < 140  # both classes well represented
     probs = sess.run(["probs"], {"image": x})[0]
