@@ -216,7 +216,8 @@ def main() -> None:
             model_path.write_bytes(generated_model())
         model = model_path.read_bytes()
         print(f"model: {what}; {args.frames} frames {args.width}x{args.height} Mono8 "
-              f"-> model input size; {args.repeat} run(s) per side; threads {args.threads or 'default'}",
+              f"-> model input size; {args.repeat} run(s) per side; "
+              f"threads {args.threads or 'default'}",
               flush=True)
         frames = make_frames(args.frames, args.width, args.height)
         rows = []
