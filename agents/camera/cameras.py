@@ -80,6 +80,7 @@ class CameraAgent(Agent):
             if period:
                 self.sleep(next_at - time.monotonic())
                 next_at = max(next_at + period, time.monotonic() - period)
+            self.seq = seq  # the sequence number the next frame gets
             try:
                 grabbed = self.grab()
             except Exception as exc:
@@ -172,7 +173,7 @@ class SyntheticPartCamera(CameraAgent):
 
     def grab(self) -> tuple[np.ndarray, str, dict[str, Any]]:
         """Render the next part's view."""
-        seq = self._next_seq()
+        seq = self.seq
         rng = np.random.default_rng([self.params.seed, seq])
         spec = self._parts.make_part(seq, rng, self.params.defect_rate)
         img = self._parts.render_view(spec, self.params.view, tuple(self.params.size),
@@ -181,10 +182,6 @@ class SyntheticPartCamera(CameraAgent):
         defect = spec.defect(self.params.view)
         fmt = "Mono8" if self.params.channels == 1 else "BGR8"
         return img, fmt, {"truth": defect or "ok", "capture_ns": time.time_ns()}
-
-    def _next_seq(self) -> int:
-        self._seq = getattr(self, "_seq", self.first_seq() - 1) + 1
-        return self._seq
 
 
 class GenICamCamera(CameraAgent):

@@ -66,6 +66,10 @@ class ModbusPlcAgent(Agent):
         self.redis = self.context.redis()
         prefix = f"pg:{self.context.graph}:join:{self.context.agent}"
         self.pending_key = prefix + ":pending"
+        # half-joined parts: kept in the broker (survives a restart), mirrored here so the
+        # window check on every tick reads no broker
+        self.pending: dict[str, dict[str, Any]] = {
+            k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.pending_key).items()}
         self.done_key = prefix + ":done"
         self.sides = {p.front_camera: "front", p.back_camera: "back"}
         self.written = 0
@@ -94,13 +98,13 @@ class ModbusPlcAgent(Agent):
             self.log.warning("late verdict for part %s (%s) ignored: already decided",
                              v.key, side)
             return
-        raw = self.redis.hget(self.pending_key, v.key)
-        part: dict[str, Any] = json.loads(raw) if raw else {}
+        part = dict(self.pending.get(v.key, {}))
         part[side] = v.model_dump(mode="json")
         if "front" in part and "back" in part:
             self._write(v.key, part)
             return
         self.redis.hset(self.pending_key, v.key, json.dumps(part))
+        self.pending[v.key] = part
         self.tick()
 
     def _capture_ns(self, part: dict[str, Any]) -> int:
@@ -121,12 +125,8 @@ class ModbusPlcAgent(Agent):
         if time.monotonic() - self.last_summary >= self.params.summary_every_s:
             self.last_summary = time.monotonic()
             self.log_summary()
-        pending = self.redis.hgetall(self.pending_key)
-        expired = []
-        for key, raw in pending.items():
-            part = json.loads(raw)
-            if self._expired(part):
-                expired.append((self._capture_ns(part), key.decode(), part))
+        expired = [(self._capture_ns(part), key, part)
+                   for key, part in self.pending.items() if self._expired(part)]
         for _, key, part in sorted(expired):
             self._write(key, part)
 
@@ -183,6 +183,7 @@ class ModbusPlcAgent(Agent):
         pipe.zremrangebyscore(self.done_key, 0, time.time() - self.params.done_ttl_s)
         pipe.hdel(self.pending_key, key)
         pipe.execute()
+        self.pending.pop(key, None)
         self.written += 1
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
         truths = [v.truth for v in verdicts.values()]

@@ -461,6 +461,11 @@ class AgentRunner:
                                    self.agent.context.consumer)
                 stats.dead += 1
                 return
+        self._handled(port, items)
+
+    def _handled(self, port: str, items: list[_Pending]) -> None:
+        """Queue the acks of handled entries and count them."""
+        stats = self.stats_in[port]
         now = time.time_ns()
         for item in items:
             item.reader.ack_later(item.stream, item.entry[0])
@@ -478,9 +483,7 @@ class AgentRunner:
                                self.agent.context.consumer)
             self.stats_in[port].dead += 1
             return
-        item.reader.ack_later(item.stream, item.entry[0])
-        self.stats_in[port].count += 1
-        self.stats_in[port].latency_ms.append((time.time_ns() - item.msg.ts_ns) / 1e6)
+        self._handled(port, [item])
 
 
 def configure_logging(agent: str, replica: int, supervised: bool) -> None:

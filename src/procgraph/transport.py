@@ -183,27 +183,32 @@ class StreamWriter:
 
     def send(self, fields: Mapping[bytes, bytes | memoryview]) -> bytes:
         """Append one entry; returns its id. Waits (lossless) or trims (latest)."""
-        nbytes = sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
-        self._cap = self._cap_for(nbytes)
-        if not self.config.lossless_groups:
-            return retry(
-                lambda: self.client.xadd(
-                    self.config.stream, fields, maxlen=self._cap, approximate=True
-                ),
-                f"XADD {self.config.stream}",
-                self.stop,
-            )
-        self._since_check += 1
-        self._est_len += 1
-        self._ensure_reader_groups()
-        if self._est_len >= self._cap or self._since_check >= max(1, self._cap // 8):
-            self._make_room()
-        return retry(
-            lambda: self.client.xadd(self.config.stream, fields),
-            f"XADD {self.config.stream}",
-            self.stop,
-            on_reconnect=self._recreate_reader_groups,
+        self._prepare([fields])
+        return retry(lambda: self._xadd(self.client, fields), f"XADD {self.config.stream}",
+                     self.stop, on_reconnect=self._on_reconnect)
+
+    def _prepare(self, batch: list[Mapping[bytes, bytes | memoryview]]) -> None:
+        """Size the cap from the largest entry; for lossless readers, make room first."""
+        nbytes = max(
+            sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
         )
+        self._cap = self._cap_for(nbytes)
+        if self.config.lossless_groups:
+            self._ensure_reader_groups()
+            self._since_check += len(batch)
+            self._est_len += len(batch)
+            if self._est_len >= self._cap or self._since_check >= max(1, self._cap // 8):
+                self._make_room()
+
+    def _xadd(self, client: Any, fields: Mapping[bytes, bytes | memoryview]) -> Any:
+        """XADD on a client or pipeline: trimmed for latest-only streams, untrimmed else."""
+        if self.config.lossless_groups:
+            return client.xadd(self.config.stream, fields)
+        return client.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
+
+    @property
+    def _on_reconnect(self) -> Callable[[], None] | None:
+        return self._recreate_reader_groups if self.config.lossless_groups else None
 
     def _ensure_reader_groups(self, start: str = "$") -> None:
         """Create the lossless readers' groups before the first entry, so a reader that
@@ -228,29 +233,15 @@ class StreamWriter:
         if len(batch) == 1:
             self.send(batch[0])
             return
-        nbytes = max(
-            sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
-        )
-        self._cap = self._cap_for(nbytes)
-        lossless = bool(self.config.lossless_groups)
-        if lossless:
-            self._ensure_reader_groups()
-            self._since_check += len(batch)
-            self._est_len += len(batch)
-            if self._est_len >= self._cap or self._since_check >= max(1, self._cap // 8):
-                self._make_room()
+        self._prepare(batch)
 
         def send() -> None:
             pipe = self.client.pipeline(transaction=False)
             for fields in batch:
-                if lossless:
-                    pipe.xadd(self.config.stream, fields)
-                else:
-                    pipe.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
+                self._xadd(pipe, fields)
             pipe.execute()
 
-        retry(send, f"XADD {self.config.stream}", self.stop,
-              on_reconnect=self._recreate_reader_groups if lossless else None)
+        retry(send, f"XADD {self.config.stream}", self.stop, on_reconnect=self._on_reconnect)
 
     def _make_room(self) -> None:
         waited_from = time.monotonic()
