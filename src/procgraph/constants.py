@@ -1,4 +1,8 @@
-"""Every Redis key prefix and default that procgraph uses, in one place."""
+"""Every Redis key layout, environment variable name and default that procgraph uses.
+
+Nothing else in procgraph (or in its built-in agents) builds a ``pg:`` key or names a
+``PROCGRAPH_*`` variable by hand: it calls the functions here.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +16,18 @@ ARRAY_FIELD_PREFIX = "a:"
 
 DEAD_LETTER_SUFFIX = ":dead"
 
-#: environment variable with the broker URLs (JSON: name -> URL) the supervisor gives replicas
+# -- environment variables (read in one place: procgraph.settings) ---------------------------
+ENV_PREFIX = "PROCGRAPH_"
+#: broker URLs (JSON: name -> URL) the supervisor gives its replicas
 BROKERS_ENV = "PROCGRAPH_BROKERS"
+#: "1" when a replica runs under the supervisor (which prefixes its log lines)
+SUPERVISED_ENV = "PROCGRAPH_SUPERVISED"
+#: how many times the supervisor restarted this replica
+RESTARTS_ENV = "PROCGRAPH_RESTARTS"
+#: the URL of the embedded broker for tools run beside a line (``--redis``)
+REDIS_ENV = "PROCGRAPH_REDIS"
+#: the replica index where an orchestrator gives it (a Kubernetes StatefulSet ordinal)
+REPLICA_ENV = "PROCGRAPH_REPLICA"
 
 DEFAULT_MAXLEN = 1000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -21,6 +35,8 @@ DEFAULT_MAX_DELIVERIES = 3
 DEFAULT_CLAIM_IDLE_MS = 30_000
 DEFAULT_HEARTBEAT_S = 1.0
 DEFAULT_HEARTBEAT_TIMEOUT_S = 30.0
+#: a heartbeat key expires this many heartbeat periods after it was written
+HEARTBEAT_TTL_PERIODS = 5
 
 
 def stream_key(graph: str, agent: str, port: str) -> str:
@@ -43,6 +59,33 @@ def heartbeat_pattern(graph: str) -> str:
     return f"{KEY_PREFIX}:{graph}:hb:*"
 
 
+def stream_pattern(graph: str) -> str:
+    """SCAN pattern matching every key of a graph (filter streams with ``_type="STREAM"``)."""
+    return f"{KEY_PREFIX}:{graph}:*"
+
+
+# -- agent state (procgraph.state) ------------------------------------------------------------
+def state_key(graph: str, agent: str, name: str, replica: int | None = None) -> str:
+    """Redis key of one named part of an agent's durable state.
+
+    ``replica`` None: shared by every replica of the agent; else private to that replica.
+    """
+    scope = agent if replica is None else f"{agent}:{replica}"
+    return f"{KEY_PREFIX}:{graph}:state:{scope}:{name}"
+
+
+# -- crash attribution (procgraph.delivery.recovery) -----------------------------------------
+def inflight_key(graph: str, agent: str, replica: int) -> str:
+    """The id of the entry a replica is re-handling alone after a restart."""
+    return f"{KEY_PREFIX}:{graph}:inflight:{agent}:{replica}"
+
+
+def crashes_key(graph: str, agent: str) -> str:
+    """Hash: entry id -> how many times it crashed or hung a replica of the agent."""
+    return f"{KEY_PREFIX}:{graph}:crashes:{agent}"
+
+
+# -- model registry (procgraph.registry) -----------------------------------------------------
 def model_key(name: str) -> str:
     """Hash holding the versions of a model in the model registry."""
     return f"{KEY_PREFIX}:model:{name}"
@@ -53,7 +96,6 @@ def model_channel(name: str) -> str:
     return f"{KEY_PREFIX}:model-events:{name}"
 
 
-# -- model registry (procgraph.models) ------------------------------------------------------
 def model_blob_key(name: str, version: str) -> str:
     """String holding the ONNX bytes of one version of a model."""
     return f"{model_key(name)}:blob:{version}"

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 
 from procgraph.constants import BROKERS_ENV
-from procgraph.errors import ProcgraphError
+from procgraph.errors import DeployError
 from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan
 
 GRAPH_DIR = "/app/graphs"  # relative paths in the graph (../models/x.onnx) resolve in /app
@@ -35,9 +35,6 @@ SERVERS: dict[str, bool] = {
 _RESTART_COMPOSE = {"always": "unless-stopped", "on-failure": "on-failure", "never": "no"}
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
-
-class DeployError(ProcgraphError):
-    """The graph cannot be turned into manifests as asked; the message says why."""
 
 
 @dataclass(frozen=True)

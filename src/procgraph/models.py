@@ -32,19 +32,13 @@ from procgraph.constants import (
     model_key,
     model_versions_key,
 )
-from procgraph.errors import ProcgraphError
+from procgraph.errors import ModelIntegrityError, ModelRegistryError
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CURRENT = "current"
 _META = "meta:"
 
 
-class ModelRegistryError(ProcgraphError):
-    """A registry operation cannot be done; the message says why and what to do."""
-
-
-class ModelIntegrityError(ModelRegistryError):
-    """The stored bytes of a model version do not match their recorded sha256."""
 
 
 @dataclass(frozen=True)

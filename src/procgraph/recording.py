@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from procgraph.errors import ProcgraphError
+from procgraph.errors import RecordingError
 
 MAGIC = b"PGREC"
 FORMAT_VERSION = 1
@@ -38,9 +38,6 @@ _U8, _U16, _U32, _U64 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(
     struct.Struct(">Q")
 _RECORD, _TRAILER = b"R", b"E"
 
-
-class RecordingError(ProcgraphError):
-    """A recording file is missing, truncated, corrupt or of an unknown version."""
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""Health of a running line: the heartbeat every replica publishes, and how to read it.
+
+One versioned model, :class:`Heartbeat`, is written by the agent runtime about once a second
+into an expiring key (``procgraph.constants.heartbeat_key``); a replica that dies or stops
+making progress lets it expire. The supervisor, ``procgraph check``, ``procgraph top``, the
+HMI and metrics exporters all read it through :func:`read_heartbeats`, and consumer-group
+backlogs through :func:`group_lag`. Readers skip heartbeats they cannot parse or that carry
+another version, so a mixed-version line degrades to "unknown", never to a crash.
+
+Every function takes a redis-py client of the broker the replicas' agents live on and raises
+:class:`procgraph.errors.BrokerUnavailable` when it cannot be reached.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from procgraph.constants import (
+    DEAD_LETTER_SUFFIX,
+    DEFAULT_HEARTBEAT_S,
+    HEARTBEAT_TTL_PERIODS,
+    heartbeat_key,
+    heartbeat_pattern,
+    stream_pattern,
+)
+from procgraph.errors import broker_unavailable_as
+
+#: version of the heartbeat record; readers ignore records of other versions
+HEARTBEAT_VERSION = 1
+
+
+class InputHealth(BaseModel):
+    """Counters of one input port since the replica started."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    count: int = Field(0, description="entries handled and acknowledged")
+    errors: int = Field(0, description="handler attempts that raised")
+    dead: int = Field(0, description="entries moved to the dead-letter stream")
+    latency_ms: float | None = Field(None, description="p50 creation -> handled, recent")
+
+
+class OutputHealth(BaseModel):
+    """Counters of one output port since the replica started."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    count: int = Field(0, description="messages sent")
+    blocked_s: float = Field(0.0, description="time held back by lossless backpressure")
+
+
+class Heartbeat(BaseModel):
+    """What one live replica says about itself, about once per heartbeat period."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    v: int = HEARTBEAT_VERSION
+    graph: str
+    agent: str
+    replica: int
+    replicas: int = Field(1, description="replicas the graph asks for")
+    pid: int
+    host: str = ""
+    started: float = Field(description="when the replica started (Unix seconds)")
+    ts: float = Field(description="when this heartbeat was written (Unix seconds)")
+    restarts: int = Field(0, description="restarts of this replica by its supervisor")
+    inputs: dict[str, InputHealth] = Field(default_factory=dict)
+    outputs: dict[str, OutputHealth] = Field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """``agent[replica]``, as the supervisor's log prefixes show it."""
+        return f"{self.agent}[{self.replica}]"
+
+    def age_s(self, now: float | None = None) -> float:
+        """Seconds since this heartbeat was written."""
+        return (time.time() if now is None else now) - self.ts
+
+
+class GroupLag(BaseModel):
+    """Backlog of one reading agent's consumer groups, summed over its input streams."""
+
+    lag: int | None = Field(0, description="entries not yet read (None: the broker can't tell)")
+    pending: int = Field(0, description="entries read but not yet acknowledged")
+
+
+def heartbeat_ttl_s(period_s: float = DEFAULT_HEARTBEAT_S) -> float:
+    """How long a heartbeat stays visible after it was written."""
+    return period_s * HEARTBEAT_TTL_PERIODS
+
+
+def write_heartbeat(client: redis.Redis, beat: Heartbeat,
+                    period_s: float = DEFAULT_HEARTBEAT_S) -> None:
+    """Publish ``beat``; it expires unless written again within a few periods."""
+    key = heartbeat_key(beat.graph, beat.agent, beat.replica)
+    with broker_unavailable_as(f"write heartbeat of {beat.name}"):
+        client.set(key, beat.model_dump_json(), px=int(heartbeat_ttl_s(period_s) * 1000))
+
+
+def clear_heartbeat(client: redis.Redis, graph: str, agent: str, replica: int) -> None:
+    """Remove a replica's heartbeat at once (a clean stop), instead of letting it expire."""
+    with broker_unavailable_as(f"clear heartbeat of {agent}[{replica}]"):
+        client.delete(heartbeat_key(graph, agent, replica))
+
+
+def parse_heartbeat(raw: bytes | str | None) -> Heartbeat | None:
+    """A heartbeat from its stored JSON, or None if absent, malformed or another version."""
+    if raw is None:
+        return None
+    try:
+        beat = Heartbeat.model_validate_json(raw)
+    except (ValidationError, ValueError, UnicodeDecodeError):
+        return None
+    return beat if beat.v == HEARTBEAT_VERSION else None
+
+
+def read_heartbeats(
+    client: redis.Redis,
+    graph: str,
+    replicas: Iterable[tuple[str, int]] | None = None,
+) -> dict[tuple[str, int], Heartbeat]:
+    """The live heartbeats of a graph's replicas on this broker, by ``(agent, replica)``.
+
+    With ``replicas`` only those are read (one MGET); without, every heartbeat of the graph
+    is found by SCAN. A replica without a (valid) heartbeat is simply absent.
+    """
+    with broker_unavailable_as(f"read heartbeats of graph {graph!r}"):
+        if replicas is None:
+            keys = list(client.scan_iter(match=heartbeat_pattern(graph), count=500))
+        else:
+            keys = [heartbeat_key(graph, a, r) for a, r in replicas]
+        values = client.mget(keys) if keys else []
+    out: dict[tuple[str, int], Heartbeat] = {}
+    for raw in values:
+        beat = parse_heartbeat(raw)
+        if beat is not None and beat.graph == graph:
+            out[(beat.agent, beat.replica)] = beat
+    return out
+
+
+def line_streams(client: redis.Redis, graph: str) -> list[str]:
+    """Every stream of a graph on this broker (dead-letter streams left out), sorted."""
+    with broker_unavailable_as(f"list streams of graph {graph!r}"):
+        found = client.scan_iter(match=stream_pattern(graph), count=500, _type="STREAM")
+        names = {k.decode() if isinstance(k, bytes) else str(k) for k in found}
+    return sorted(n for n in names if not n.endswith(DEAD_LETTER_SUFFIX))
+
+
+def group_lag(client: redis.Redis, streams: Iterable[str]) -> dict[str, GroupLag]:
+    """Per consumer group (= reading agent) on these streams: entries unread and unacked."""
+    streams = list(streams)
+    if not streams:
+        return {}
+    with broker_unavailable_as("read consumer groups"):
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xinfo_groups(stream)
+        replies: list[Any] = pipe.execute(raise_on_error=False)
+    out: dict[str, GroupLag] = {}
+    for groups in replies:
+        if not isinstance(groups, list):
+            continue  # trimmed away, or not a stream any more
+        for group in groups:
+            raw_name = group.get("name")
+            name = raw_name.decode() if isinstance(raw_name, bytes) else str(raw_name)
+            row = out.setdefault(name, GroupLag())
+            lag = group.get("lag")
+            row.lag = None if lag is None or row.lag is None else row.lag + int(lag)
+            row.pending += int(group.get("pending") or 0)
+    return out

@@ -1,0 +1,30 @@
+"""Settings from the environment: every ``PROCGRAPH_*`` variable is read here and only here."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from procgraph.constants import ENV_PREFIX
+
+
+class Settings(BaseSettings):
+    """What the environment tells procgraph (variable names in procgraph.constants).
+
+    Read it with :func:`load_settings`; it is cheap, so callers read it when they need it
+    rather than caching a copy that a test or a parent process may have changed since.
+    """
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    brokers: dict[str, str] = Field(
+        default_factory=dict, description="broker URLs given by the supervisor (JSON)")
+    supervised: bool = Field(False, description="running under the procgraph supervisor")
+    restarts: int = Field(0, ge=0, description="restarts of this replica so far")
+    redis: str | None = Field(None, description="URL of the embedded broker, for tools")
+    replica: int | None = Field(None, ge=0, description="replica index from an orchestrator")
+
+
+def load_settings() -> Settings:
+    """The settings as the environment gives them now."""
+    return Settings()
