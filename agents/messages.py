@@ -61,15 +61,21 @@ class Verdict(Message):
 
 
 class PartOutcome(Message):
-    """The joined decision on one part as written to the PLC."""
+    """The joined decision on one part, from the join; a PLC writer sets ``part_seq`` and
+    ``plc_written_ns`` on the copy it emits once the PLC has the part.
+
+    ``outcome``: ``ok``, ``defective_<view>`` (one bad view), ``defective_both`` (both views
+    of a two-view join) or ``incomplete`` (a view missing or late: fail-safe), see
+    :mod:`procgraph.agents.join.rules`. ``verdicts`` and ``missing`` are keyed by view name.
+    """
 
     type_name = "procgraph.PartOutcome"
 
-    part_seq: int
-    outcome: str  # ok | defective_front | defective_back | defective_both | incomplete
+    outcome: str
     reject: bool
     capture_ns: int
     verdicts: dict[str, Verdict]
     missing: list[str] = []
-    plc_written_ns: int = 0
+    part_seq: int | None = None  # the PLC's sequence number, None until written
+    plc_written_ns: int | None = None  # when the PLC had it, None until written
     truth_defective: bool | None = None

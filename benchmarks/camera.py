@@ -8,6 +8,8 @@ the real supervisor, publishing Frame messages (envelope + raw array) on its str
 previews off, then on (320 px JPEG at 10 fps) to show their cost.
 raw: one process doing XADD of the same image bytes with redis-py, same cap, same broker.
 The rate comes from the first and last entry ids (the broker's clock) of each stream.
+imaging: what procgraph.agents.imaging costs per 5 MP frame for a 320 px preview (and its
+JPEG) and a full 8-bit BGR conversion, by pixel format (``--imaging-only`` runs just that).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -84,11 +87,49 @@ def run_raw(url: str, w: int, h: int, n: int) -> float:
     return (added - 1) / span
 
 
+def _ms(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Best wall time of ``fn`` in ms over ``repeat`` runs."""
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best * 1000
+
+
+def imaging_table() -> None:
+    """Preview, JPEG and to_bgr8 cost per pixel format for a 5 MP frame."""
+    from procgraph.agents import imaging
+
+    rng = np.random.default_rng(0)
+    h, w = 1944, 2592
+    images = {
+        "Mono8": rng.integers(0, 256, (h, w), np.uint8),
+        "Mono12": rng.integers(0, 4096, (h, w), np.uint16),
+        "BayerRG8": rng.integers(0, 256, (h, w), np.uint8),
+        "BayerRG12": rng.integers(0, 4096, (h, w), np.uint16),
+        "RGBa8": rng.integers(0, 256, (h, w, 4), np.uint8),
+    }
+    print()
+    print("| 5 MP pixel format | preview 320 px ms | + JPEG ms | to_bgr8 ms |")
+    print("|---|---|---|---|")
+    for fmt, img in images.items():
+        small, _ = imaging.preview(img, fmt, 320)
+        pv = _ms(lambda i=img, f=fmt: imaging.preview(i, f, 320))
+        jpg = _ms(lambda s=small: imaging.encode_jpeg(s))
+        bgr = _ms(lambda i=img, f=fmt: imaging.to_bgr8(i, f))
+        print(f"| {fmt} | {pv:.1f} | {jpg:.2f} | {bgr:.1f} |")
+
+
 def main() -> None:
     """Run both sizes and print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--frames", type=int, default=200, help="frames per run")
+    ap.add_argument("--imaging-only", action="store_true", help="only the imaging table")
     args = ap.parse_args()
+    if args.imaging_only:
+        imaging_table()
+        return
     rows = []
     with EmbeddedBroker() as broker:
         for label, w, h in SIZES:
@@ -107,6 +148,7 @@ def main() -> None:
     for label, mb, raw, agent, pv in rows:
         print(f"| {label} mono8 | {raw:.1f} | {raw * mb:.0f} | {agent:.1f} | {agent * mb:.0f} | "
               f"{agent / raw:.2f} | {pv:.1f} | {pv / raw:.2f} |")
+    imaging_table()
 
 
 if __name__ == "__main__":

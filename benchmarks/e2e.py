@@ -4,7 +4,7 @@
     python benchmarks/e2e.py --parts 100 --paced 40 --rate 5
 
 procgraph: graphs/inspection.yaml as shipped (synthetic front/back cameras, two ONNX
-classifiers, the Modbus PLC writer, the HMI), on an embedded Valkey, writing to a
+classifiers, the join, the Modbus PLC writer, the HMI), on an embedded Valkey, writing to a
 simulated PLC (a real Modbus TCP server) in this process.
 baseline: one Python loop doing the same work with the same code underneath and no
 framework: render both views, run both models with onnxruntime, write the outcome to the
@@ -32,10 +32,10 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from procgraph.agents.camera import parts  # noqa: E402
+from procgraph.agents.camera import synthetic as parts  # noqa: E402
 from procgraph.agents.messages import PartOutcome  # noqa: E402
-from procgraph.agents.modbus.plc_client import PlcWriter  # noqa: E402
-from procgraph.agents.modbus.plc_sim import SimulatedPlc  # noqa: E402
+from procgraph.agents.modbus.client import PlcWriter  # noqa: E402
+from procgraph.agents.modbus.sim import SimulatedPlc  # noqa: E402
 
 from procgraph import codec  # noqa: E402
 from procgraph.brokers import EmbeddedBroker, free_port  # noqa: E402
@@ -52,7 +52,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def run_procgraph(count: int, rate: float) -> dict:
-    """Run the shipped graph for ``count`` parts; collect what the PLC agent published."""
+    """Run the shipped graph for ``count`` parts; collect what the PLC writer reported written."""
     plc_port = free_port()
     with EmbeddedBroker() as broker:
         os.environ.update({"PROCGRAPH_REDIS": broker.url, "PLC_PORT": str(plc_port),
@@ -75,14 +75,14 @@ def run_procgraph(count: int, rate: float) -> dict:
             plc.stop_thread()
         client = redis.Redis.from_url(broker.url)
         outs = [codec.decode(f, PartOutcome) for _, f in
-                client.xrange("pg:inspection:plc:outcomes")]
-    outs = [o for o in outs if int(o.key.split("-")[1]) < count]
+                client.xrange("pg:inspection:plc:written")]
+    outs = [o for o in outs if int(o.key.split("-")[1]) < count and o.plc_written_ns]
     # from the capture of the part's last view: the synthetic front and back cameras run
     # unsynchronised, so the first view can wait up to one camera period for the second
-    lat = [(o.plc_written_ns - max(v.capture_ns for v in o.verdicts.values())) / 1e6
-           for o in outs]
-    wait = [(o.plc_written_ns - o.capture_ns) / 1e6 for o in outs]
-    span = (max(o.plc_written_ns for o in outs) - min(o.capture_ns for o in outs)) / 1e9
+    written = [(o, int(o.plc_written_ns or 0)) for o in outs]
+    lat = [(w - max(v.capture_ns for v in o.verdicts.values())) / 1e6 for o, w in written]
+    wait = [(w - o.capture_ns) / 1e6 for o, w in written]
+    span = (max(w for _, w in written) - min(o.capture_ns for o in outs)) / 1e9
     right = sum(o.reject == o.truth_defective for o in outs)
     dup = sum(p["duplicate"] for p in plc.received)
     return {"parts": len(outs), "rate": len(outs) / span, "lat": lat, "first": wait,

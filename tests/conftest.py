@@ -1,4 +1,10 @@
-"""Shared fixtures: real broker processes on free loopback ports, graphs run for real."""
+"""Shared fixtures: real broker processes on free loopback ports, graphs run for real.
+
+Tests live in folders mirroring the package (tests/graph/, tests/cli/, tests/agents/hmi/, ...),
+with no ``__init__.py``; they import their helpers as ``from pgtest_util import ...``
+(pyproject's ``pythonpath = ["tests"]``). ``pgtest_skips`` makes a skip fail the run under
+``PROCGRAPH_FAIL_ON_SKIP=1`` (CI) unless tests/skip_allowlist.txt lists it.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,8 @@ from pgtest_util import wait_for  # noqa: F401  (re-exported for tests)
 from procgraph.brokers import EmbeddedBroker
 from procgraph.graph import load_graph
 from procgraph.supervisor import Supervisor
+
+pytest_plugins = ["pgtest_skips", "pytester"]
 
 TESTS = Path(__file__).parent
 BROKER_KINDS = ["valkey", "redis"]

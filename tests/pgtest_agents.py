@@ -5,7 +5,19 @@ from __future__ import annotations
 import os
 import time
 
+import redis
+
 from procgraph import Agent, Input, Message, Output
+
+
+def seen(client: redis.Redis, agent: str) -> set[str]:
+    """The keys a Recorder agent recorded (for the delivery tests)."""
+    return {k.decode() for k in client.smembers(f"pgtest:{agent}:seen")}
+
+
+def keys(count: int) -> set[str]:
+    """The keys of items 0..count-1 as Numbers sends them."""
+    return {f"k{n}" for n in range(count)}
 
 
 class Item(Message):
@@ -27,14 +39,14 @@ class Numbers(Agent):
 
     def run(self) -> None:
         client = self.context.redis()
-        start = int(client.get(f"pgtest:{self.context.agent}:next") or 0)
+        start = int(self.state.get("next", 0))
         pad = b"x" * self.params.payload_bytes
         for n in range(start, self.params.count):
             if not self.running:
                 return
             self.out.send(Item(n=n, key=f"k{n}", payload=pad))
-            self.flush()
-            client.set(f"pgtest:{self.context.agent}:next", n + 1)
+            self.state.put("next", n + 1)
+            self.flush()  # the item first, then the state that says it was sent
             if self.params.rate_hz > 0:
                 time.sleep(1.0 / self.params.rate_hz)
         client.set(f"pgtest:{self.context.agent}:done", 1)

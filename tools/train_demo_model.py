@@ -1,7 +1,7 @@
 """Train the demo part classifiers and export them to ONNX.
 
 One small CNN per view ("front", "back") learns "ok" vs "defective" from synthetic images drawn
-by ``procgraph.agents.camera.parts``. Each model is exported to ``models/parts-<view>.onnx``
+by ``procgraph.agents.camera.synthetic``. Each model is exported to ``models/parts-<view>.onnx``
 and evaluated on a held-out set (parts from other seeds, with dust and lighting) with
 onnxruntime, not torch; the numbers go to ``models/parts-model-card.json``.
 
@@ -50,7 +50,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from procgraph.agents.camera.parts import DEFECT_KINDS, VIEWS, PartSpec, make_part, render_view
+from procgraph.agents.camera.synthetic import DEFECT_KINDS, VIEWS, PartSpec, make_part, render_view
 from torch import nn
 from torch.nn import functional as F
 

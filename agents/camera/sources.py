@@ -7,8 +7,9 @@ numpy array that the caller owns (never a view into a driver buffer), its pixel 
 and metadata.
 
 Pixel format names follow GenICam PFNC spelling (``Mono8``, ``Mono16``, ``BGR8``, ``RGBa8``,
-``BayerRG8``...). :func:`to_bgr8` turns any of the common ones into an 8-bit BGR image for
-display or for models trained on colour images.
+``BayerRG8``...); sources hand out packed formats unpacked (``Mono12p`` arrives as a uint16
+``Mono12`` image). Conversions (to 8-bit BGR, grey, floats, previews) live in
+:mod:`procgraph.agents.imaging`; ``to_bgr8`` is re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from types import TracebackType
 from typing import Any, Self
 
 import numpy as np
+from procgraph.agents.imaging import to_bgr8
 
 __all__ = [
     "FrameSource",
@@ -135,7 +137,7 @@ class RateLimiter:
         max_fps: float | None,
         *,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         if max_fps is not None and max_fps < 0:
             raise ValueError(f"max_fps must be positive, 0 or None (no limit); got {max_fps}")
@@ -169,62 +171,3 @@ class RateLimiter:
             self._sleep(delay)
             return delay
         return 0.0
-
-
-# ---------------------------------------------------------------------------------------------
-# Pixel format helpers
-
-_BAYER_TO_CV = {
-    # GenICam names the 2x2 pattern from the top-left pixel; OpenCV's RGGB-style aliases match.
-    "BayerRG": "COLOR_BayerRGGB2BGR",
-    "BayerBG": "COLOR_BayerBGGR2BGR",
-    "BayerGR": "COLOR_BayerGRBG2BGR",
-    "BayerGB": "COLOR_BayerGBRG2BGR",
-}
-
-
-def _to_uint8(image: np.ndarray, pixel_format: str) -> np.ndarray:
-    """Scale an integer image to 8 bits using the bit depth in the format name."""
-    if image.dtype == np.uint8:
-        return image
-    digits = "".join(ch for ch in pixel_format if ch.isdigit())
-    bits = int(digits) if digits else 8 * image.dtype.itemsize
-    if image.dtype.kind == "f":
-        return np.clip(image * 255.0, 0, 255).astype(np.uint8)
-    shift = max(bits - 8, 0)
-    return (image.astype(np.uint32) >> shift).clip(0, 255).astype(np.uint8)
-
-
-def to_bgr8(image: np.ndarray, pixel_format: str) -> np.ndarray:
-    """Convert an image in a common PFNC format to an 8-bit BGR ``(H, W, 3)`` array.
-
-    Handles Mono8/10/12/14/16, RGB8/BGR8 (and 10-16 bit variants), RGBa8/BGRa8 and the Bayer
-    formats (``BayerRG8``, ``BayerGB12``...; demosaiced with OpenCV). Deeper formats are
-    scaled down by their bit depth (Mono12 >> 4). Raises :class:`SourceError` for anything
-    else.
-    """
-    import cv2  # local: cv2 is heavy and only needed here
-
-    fmt = pixel_format
-    if fmt.startswith("Bayer"):
-        code_name = _BAYER_TO_CV.get(fmt[:7])
-        if code_name is None or image.ndim != 2:
-            raise SourceError(f"cannot convert {fmt!r} to BGR8: unknown Bayer pattern")
-        return cv2.cvtColor(_to_uint8(image, fmt), getattr(cv2, code_name))
-    if fmt.startswith("Mono") and image.ndim == 2:
-        return cv2.cvtColor(_to_uint8(image, fmt), cv2.COLOR_GRAY2BGR)
-    if image.ndim == 3 and image.shape[2] in (3, 4):
-        img8 = _to_uint8(image, fmt)
-        lower = fmt.lower()
-        if lower.startswith("rgba"):
-            return cv2.cvtColor(img8, cv2.COLOR_RGBA2BGR)
-        if lower.startswith("bgra"):
-            return cv2.cvtColor(img8, cv2.COLOR_BGRA2BGR)
-        if lower.startswith("rgb"):
-            return cv2.cvtColor(img8, cv2.COLOR_RGB2BGR)
-        if lower.startswith("bgr"):
-            return np.ascontiguousarray(img8[:, :, :3])
-    raise SourceError(
-        f"cannot convert pixel format {fmt!r} with shape {image.shape} to BGR8; "
-        "choose a Mono, RGB/BGR, RGBa/BGRa or Bayer pixel format on the source"
-    )

@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import ipaddress
-import json
 import threading
 import time
-from typing import Any
+from typing import ClassVar, Literal
 from urllib.parse import quote
 
-import redis
 from procgraph.agents.hmi.app import create_app
+from procgraph.agents.hmi.health import LineHealthReader
 from procgraph.agents.hmi.state import LiveState
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
 from pydantic import Field, field_validator, model_validator
 
 from procgraph import Agent, Input
-from procgraph.constants import DEAD_LETTER_SUFFIX, KEY_PREFIX, heartbeat_pattern
+from procgraph.errors import BrokerUnavailable, ProcgraphError
 
 HEALTH_PERIOD_S = 1.0
-STREAMS_PERIOD_S = 5.0
 
 
 def is_loopback(host: str) -> bool:
@@ -37,7 +35,11 @@ class HmiAgent(Agent):
 
     Wire ``previews``, ``verdicts`` and ``outcomes`` (all optional, all ``latest``). The
     page is served on ``http://host:port/``; outside loopback a ``token`` is required.
+    The health table comes from :mod:`procgraph.health` on the agent's broker.
     """
+
+    #: the page is meant to be opened from outside the line (deployments publish the port)
+    serves: ClassVar[Literal["public", "internal"] | None] = "public"
 
     class Params(Agent.Params):
         """Where to listen, how to protect it, what to call it."""
@@ -64,19 +66,20 @@ class HmiAgent(Agent):
 
     previews = Input(Preview, policy="latest", optional=True, doc="downscaled camera images")
     verdicts = Input(Verdict, policy="latest", optional=True, doc="classifier verdicts")
-    outcomes = Input(PartOutcome, policy="latest", optional=True, doc="joined part outcomes")
+    outcomes = Input(PartOutcome, policy="latest", optional=True,
+                     doc="part outcomes (as written to the PLC)")
 
     params: HmiAgent.Params
 
     def setup(self) -> None:
-        """Start the web server and the heartbeat poller (both daemon threads)."""
+        """Start the web server and the health poller (both daemon threads)."""
         import uvicorn
 
         p = self.params
         if p.token is None and not is_loopback(p.host):  # Params are usually validated
             raise ValueError(f"refusing to serve on {p.host!r} without a token")
-        self.state = LiveState(p.title, self.context.graph, p.defects_kept)
-        app = create_app(self.state, p.token)
+        self.live = LiveState(p.title, self.context.graph, p.defects_kept)
+        app = create_app(self.live, p.token)
         config = uvicorn.Config(app, host=p.host, port=p.port, log_level="warning",
                                 access_log=False, lifespan="off", timeout_graceful_shutdown=2)
         self.server = uvicorn.Server(config)
@@ -122,76 +125,43 @@ class HmiAgent(Agent):
             self._poll_stop.set()
             self._poller.join(timeout=3)
         if hasattr(self, "server"):
-            self.state.close()
+            self.live.close()
             self.server.should_exit = True
             self._server_thread.join(timeout=5)
 
     # -- inputs -----------------------------------------------------------------------------
     def on_previews(self, msg: Preview) -> None:
         """Show the preview as the camera's live picture."""
-        self.state.add_preview(msg)
+        self.live.add_preview(msg)
 
     def on_verdicts(self, msg: Verdict) -> None:
         """Draw the verdict on its camera's picture."""
-        self.state.add_verdict(msg)
+        self.live.add_verdict(msg)
 
     def on_outcomes(self, msg: PartOutcome) -> None:
         """Count the part; keep it as a thumbnail if rejected."""
-        self.state.add_outcome(msg)
+        self.live.add_outcome(msg)
 
     # -- health -----------------------------------------------------------------------------
     def _poll_health(self) -> None:
-        client: redis.Redis | None = None
-        streams: list[bytes] = []
-        streams_at = 0.0
+        """Every ``HEALTH_PERIOD_S``: read heartbeats and group lag, feed the table."""
+        try:
+            client = self.context.redis()
+        except (RuntimeError, ProcgraphError) as exc:  # no broker (in-process tests)
+            self.log.debug("no health table: %s", exc)
+            return
+        reader = LineHealthReader(client, self.context.graph)
+        failing = False
         while not self._poll_stop.wait(HEALTH_PERIOD_S):
             try:
-                if client is None:
-                    client = self.context.redis()
-                if time.monotonic() - streams_at > STREAMS_PERIOD_S:
-                    streams = self._streams(client)
-                    streams_at = time.monotonic()
-                self.state.set_health(self._heartbeats(client), self._group_lag(client, streams))
-            except (redis.RedisError, OSError) as exc:
-                self.log.debug("health poll failed: %r", exc)
-            except RuntimeError:  # no broker (in-process tests)
-                return
-
-    def _heartbeats(self, client: redis.Redis) -> list[dict[str, Any]]:
-        keys = list(client.scan_iter(match=heartbeat_pattern(self.context.graph), count=500))
-        beats = []
-        for raw in client.mget(keys) if keys else []:
-            if raw is None:
+                beats, lags = reader.read()
+            except BrokerUnavailable as exc:
+                self.log.debug("health poll failed: %s", exc)
                 continue
-            try:
-                beat = json.loads(raw)
-            except (ValueError, UnicodeDecodeError):
+            except Exception as exc:  # never let the health table take the page down
+                if not failing:
+                    self.log.warning("health poll failed: %r", exc)
+                failing = True
                 continue
-            if isinstance(beat, dict):
-                beats.append(beat)
-        return beats
-
-    def _streams(self, client: redis.Redis) -> list[bytes]:
-        pattern = f"{KEY_PREFIX}:{self.context.graph}:*"
-        found = client.scan_iter(match=pattern, count=500, _type="STREAM")
-        return sorted(k for k in found if not k.endswith(DEAD_LETTER_SUFFIX.encode()))
-
-    def _group_lag(self, client: redis.Redis, streams: list[bytes]) -> dict[str, dict[str, Any]]:
-        """Per reading agent: entries not yet read (lag) and read but not acked (pending)."""
-        if not streams:
-            return {}
-        pipe = client.pipeline(transaction=False)
-        for stream in streams:
-            pipe.xinfo_groups(stream)
-        out: dict[str, dict[str, Any]] = {}
-        for groups in pipe.execute(raise_on_error=False):
-            if not isinstance(groups, list):
-                continue  # the stream was trimmed away or has no groups
-            for group in groups:
-                name = group.get("name")
-                name = name.decode() if isinstance(name, bytes) else str(name)
-                row = out.setdefault(name, {"lag": 0, "pending": 0})
-                lag = group.get("lag")
-                row["lag"] = None if lag is None or row["lag"] is None else row["lag"] + int(lag)
-                row["pending"] += int(group.get("pending") or 0)
-        return out
+            failing = False
+            self.live.set_health(beats, lags)

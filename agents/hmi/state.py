@@ -1,9 +1,13 @@
 """Live state of the operator screen, shared by the agent's handlers and the web server.
 
-:class:`LiveState` is written by the HMI agent (previews, verdicts, part outcomes, heartbeats)
+:class:`LiveState` is written by the HMI agent (previews, verdicts, part outcomes, health)
 and read by the Starlette app (JSON snapshots, annotated JPEGs). Every method takes one lock,
 so both sides may call it from any thread. JPEG encoding happens lazily, outside the lock,
 and is cached per camera version: a preview nobody looks at is never encoded.
+
+Drawing lives in :mod:`procgraph.agents.hmi.draw`, the health table in
+:mod:`procgraph.agents.hmi.health`; this module keeps cameras, verdicts, outcomes, defects
+and snapshots.
 """
 
 from __future__ import annotations
@@ -12,101 +16,23 @@ import math
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import cv2
 import numpy as np
+from procgraph.agents.hmi.draw import annotate, jpeg, placeholder, thumbnail
+from procgraph.agents.hmi.health import Beats, HealthTracker
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
 
-OK_BGR = (80, 200, 60)
-BAD_BGR = (60, 60, 235)
-IDLE_BGR = (150, 150, 150)
-JPEG_QUALITY = 80
-THUMB_HEIGHT = 120
+from procgraph.health import GroupLag
+
 RECENT_PREVIEWS = 48
 RECENT_VERDICTS = 64
 SEEN_OUTCOMES = 4096
 VIEW_HISTORY = 8
 RECENT_PARTS = 60
 HOLD_S = 0.5
-
-
-# -- drawing --------------------------------------------------------------------------------
-def _as_bgr(image: np.ndarray) -> np.ndarray:
-    """A writable 3-channel uint8 copy of a gray, BGR or BGRA preview."""
-    img = np.asarray(image)
-    if img.dtype != np.uint8:
-        img = np.clip(img, 0, 255).astype(np.uint8)
-    if img.ndim == 2:
-        return cv2.cvtColor(img, cv2.COLOR_GRAY2BGR)
-    if img.ndim == 3 and img.shape[2] == 1:
-        return cv2.cvtColor(img[:, :, 0], cv2.COLOR_GRAY2BGR)
-    if img.ndim == 3 and img.shape[2] == 4:
-        return cv2.cvtColor(img, cv2.COLOR_BGRA2BGR)
-    return np.array(img, copy=True)
-
-
-def annotate(image: np.ndarray, verdict: Verdict | None, matched: bool = True) -> np.ndarray:
-    """Draw a verdict on a preview: a green (OK) or red (defective) frame and a label banner.
-
-    ``matched`` says whether the verdict belongs to this very image; when it does not (the
-    verdict of an earlier frame is shown), the banner says so with a trailing ``*``.
-    """
-    img = _as_bgr(image)
-    h, w = img.shape[:2]
-    if verdict is None:
-        colour = IDLE_BGR
-        text = "waiting for verdict"
-    else:
-        colour = BAD_BGR if verdict.defective else OK_BGR
-        text = f"{verdict.label.upper()} {verdict.score:.2f}" + ("" if matched else " *")
-    thick = max(2, round(min(h, w) / 60))
-    cv2.rectangle(img, (thick // 2, thick // 2), (w - 1 - thick // 2, h - 1 - thick // 2),
-                  colour, thick)
-    scale = max(0.35, min(h, w) / 480)
-    weight = max(1, round(scale * 2))
-    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, weight)
-    pad = max(3, round(6 * scale))
-    x0, y0 = thick, thick
-    cv2.rectangle(img, (x0, y0), (min(w - 1, x0 + tw + 2 * pad), y0 + th + base + 2 * pad),
-                  colour, -1)
-    ink = (255, 255, 255) if verdict is not None and verdict.defective else (20, 20, 20)
-    cv2.putText(img, text, (x0 + pad, y0 + pad + th), cv2.FONT_HERSHEY_SIMPLEX, scale, ink,
-                weight, cv2.LINE_AA)
-    return img
-
-
-def encode_jpeg(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
-    """JPEG bytes of a BGR or gray uint8 image."""
-    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
-    if not ok:
-        raise ValueError(f"cv2 could not JPEG-encode an image of shape {image.shape}")
-    return buf.tobytes()
-
-
-def _placeholder(lines: list[str], width: int = 160, height: int = THUMB_HEIGHT) -> np.ndarray:
-    """A dark tile with a red frame and centred text, for a view that has no image."""
-    img = np.full((height, width, 3), 40, np.uint8)
-    cv2.rectangle(img, (1, 1), (width - 2, height - 2), BAD_BGR, 2)
-    step = 22
-    y = height // 2 - (len(lines) - 1) * step // 2 + 5
-    for line in lines:
-        (tw, _), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
-        cv2.putText(img, line, (max(4, (width - tw) // 2), y), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
-                    (215, 215, 215), 1, cv2.LINE_AA)
-        y += step
-    return img
-
-
-def _thumbnail(tiles: list[np.ndarray], height: int = THUMB_HEIGHT) -> np.ndarray:
-    """Scale annotated images to one height and put them side by side."""
-    scaled = []
-    for tile in tiles:
-        h, w = tile.shape[:2]
-        new_w = max(1, round(w * height / h))
-        scaled.append(cv2.resize(tile, (new_w, height), interpolation=cv2.INTER_AREA))
-    return scaled[0] if len(scaled) == 1 else np.hstack(scaled)
 
 
 # -- cameras --------------------------------------------------------------------------------
@@ -178,136 +104,9 @@ class _Camera:
         return (len(recent) - 1) / span if span > 0 else 0.0
 
 
-# -- health ---------------------------------------------------------------------------------
-@dataclass
-class _ReplicaSeen:
-    started: float
-    ts: float
-    count_in: int
-    count_out: int
-    rate_in: float = 0.0
-    rate_out: float = 0.0
-
-
-@dataclass
-class _AgentSeen:
-    expected: int = 1
-    restarts: int = 0
-    reported_restarts: dict[int, int] = field(default_factory=dict)
-    replicas: dict[int, _ReplicaSeen] = field(default_factory=dict)
-    last_seen: float = 0.0
-
-
 def _rounded(value: float, digits: int) -> float | None:
     """``value`` rounded, or None when it is NaN or infinite (JSON has no NaN)."""
     return round(value, digits) if math.isfinite(value) else None
-
-
-def _num(value: Any, default: float = 0.0) -> float:
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) \
-        else default
-
-
-class HealthTracker:
-    """Turns successive heartbeat snapshots into one health row per agent.
-
-    Rates come from count deltas between two heartbeats of the same replica; a change of
-    a replica's ``started`` time counts as a restart seen by this screen; the number of
-    replicas expected is the highest replica index ever seen plus one.
-    """
-
-    def __init__(self) -> None:
-        self._agents: dict[str, _AgentSeen] = {}
-
-    def update(
-        self,
-        beats: list[dict[str, Any]],
-        streams: dict[str, dict[str, Any]] | None = None,
-        now: float | None = None,
-    ) -> list[dict[str, Any]]:
-        """Feed the heartbeats alive right now; return the table rows, sorted by agent.
-
-        ``streams`` maps a reading agent to ``{"lag": int | None, "pending": int}`` summed
-        over the streams it reads (from XINFO GROUPS).
-        """
-        now = time.time() if now is None else now
-        streams = streams or {}
-        alive: dict[str, dict[int, dict[str, Any]]] = {}
-        for beat in beats:
-            name, replica = beat.get("agent"), beat.get("replica")
-            if not isinstance(name, str) or not isinstance(replica, int):
-                continue
-            alive.setdefault(name, {})[replica] = beat
-            self._observe(name, replica, beat, now)
-        rows = []
-        for name in sorted(set(self._agents) | set(streams)):
-            seen = self._agents.setdefault(name, _AgentSeen())
-            rows.append(self._row(name, seen, alive.get(name, {}), streams.get(name, {}), now))
-        return rows
-
-    def _observe(self, name: str, replica: int, beat: dict[str, Any], now: float) -> None:
-        seen = self._agents.setdefault(name, _AgentSeen())
-        seen.expected = max(seen.expected, replica + 1, int(_num(beat.get("replicas"))))
-        if isinstance(beat.get("restarts"), int):
-            seen.reported_restarts[replica] = beat["restarts"]
-        seen.last_seen = now
-        ins = beat.get("inputs") or {}
-        outs = beat.get("outputs") or {}
-        count_in = int(sum(_num(p.get("count")) for p in ins.values() if isinstance(p, dict)))
-        count_out = int(sum(_num(p.get("count")) for p in outs.values() if isinstance(p, dict)))
-        started, ts = _num(beat.get("started")), _num(beat.get("ts"), now)
-        prev = seen.replicas.get(replica)
-        if prev is None:
-            seen.replicas[replica] = _ReplicaSeen(started, ts, count_in, count_out)
-            return
-        if started != prev.started:
-            seen.restarts += 1
-            seen.replicas[replica] = _ReplicaSeen(started, ts, count_in, count_out)
-            return
-        dt = ts - prev.ts
-        if dt <= 0:
-            return
-        prev.rate_in = max(0, count_in - prev.count_in) / dt
-        prev.rate_out = max(0, count_out - prev.count_out) / dt
-        prev.ts, prev.count_in, prev.count_out = ts, count_in, count_out
-
-    def _row(self, name: str, seen: _AgentSeen, beats: dict[int, dict[str, Any]],
-             stream: dict[str, Any], now: float) -> dict[str, Any]:
-        latencies: list[float] = []
-        errors = dead = 0
-        blocked = 0.0
-        for beat in beats.values():
-            for port in (beat.get("inputs") or {}).values():
-                if isinstance(port, dict):
-                    if isinstance(port.get("latency_ms"), int | float):
-                        latencies.append(float(port["latency_ms"]))
-                    errors += int(_num(port.get("errors")))
-                    dead += int(_num(port.get("dead")))
-            for port in (beat.get("outputs") or {}).values():
-                if isinstance(port, dict):
-                    blocked += _num(port.get("blocked_s"))
-        live = [seen.replicas[i] for i in beats if i in seen.replicas]
-        alive = len(beats)
-        status = "down" if alive == 0 else "degraded" if alive < seen.expected else "ok"
-        if status == "ok" and dead:
-            status = "warn"
-        return {
-            "agent": name,
-            "status": status,
-            "alive": alive,
-            "expected": seen.expected,
-            "restarts": max(seen.restarts, sum(seen.reported_restarts.values())),
-            "rate_in": round(sum(r.rate_in for r in live), 1),
-            "rate_out": round(sum(r.rate_out for r in live), 1),
-            "latency_p50_ms": round(max(latencies), 1) if latencies else None,
-            "lag": stream.get("lag"),
-            "pending": stream.get("pending"),
-            "errors": errors,
-            "dead": dead,
-            "blocked_s": round(blocked, 1),
-            "uptime_s": round(now - min(r.started for r in live), 0) if live else None,
-            "last_seen_s": round(now - seen.last_seen, 1) if seen.last_seen else None,
-        }
 
 
 # -- the shared state -----------------------------------------------------------------------
@@ -443,7 +242,8 @@ class LiveState:
                 self._counts["rejected"] += 1
             self._by_outcome[kind] = self._by_outcome.get(kind, 0) + 1
             self._part_times.append(time.time())
-            self._recent_parts.append({"part_seq": outcome.part_seq, "outcome": kind})
+            self._recent_parts.append({"key": outcome.key, "part_seq": outcome.part_seq,
+                                       "outcome": kind})
             self._last_outcome = {
                 "key": outcome.key, "part_seq": outcome.part_seq, "outcome": kind,
                 "reject": outcome.reject, "missing": list(outcome.missing),
@@ -469,23 +269,26 @@ class LiveState:
                 if shot is not None:
                     tiles.append(annotate(shot.image, verdicts.get(name)))
         for name in missing or []:
-            tiles.append(_placeholder([name.upper()[:14], "missing"]))
-        thumb = _thumbnail(tiles) if tiles else _placeholder([kind.replace("_", " ")[:18],
+            tiles.append(placeholder([name.upper()[:14], "missing"]))
+        thumb = thumbnail(tiles) if tiles else placeholder([kind.replace("_", " ")[:18],
                                                               "no preview"])
         self._defect_uid += 1
         self._defects.appendleft(_Defect(
             uid=self._defect_uid, key=key, part_seq=part_seq, outcome=kind, at=time.time(),
             cameras={n: {"label": v.label, "score": _rounded(v.score, 3),
                          "defective": v.defective} for n, v in verdicts.items()},
-            thumb=encode_jpeg(thumb),
+            thumb=jpeg(thumb),
         ))
 
-    def set_health(self, beats: list[dict[str, Any]],
-                   streams: dict[str, dict[str, Any]] | None = None,
+    def set_health(self, beats: Beats, lags: Mapping[str, GroupLag] | None = None,
                    now: float | None = None) -> None:
-        """Feed the current heartbeats (and per-agent stream lag) to the health table."""
+        """Feed the current heartbeats (and per-agent group lag) to the health table.
+
+        ``beats`` and ``lags`` are what :func:`procgraph.health.read_heartbeats` and
+        :func:`procgraph.health.group_lag` return.
+        """
         with self._lock:
-            self._health = self._tracker.update(beats, streams, now)
+            self._health = self._tracker.update(beats, lags, now)
             self._health_at = time.time() if now is None else now
             self._version += 1
 
@@ -509,12 +312,12 @@ class LiveState:
             cached = cam.jpegs.get(view.version)
             if cached is not None:
                 return cached, view.version
-        jpeg = encode_jpeg(annotate(view.shot.image, view.verdict, view.matched))
+        data = jpeg(annotate(view.shot.image, view.verdict, view.matched))
         with self._lock:
-            cam.jpegs[view.version] = jpeg
+            cam.jpegs[view.version] = data
             while len(cam.jpegs) > VIEW_HISTORY:
                 cam.jpegs.popitem(last=False)
-        return jpeg, view.version
+        return data, view.version
 
     def defect_jpeg(self, index: int, uid: int | None = None) -> bytes | None:
         """Thumbnail of the ``index``-th most recent defect (0 is the newest).
@@ -536,7 +339,7 @@ class LiveState:
             return self._counters_locked(time.time())
 
     def _counters_locked(self, now: float) -> dict[str, Any]:
-        c = dict(self._counts)
+        c: dict[str, Any] = dict(self._counts)
         parts = c["parts"]
         c["yield_pct"] = round(100.0 * c["ok"] / parts, 1) if parts else None
         recent = [t for t in self._part_times if now - t <= 60.0]

@@ -1,31 +1,28 @@
-"""The PLC agent: joins front and back verdicts per part and writes one outcome to the PLC."""
+"""The PLC writer agent: writes each joined part outcome to a PLC over Modbus."""
 
 from __future__ import annotations
 
-import json
 import time
-from typing import Any, Literal
+from typing import Literal
 
-from procgraph.agents.messages import PartOutcome, Verdict
+from procgraph.agents.messages import PartOutcome
 from pydantic import Field
 
 from procgraph import Agent, Input, Output
 
 
 class ModbusPlcAgent(Agent):
-    """Writes one outcome per part to a PLC over Modbus, after joining its verdicts.
+    """Writes one outcome per part to a PLC over Modbus TCP (or RTU), in order.
 
-    Verdicts of one part share a key. A verdict made more than ``window_ms`` after its
-    frame's capture is late, so a slow classifier never passes a part. When both sides are
-    in and on time the part gets ok / defective_front / defective_back / defective_both;
-    otherwise ``incomplete`` (rejected by default). A side counts as missing once its
-    camera's verdicts are past the part's capture time plus the window, or once the window
-    has passed on the clock while this agent was reading (time spent waiting for the PLC
-    does not count). A verdict arriving after its part was decided is ignored. The join
-    state lives in the broker, so a restarted agent loses no half-joined part. A verdict is
-    acknowledged only after the PLC accepted the part it completed; while the PLC is away
-    the agent retries with backoff, in order. Keys already written are never written
-    again. Run one replica.
+    The outcomes come from the join (:class:`procgraph.agents.join.JoinAgent`) on a
+    lossless edge. An outcome is acknowledged only once the PLC has the part: while the
+    PLC is away the handler retries with backoff, so the parts wait in the stream, in
+    order. Idempotent by key: keys written are kept in ``self.state.keyset("written")``
+    (pruned after ``done_ttl_s``) and the Modbus client remembers the part the PLC holds,
+    so a redelivered outcome is never written twice. Every part written is emitted on
+    ``written`` with ``part_seq`` and ``plc_written_ns`` set. The handshake and register
+    map are in :mod:`procgraph.agents.modbus.client` and ``docs/agents/modbus.md``. Run one
+    replica: the handshake is a single conversation.
     """
 
     class Params(Agent.Params):
@@ -38,20 +35,22 @@ class ModbusPlcAgent(Agent):
         base: int = Field(0, ge=0, description="first holding register (0-based)")
         use_coil_for_ready: bool = False
         ready_coil: int = 0
-        front_camera: str = "front"
-        back_camera: str = "back"
-        window_ms: float = Field(3000, gt=0, description="join window from capture time")
-        incomplete_reject: bool = Field(True, description="fail-safe for a missing side")
+        outcome_aliases: dict[str, str] = Field(
+            default_factory=dict, description="outcome name -> register-map outcome name, "
+            "e.g. {defective_top: defective_front} for a join with other view names")
         handshake_timeout_s: float = Field(5.0, gt=0)
         backoff_max_s: float = Field(5.0, gt=0)
         done_ttl_s: int = Field(86400, ge=60, description="how long written keys are kept")
         summary_every_s: float = Field(10.0, gt=0, description="log a line summary this often")
 
-    verdicts = Input(Verdict, doc="verdicts of both cameras (fan-in)")
-    outcomes = Output(PartOutcome, doc="every outcome written to the PLC")
+    params: Params
+
+    outcomes = Input(PartOutcome, doc="joined part outcomes, in order (lossless)")
+    written = Output(PartOutcome, doc="every outcome the PLC has, with part_seq set")
 
     def setup(self) -> None:
-        from procgraph.agents.modbus.plc_client import PlcWriter
+        """Build the Modbus writer (it connects on the first part)."""
+        from procgraph.agents.modbus.client import PlcWriter
         from procgraph.agents.modbus.registers import RegisterMap
 
         p = self.params
@@ -63,138 +62,93 @@ class ModbusPlcAgent(Agent):
         else:
             self.plc = PlcWriter.tcp(p.host, p.port, regmap)
             where = f"{p.host}:{p.port}"
-        self.redis = self.context.redis()
-        prefix = f"pg:{self.context.graph}:join:{self.context.agent}"
-        self.pending_key = prefix + ":pending"
-        # half-joined parts: kept in the broker (survives a restart), mirrored here so the
-        # window check on every tick reads no broker
-        self.pending: dict[str, dict[str, Any]] = {
-            k.decode(): json.loads(v) for k, v in self.redis.hgetall(self.pending_key).items()}
-        self.done_key = prefix + ":done"
-        self.sides = {p.front_camera: "front", p.back_camera: "back"}
-        self.written = 0
-        self.watermark_ns: dict[str, int] = {}
+        self.written_keys = self.state.keyset("written")
+        self.count = 0
         self.counts: dict[str, int] = {}
         self.last_summary = time.monotonic()
-        self.resumed_ns = time.time_ns()
-        self.log.info("PLC at %s, unit %d, registers from %d; join window %.0f ms",
-                      where, p.unit_id, p.base, p.window_ms)
+        self.last_prune = 0.0
+        self.log.info("PLC at %s, unit %d, registers from %d", where, p.unit_id, p.base)
 
     def teardown(self) -> None:
+        """Close the PLC connection."""
         plc = getattr(self, "plc", None)
         if plc is not None:
             plc.close()
 
-    # -- join ---------------------------------------------------------------------------
-    def on_verdicts(self, v: Verdict) -> None:
-        """Add a verdict to its part; write the part when it is complete."""
-        side = self.sides.get(v.camera)
-        if side is None:
-            self.log.warning("verdict from unknown camera %r (expected %s); ignored",
-                             v.camera, ", ".join(self.sides))
-            return
-        self.watermark_ns[side] = max(self.watermark_ns.get(side, 0), v.capture_ns)
-        if self.redis.zscore(self.done_key, v.key) is not None:
-            self.log.warning("late verdict for part %s (%s) ignored: already decided",
-                             v.key, side)
-            return
-        part = dict(self.pending.get(v.key, {}))
-        part[side] = v.model_dump(mode="json")
-        if "front" in part and "back" in part:
-            self._write(v.key, part)
-            return
-        self.redis.hset(self.pending_key, v.key, json.dumps(part))
-        self.pending[v.key] = part
-        self.tick()
-
-    def _capture_ns(self, part: dict[str, Any]) -> int:
-        return min(int(x["capture_ns"]) for x in part.values())
-
-    def _expired(self, part: dict[str, Any]) -> bool:
-        """True when a missing side can no longer arrive in time."""
-        window_ns = int(self.params.window_ms * 1e6)
-        deadline = self._capture_ns(part) + window_ns
-        for side in ("front", "back"):
-            if side not in part and self.watermark_ns.get(side, 0) > deadline:
-                return True
-        waited_from = max(self._capture_ns(part), self.resumed_ns)
-        return time.time_ns() - waited_from > window_ns
-
     def tick(self) -> None:
-        """Give parts whose window ended the fail-safe outcome, oldest first."""
-        if time.monotonic() - self.last_summary >= self.params.summary_every_s:
-            self.last_summary = time.monotonic()
+        """Log the summary line every ``summary_every_s``; prune old written keys."""
+        now = time.monotonic()
+        if now - self.last_summary >= self.params.summary_every_s:
+            self.last_summary = now
             self.log_summary()
-        expired = [(self._capture_ns(part), key, part)
-                   for key, part in self.pending.items() if self._expired(part)]
-        for _, key, part in sorted(expired):
-            self._write(key, part)
+        if now - self.last_prune > 60:
+            self.last_prune = now
+            self.written_keys.prune(self.params.done_ttl_s)
 
     def log_summary(self) -> None:
         """One console line: parts written, outcomes, yield."""
-        if not self.written:
+        if not self.count:
             self.log.info("no part written to the PLC yet")
             return
         ok = self.counts.get("ok", 0)
         detail = ", ".join(f"{k} {v}" for k, v in sorted(self.counts.items()))
-        self.log.info("%d parts to the PLC: %s; yield %.1f%%", self.written, detail,
-                      100.0 * ok / self.written)
+        self.log.info("%d parts to the PLC: %s; yield %.1f%%", self.count, detail,
+                      100.0 * ok / self.count)
 
-    # -- decide and write ---------------------------------------------------------------
-    def decide(self, part: dict[str, Any]) -> tuple[str, bool, list[str]]:
-        """``(outcome, reject, missing sides)`` for a joined (or timed-out) part."""
-        missing = [s for s in ("front", "back") if s not in part]
-        window_ns = self.params.window_ms * 1e6
-        late = [s for s, v in part.items() if v["ts_ns"] - v["capture_ns"] > window_ns]
-        if missing or late:
-            return "incomplete", self.params.incomplete_reject, missing
-        front, back = part["front"]["defective"], part["back"]["defective"]
-        outcome = {(False, False): "ok", (True, False): "defective_front",
-                   (False, True): "defective_back", (True, True): "defective_both"}[(front, back)]
-        return outcome, outcome != "ok", []
+    def register_outcome(self, o: PartOutcome) -> tuple[str, bool]:
+        """``(outcome, reject)`` as the register map can hold them.
 
-    def _write(self, key: str, part: dict[str, Any]) -> None:
-        from procgraph.agents.modbus.plc_client import PlcUnavailable
+        An outcome name with no code (after ``outcome_aliases``) is written as
+        ``incomplete`` with ``reject``: the PLC rejects a part it cannot be told about.
+        """
+        from procgraph.agents.modbus.registers import OUTCOME_CODES
 
-        outcome, reject, missing = self.decide(part)
-        verdicts = {s: Verdict.model_validate(v) for s, v in part.items()}
+        name = self.params.outcome_aliases.get(o.outcome, o.outcome)
+        if name in OUTCOME_CODES:
+            return name, o.reject
+        self.log.error("part %s: outcome %r has no PLC code (known: %s); written as incomplete "
+                       "with reject. Map it with the outcome_aliases param.", o.key, o.outcome,
+                       ", ".join(OUTCOME_CODES))
+        return "incomplete", True
+
+    def on_outcomes(self, o: PartOutcome) -> None:
+        """Write one part; return only once the PLC has it (looping while it is away)."""
+        if o.key in self.written_keys:
+            self.log.info("part %s already written to the PLC; not written again", o.key)
+            return
+        outcome, reject = self.register_outcome(o)
+        seq = self._write(o.key, outcome, reject)
+        self.written_keys.add(o.key)
+        self.count += 1
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+        self.written.send(PartOutcome(
+            key=o.key, outcome=outcome, reject=reject, capture_ns=o.capture_ns,
+            verdicts=o.verdicts, missing=o.missing, part_seq=seq,
+            plc_written_ns=time.time_ns(), truth_defective=o.truth_defective))
+
+    def _write(self, key: str, outcome: str, reject: bool) -> int:
+        """Deliver one part, retrying with backoff; the PLC's ``seq`` for it."""
+        from procgraph.agents.modbus.client import PlcUnavailable
+
         delay = 0.2
         attempt = 0
         while True:
             try:
                 if not self.plc.connected:
                     self.plc.connect()
+                known = self.plc.delivered_seq(key)
+                if known is not None:  # the PLC had it before a restart of this agent
+                    self.log.info("PLC already holds part %s as seq %d", key, known)
+                    return known
                 seq = self.plc.next_seq
                 self.plc.write_outcome(seq, key, outcome, reject,
                                        timeout_s=self.params.handshake_timeout_s)
-                break
+                return seq
             except PlcUnavailable as exc:
                 attempt += 1
                 if attempt == 1 or attempt % 10 == 0:
                     self.log.warning("PLC unavailable (%s); part %s waits, retry in %.1fs",
                                      exc, key, delay)
                 if not self.sleep(delay):
-                    raise  # stopping: the verdict stays unacknowledged
+                    raise  # stopping: the outcome stays unacknowledged
                 delay = min(delay * 2, self.params.backoff_max_s)
-                self.resumed_ns = time.time_ns()
-        written_ns = time.time_ns()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(self.done_key, {key: time.time()})
-        pipe.zremrangebyscore(self.done_key, 0, time.time() - self.params.done_ttl_s)
-        pipe.hdel(self.pending_key, key)
-        pipe.execute()
-        self.pending.pop(key, None)
-        self.written += 1
-        self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        truths = [v.truth for v in verdicts.values()]
-        truth = None if None in truths or missing else any(t != "ok" for t in truths)
-        if outcome == "incomplete":
-            self.log.warning("part %s incomplete (%s): fail-safe %s", key,
-                             f"missing {', '.join(missing)}" if missing else "verdict too late",
-                             "reject" if reject else "pass")
-        latest = max(verdicts.values(), key=lambda v: v.ts_ns)
-        self.outcomes.send(PartOutcome(
-            key=key, part_seq=seq, outcome=outcome, reject=reject,
-            capture_ns=self._capture_ns(part), verdicts=verdicts, missing=missing,
-            plc_written_ns=written_ns, truth_defective=truth, trace=list(latest.trace),
-        ))

@@ -25,7 +25,7 @@ two parts whose keys share the first 32 characters would otherwise look identica
 PLC and to the writer's duplicate check.
 
 This module has no I/O and no dependency on pymodbus: it is shared by the writer
-(:mod:`procgraph.agents.modbus.plc_client`), the simulated PLC and the tests.
+(:mod:`procgraph.agents.modbus.client`), the simulated PLC and the tests.
 """
 
 from __future__ import annotations

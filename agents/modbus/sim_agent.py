@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +16,9 @@ class SimulatedPlcAgent(Agent):
     Set ``enabled: false`` (e.g. ``"${PLC_SIM:-true}"``) when a real PLC is connected.
     """
 
+    #: listens on ``params.port`` for the PLC writer: a deployment exposes it inside only
+    serves: ClassVar[Literal["public", "internal"] | None] = "internal"
+
     class Params(Agent.Params):
         enabled: bool = True
         host: str = "127.0.0.1"
@@ -25,6 +29,8 @@ class SimulatedPlcAgent(Agent):
         ready_coil: int = 0
         summary_every_s: float = Field(10.0, gt=0)
 
+    params: Params
+
     def run(self) -> None:
         """Serve until stopped, logging a summary every ``summary_every_s``."""
         if not self.params.enabled:
@@ -32,8 +38,8 @@ class SimulatedPlcAgent(Agent):
             while self.sleep(1.0):
                 pass
             return
-        from procgraph.agents.modbus.plc_sim import SimulatedPlc
         from procgraph.agents.modbus.registers import RegisterMap
+        from procgraph.agents.modbus.sim import SimulatedPlc
 
         p = self.params
         regmap = RegisterMap(unit_id=p.unit_id, base=p.base,

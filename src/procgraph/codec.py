@@ -59,7 +59,8 @@ def register_payload_store(store: PayloadStore) -> None:
 
 def _array_bytes(arr: np.ndarray) -> memoryview:
     # a flat uint8 view: memoryview.cast("B") refuses 0-d arrays and shapes with a zero
-    return memoryview(np.ascontiguousarray(arr).reshape(-1).view(np.uint8))
+    flat: Any = np.ascontiguousarray(arr).reshape(-1).view(np.uint8)  # numpy: not a Buffer
+    return memoryview(flat)
 
 
 def _compress(arr: np.ndarray, encoding: str, quality: int) -> bytes:
@@ -133,7 +134,8 @@ def encode(
         else:
             payload = _compress(arr, encoding, quality)
         desc["encoding"] = encoding
-        if store is not None and encoding == "raw" and payload.nbytes >= store_min_bytes:
+        if (store is not None and isinstance(payload, memoryview)
+                and payload.nbytes >= store_min_bytes):
             desc["ref"] = store.put(memoryview(payload))
         else:
             fields[(ARRAY_FIELD_PREFIX + name).encode()] = payload

@@ -15,6 +15,8 @@ HEADER_FIELD = b"h"
 ARRAY_FIELD_PREFIX = "a:"
 
 DEAD_LETTER_SUFFIX = ":dead"
+#: a graph broker's ``url`` when the supervisor starts the broker itself
+EMBEDDED = "embedded"
 
 # -- environment variables (read in one place: procgraph.settings) ---------------------------
 ENV_PREFIX = "PROCGRAPH_"

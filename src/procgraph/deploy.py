@@ -4,7 +4,9 @@ Pure functions: a validated :class:`~procgraph.graph.GraphPlan` plus :class:`Dep
 plain dicts out (``compose_file``, ``k8s_manifests``), YAML text from ``render_*``. Nothing here
 talks to Docker or to a cluster. Every agent replica runs ``procgraph agent GRAPH AGENT REPLICA``
 in the agent image (deploy/Dockerfile); every ``embedded`` broker becomes a Valkey (or Redis)
-container; ``redis://`` brokers are used as they are.
+container; ``redis://`` brokers are used as they are. An agent that listens on ``params.port``
+says so with its class's ``serves`` ("public": published; "internal": reachable inside the
+deployment only); ``DeployOptions.publish`` publishes others.
 """
 
 from __future__ import annotations
@@ -19,19 +21,13 @@ from typing import Any
 
 import yaml
 
-from procgraph.constants import BROKERS_ENV
+from procgraph.constants import BROKERS_ENV, REPLICA_ENV
 from procgraph.errors import DeployError
-from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan
+from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan, agent_class
 
 GRAPH_DIR = "/app/graphs"  # relative paths in the graph (../models/x.onnx) resolve in /app
 BROKER_PORT = 6379
 AGENT_UID = 10001  # the non-root user of deploy/Dockerfile
-#: class path -> published to the outside (True) or reachable inside the deployment only.
-#: These agents listen on ``params.port``; ``DeployOptions.publish`` adds others.
-SERVERS: dict[str, bool] = {
-    "procgraph.agents.hmi:HmiAgent": True,
-    "procgraph.agents.modbus:SimulatedPlcAgent": False,
-}
 _RESTART_COMPOSE = {"always": "unless-stopped", "on-failure": "on-failure", "never": "no"}
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
@@ -46,7 +42,7 @@ class DeployOptions:
     image: str = "procgraph:0.1"
     broker_image: str = "valkey/valkey:8"
     env: Mapping[str, str] = field(default_factory=dict)  # set in every agent container
-    publish: tuple[str, ...] = ()  # agents (besides SERVERS) whose params.port is published
+    publish: tuple[str, ...] = ()  # agents (besides serves="public") whose port is published
     namespace: str | None = None  # Kubernetes only; None: no Namespace, no metadata.namespace
     node_label: str = "kubernetes.io/hostname"  # node key matched against an agent's node
     service_type: str = "ClusterIP"  # Kubernetes Service type for published ports
@@ -84,9 +80,15 @@ def _check_names(plan: GraphPlan) -> None:
         seen[label] = what
 
 
-def served_port(agent: AgentPlan, opts: DeployOptions) -> tuple[int, bool] | None:
-    """``(port, published)`` if the agent listens on ``params.port``, else None."""
-    published = SERVERS.get(agent.class_path)
+def served_port(plan: GraphPlan, agent: AgentPlan,
+                opts: DeployOptions) -> tuple[int, bool] | None:
+    """``(port, published)`` if the agent listens on ``params.port``, else None.
+
+    Its class's ``serves`` says so ("public": published, "internal": not); naming the agent
+    in ``opts.publish`` publishes it whatever its class says.
+    """
+    serves = agent_class(plan, agent.name).serves
+    published = None if serves is None else serves == "public"
     if agent.name in opts.publish:
         published = True
     port = agent.params.get("port")
@@ -119,11 +121,11 @@ def warnings(plan: GraphPlan, opts: DeployOptions, kind: str) -> list[str]:
             out.append(f"broker {name}: {spec.url} is loopback: inside a container that is "
                        "the container itself")
     for a in plan.agents.values():
-        host = a.params.get("host")
-        if isinstance(host, str) and _is_loopback(host):
-            out.append(f"agent {a.name}: params.host is {host}: inside a container that is "
+        bind = a.params.get("host")
+        if isinstance(bind, str) and _is_loopback(bind):
+            out.append(f"agent {a.name}: params.host is {bind}: inside a container that is "
                        "the container itself (bind 0.0.0.0 / name a service instead)")
-        served = served_port(a, opts)
+        served = served_port(plan, a, opts)
         if served and served[1] and a.replicas > 1 and kind == "compose":
             out.append(f"agent {a.name}: replica i publishes host port {served[0]}+i")
         if kind == "k8s" and a.restart != "always":
@@ -188,7 +190,7 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
     mount = {"type": "bind", "source": opts.graph_source, "target": _graph_path(opts),
              "read_only": True}
     for a in plan.agents.values():
-        served = served_port(a, opts)
+        served = served_port(plan, a, opts)
         for i in range(a.replicas):
             labels = _labels(plan, agent=a.name, replica=str(i))
             if a.node:
@@ -256,15 +258,15 @@ def _agent_objects(plan: GraphPlan, a: AgentPlan, opts: DeployOptions,
     name = dns_name(a.name)
     selector = {"procgraph.io/graph": plan.name, "procgraph.io/agent": a.name}
     labels = {**_labels(plan, agent=a.name), **selector}
-    served = served_port(a, opts)
+    served = served_port(plan, a, opts)
     index = "metadata.labels['apps.kubernetes.io/pod-index']"  # Kubernetes >= 1.28
     env: list[dict[str, Any]] = [
-        {"name": "PROCGRAPH_REPLICA", "valueFrom": {"fieldRef": {"fieldPath": index}}}]
+        {"name": REPLICA_ENV, "valueFrom": {"fieldRef": {"fieldPath": index}}}]
     env += [{"name": k, "value": v} for k, v in _agent_env(plan, opts).items()]
     container: dict[str, Any] = {
         "name": "agent", "image": opts.image, "imagePullPolicy": "IfNotPresent",
         # Kubernetes expands $(VAR) in args: no shell needed for the replica index.
-        "args": ["agent", _graph_path(opts), a.name, "$(PROCGRAPH_REPLICA)"],
+        "args": ["agent", _graph_path(opts), a.name, f"$({REPLICA_ENV})"],
         "env": env,
         "volumeMounts": [{"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},

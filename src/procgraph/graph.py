@@ -19,13 +19,13 @@ from procgraph.constants import (
     DEFAULT_CLAIM_IDLE_MS,
     DEFAULT_HEARTBEAT_TIMEOUT_S,
     DEFAULT_MAX_DELIVERIES,
+    EMBEDDED,
     stream_key,
 )
 from procgraph.errors import GraphError
 from procgraph.yamlmarks import Marked, Path_, load_marked
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-EMBEDDED = "embedded"
 
 
 class _Strict(BaseModel):
@@ -185,6 +185,16 @@ def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
     return cls
 
 
+def agent_class(plan: GraphPlan, agent: str) -> type[Agent]:
+    """The Agent class that agent ``agent`` of a validated graph names, imported as
+    :func:`load_graph` does (modules beside the graph file are importable)."""
+    graph_dir = str(plan.graph_dir)
+    if graph_dir not in sys.path:
+        sys.path.insert(0, graph_dir)
+    where = Marked(Path(plan.file), None, {})
+    return import_agent(plan.agents[agent].class_path, where, ("agents", agent, "class"))
+
+
 def _children(tp: Any, part: str | int) -> list[Any]:
     """The annotations one step below ``tp`` at key or index ``part``."""
     origin = typing.get_origin(tp)
@@ -214,13 +224,10 @@ def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: s
                     model: type[BaseModel]) -> GraphError:
     lines = []
     fixes: list[tuple[int, str]] = []  # (priority, fix): an unknown key explains most
-    first_path: Path_ = prefix
-    for i, err in enumerate(exc.errors()):
+    for err in exc.errors():
         loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in ("str", "EdgeSpec",
                     "list[union[str,EdgeSpec]]")))
         path = (*prefix, *loc)
-        if i == 0:
-            first_path = path
         dotted = ".".join(str(p) for p in path)
         hint = ""
         if err["type"] == "extra_forbidden":
@@ -238,7 +245,6 @@ def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: s
     text = f"{what}\n  " + "\n  ".join(lines[:8])
     if fixes:
         text += f"\n  fix: {min(fixes)[1]}"
-    del first_path
     return GraphError(text)
 
 
@@ -387,4 +393,5 @@ def graph_json_schema() -> dict[str, Any]:
     return GraphSpec.model_json_schema(by_alias=True)
 
 
-__all__ = ["ENCODINGS", "GraphPlan", "GraphSpec", "graph_json_schema", "load_graph"]
+__all__ = ["EMBEDDED", "ENCODINGS", "GraphPlan", "GraphSpec", "agent_class", "graph_json_schema",
+           "load_graph"]

@@ -14,8 +14,9 @@ Every function takes a redis-py client of the broker the replicas' agents live o
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -24,11 +25,15 @@ from procgraph.constants import (
     DEAD_LETTER_SUFFIX,
     DEFAULT_HEARTBEAT_S,
     HEARTBEAT_TTL_PERIODS,
+    dead_letter_key,
     heartbeat_key,
     heartbeat_pattern,
     stream_pattern,
 )
-from procgraph.errors import broker_unavailable_as
+from procgraph.errors import BrokerUnavailable, broker_unavailable_as
+
+if TYPE_CHECKING:
+    from procgraph.graph import GraphPlan
 
 #: version of the heartbeat record; readers ignore records of other versions
 HEARTBEAT_VERSION = 1
@@ -173,3 +178,102 @@ def group_lag(client: redis.Redis, streams: Iterable[str]) -> dict[str, GroupLag
             row.lag = None if lag is None or row.lag is None else row.lag + int(lag)
             row.pending += int(group.get("pending") or 0)
     return out
+
+
+def dead_letters(client: redis.Redis, streams: Iterable[str]) -> dict[str, int]:
+    """Per stream: how many entries its dead-letter stream holds (0 when it has none)."""
+    streams = list(streams)
+    if not streams:
+        return {}
+    with broker_unavailable_as("read dead-letter streams"):
+        pipe = client.pipeline(transaction=False)
+        for stream in streams:
+            pipe.xlen(dead_letter_key(stream))
+        counts: list[Any] = pipe.execute()
+    return {stream: int(n or 0) for stream, n in zip(streams, counts, strict=True)}
+
+
+class LineCheck(BaseModel):
+    """What :func:`check_line` found: the replicas with and without a live heartbeat."""
+
+    alive: list[str] = Field(default_factory=list, description="``agent[i]`` with a heartbeat")
+    missing: list[str] = Field(default_factory=list, description="``agent[i]`` without one")
+
+    @property
+    def ok(self) -> bool:
+        """Every replica checked has a live heartbeat."""
+        return not self.missing
+
+
+def check_line(
+    plan: GraphPlan,
+    urls: Mapping[str, str],
+    agent: str | None = None,
+    replica: int | None = None,
+) -> LineCheck:
+    """Which replicas of a graph (or of one agent, or one replica) have a live heartbeat.
+
+    ``urls`` maps each broker name of the graph to its URL (see
+    :func:`procgraph.brokers.resolve_broker_urls`). Raises KeyError for an agent the graph
+    does not have, and BrokerUnavailable naming the broker and URL it cannot reach.
+    """
+    if agent is not None and agent not in plan.agents:
+        raise KeyError(agent)
+    result = LineCheck()
+    clients: dict[str, redis.Redis] = {}
+    try:
+        for a in plan.agents.values():
+            if agent is not None and a.name != agent:
+                continue
+            indexes = [replica] if replica is not None else list(range(a.replicas))
+            if a.broker not in clients:
+                clients[a.broker] = redis.Redis.from_url(
+                    urls[a.broker], socket_connect_timeout=2, socket_timeout=2)
+            try:
+                beats = read_heartbeats(clients[a.broker], plan.name,
+                                        [(a.name, i) for i in indexes])
+            except BrokerUnavailable as exc:
+                raise BrokerUnavailable(f"cannot reach broker {a.broker!r} at "
+                                        f"{urls[a.broker]}: {exc.__cause__}") from exc
+            for i in indexes:
+                found = (a.name, i) in beats
+                (result.alive if found else result.missing).append(f"{a.name}[{i}]")
+    finally:
+        for client in clients.values():
+            client.close()
+    return result
+
+
+@dataclass
+class _Sample:
+    pid: int
+    started: float
+    count: int
+    ts: float
+    rate: float
+
+
+class RateMeter:
+    """Messages per second of a counter in successive heartbeats of the same replica.
+
+    Feed it each heartbeat reading; the rate is the count change between two heartbeats
+    of the same process. On the first look, or after a restart (new pid or start time),
+    it is the replica's average since it started. A heartbeat not refreshed since the last
+    look keeps the last rate.
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[Any, _Sample] = {}
+
+    def rate(self, key: Any, beat: Heartbeat, count: int) -> float:
+        """The rate of ``count`` (one counter of ``beat``) tracked under ``key``."""
+        prev = self._seen.get(key)
+        if (prev is not None and prev.pid == beat.pid and prev.started == beat.started
+                and count >= prev.count):
+            if beat.ts <= prev.ts:
+                return prev.rate
+            rate = (count - prev.count) / (beat.ts - prev.ts)
+        else:
+            rate = count / max(beat.ts - beat.started, 1e-3) if count else 0.0
+        self._seen[key] = _Sample(beat.pid, beat.started, count, beat.ts, rate)
+        return rate

@@ -103,7 +103,8 @@ class Output(Generic[M]):
     def __get__(self, obj: object | None, owner: type) -> Output[M] | BoundOutput[M]:
         if obj is None:
             return self
-        bound: dict[str, BoundOutput[Any]] = obj.__dict__.get("_bound_outputs", {})
+        binding = obj.__dict__.get("binding")  # procgraph.binding.AgentBinding
+        bound: dict[str, BoundOutput[Any]] = binding.outputs if binding is not None else {}
         port = bound.get(self.name)
         if port is None:
             msg = f"output {self.name!r} is not connected: the agent has not been started"

@@ -22,12 +22,22 @@ import json
 import struct
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-from procgraph.errors import RecordingError
+import redis
+
+from procgraph.errors import (
+    TRANSIENT_ERRORS,
+    BrokerUnavailable,
+    RecordingError,
+    broker_unavailable_as,
+)
+
+if TYPE_CHECKING:
+    from procgraph.graph import GraphPlan
 
 MAGIC = b"PGREC"
 FORMAT_VERSION = 1
@@ -37,7 +47,9 @@ MAX_RECORD_BYTES = 1 << 31
 _U8, _U16, _U32, _U64 = struct.Struct(">B"), struct.Struct(">H"), struct.Struct(">I"), \
     struct.Struct(">Q")
 _RECORD, _TRAILER = b"R", b"E"
-
+#: entries read per XREAD while recording, and XADDs per pipeline while replaying
+READ_COUNT = 200
+PIPELINE_MAX = 200
 
 
 @dataclass(frozen=True)
@@ -121,14 +133,19 @@ class RecordingReader:
         except OSError as exc:
             raise RecordingError(f"cannot open recording {self.path}: {exc.strerror}") from exc
         self.size = self.path.stat().st_size
+        try:
+            self.header: dict[str, Any] = self._read_header()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _read_header(self) -> dict[str, Any]:
         magic = self._file.read(len(MAGIC))
         if magic != MAGIC:
-            self._file.close()
             raise RecordingError(f"{self.path} is not a procgraph recording (bad magic "
                                  f"{magic[:8]!r}; expected {MAGIC!r})")
         version = self._unpack(_U8, "version")
         if version != FORMAT_VERSION:
-            self._file.close()
             raise RecordingError(f"{self.path}: recording format version {version} is not "
                                  f"supported (this procgraph reads version {FORMAT_VERSION})")
         length = self._unpack(_U32, "header length")
@@ -140,7 +157,7 @@ class RecordingReader:
             raise RecordingError(f"{self.path}: header is not valid JSON: {exc}") from exc
         if not isinstance(header, dict):
             raise RecordingError(f"{self.path}: header must be a JSON object")
-        self.header: dict[str, Any] = header
+        return header
 
     def _read(self, n: int, what: str) -> bytes:
         data = self._file.read(n)
@@ -236,5 +253,126 @@ def read_all(path: str | Path) -> tuple[dict[str, Any], list[Record]]:
     return reader.header, list(reader)
 
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "Record", "RecordingError", "RecordingReader",
-           "RecordingWriter", "entry_ms", "read_all"]
+# -- recording live streams, replaying a file -----------------------------------------------
+def graph_streams(plan: GraphPlan, urls: Mapping[str, str]) -> dict[str, list[str]]:
+    """Broker URL -> the output streams of every agent of ``plan`` on that broker."""
+    by_url: dict[str, list[str]] = {}
+    for agent in plan.agents.values():
+        for out in agent.outputs:
+            by_url.setdefault(urls[out.broker], []).append(out.stream)
+    return {url: list(dict.fromkeys(keys)) for url, keys in by_url.items()}
+
+
+class Recorder:
+    """Reads new entries of streams on one or more brokers, read-only (plain XREAD, no group).
+
+    ``by_url`` maps a broker URL to the stream keys to record there. It starts after the
+    newest entry of each stream now (so no entry falls between), or at the first with
+    ``from_start``. Raises BrokerUnavailable when a broker cannot be reached.
+    """
+
+    def __init__(self, by_url: Mapping[str, list[str]], from_start: bool = False) -> None:
+        self.clients = {url: redis.Redis.from_url(url, socket_connect_timeout=1.0,
+                                                  socket_timeout=5.0) for url in by_url}
+        self.streams = [s for keys in by_url.values() for s in keys]
+        self._block_ms = 200 if len(self.clients) == 1 else 50
+        self._last: dict[str, dict[str, str]] = {}
+        try:
+            for url, keys in by_url.items():
+                with broker_unavailable_as(f"read streams on {url}"):
+                    self._last[url] = self._start_ids(self.clients[url], keys, from_start)
+        except BaseException:
+            self.close()
+            raise
+
+    @staticmethod
+    def _start_ids(client: redis.Redis, keys: list[str], from_start: bool) -> dict[str, str]:
+        ids: dict[str, str] = {}
+        for key in keys:
+            newest: Any = [] if from_start else client.xrevrange(key, count=1)
+            ids[key] = newest[0][0].decode() if newest else "0-0"
+        return ids
+
+    def read_into(self, writer: RecordingWriter, limit: int | None = None,
+                  wait_s: float | None = None) -> int:
+        """One round: write the entries that arrived (waiting up to ``wait_s``) to ``writer``.
+
+        Stops at ``limit`` entries in the file; returns how many were written this round.
+        """
+        block = self._block_ms if wait_s is None else max(1, min(self._block_ms,
+                                                                 int(wait_s * 1000)))
+        before = writer.count
+        for url, client in self.clients.items():
+            with broker_unavailable_as(f"read streams on {url}"):
+                last: Any = self._last[url]
+                reply: Any = client.xread(last, count=READ_COUNT, block=block)
+            for stream, entries in reply or []:
+                key = stream.decode()
+                for entry_id, fields in entries:
+                    if limit is not None and writer.count >= limit:
+                        break
+                    eid = entry_id.decode()
+                    writer.write(Record(key, eid, entry_ms(eid), list(fields.items())))
+                    self._last[url][key] = eid
+        return writer.count - before
+
+    def close(self) -> None:
+        """Close the broker connections."""
+        for client in self.clients.values():
+            client.close()
+
+
+def check_file(path: str | Path) -> RecordingReader:
+    """Read a whole recording to check it, then return a fresh reader at its first record."""
+    for _ in RecordingReader(path):
+        pass
+    return RecordingReader(path)
+
+
+def _xadd_args(key: str, rec: Record, maxlen: int | None) -> list[bytes | str | int]:
+    args: list[bytes | str | int] = ["XADD", key]
+    if maxlen:
+        args += ["MAXLEN", "~", maxlen]
+    args.append("*")
+    for name, value in rec.fields:  # a flat list keeps order (and repeated names)
+        args += [name, value]
+    return args
+
+
+def replay(reader: RecordingReader, client: redis.Redis, *, speed: float = 1.0,
+           fast: bool = False, stream_prefix: str = "", maxlen: int | None = None,
+           ) -> Iterator[int]:
+    """Write the recorded entries back with XADD, keeping their gaps (divided by ``speed``).
+
+    A generator: it yields how many entries it wrote each time it flushed them to the
+    broker (for progress), ending with the total. ``fast`` ignores the timing;
+    ``stream_prefix`` is put in front of each recorded key; ``maxlen`` caps each stream
+    (approximately). Raises BrokerUnavailable when the broker goes away, RecordingError
+    when the file turns out to be damaged.
+    """
+    written = 0
+    pipe = client.pipeline(transaction=False)
+    first_ts: int | None = None
+    t0 = time.monotonic()
+    try:
+        for rec in reader:
+            if first_ts is None:
+                first_ts, t0 = rec.ts_ms, time.monotonic()
+            wait = 0.0 if fast else (
+                (rec.ts_ms - first_ts) / 1000 / speed - (time.monotonic() - t0))
+            if wait > 0 or len(pipe) >= PIPELINE_MAX:
+                pipe.execute()
+                yield written
+                if wait > 0:
+                    time.sleep(wait)
+            args = _xadd_args(stream_prefix + rec.stream, rec, maxlen)
+            pipe.execute_command(*args)  # type: ignore[no-untyped-call]
+            written += 1
+        pipe.execute()
+    except TRANSIENT_ERRORS as exc:
+        raise BrokerUnavailable(f"lost the broker after {written} entries: {exc}") from exc
+    yield written
+
+
+__all__ = ["FORMAT_VERSION", "MAGIC", "Record", "Recorder", "RecordingError", "RecordingReader",
+           "RecordingWriter", "check_file", "entry_ms", "graph_streams", "read_all", "replay"]

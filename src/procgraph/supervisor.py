@@ -14,9 +14,11 @@ from typing import IO
 
 import redis
 
-from procgraph.brokers import EmbeddedBroker
-from procgraph.constants import BROKERS_ENV, heartbeat_key
-from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan
+from procgraph.brokers import EmbeddedBroker, resolve_broker_urls
+from procgraph.constants import BROKERS_ENV, RESTARTS_ENV, SUPERVISED_ENV
+from procgraph.errors import BrokerUnavailable
+from procgraph.graph import AgentPlan, BrokerSpec, GraphPlan
+from procgraph.health import read_heartbeats
 
 log = logging.getLogger("procgraph.supervisor")
 _COLOURS = [36, 33, 35, 32, 34, 91, 96, 93, 95, 92, 94]
@@ -89,23 +91,16 @@ class Supervisor:
     # -- brokers --------------------------------------------------------------------------
     def start_brokers(self) -> None:
         """Start embedded brokers this node owns; resolve every broker's URL."""
-        for name, spec in self.plan.brokers.items():
-            if spec.url != EMBEDDED:
-                self.urls[name] = spec.url
-            elif self.redis_url:
-                self.urls[name] = self.redis_url
-            elif self.node is None or spec.node in (None, self.node):
-                broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind).start()
-                self.brokers[name] = broker
-                self.urls[name] = broker.url
-                self.say("supervisor", f"broker {name!r}: embedded {self.broker_kind} at "
-                         f"{broker.url}")
-            else:
-                if spec.port is None:
-                    raise SystemExit(
-                        f"broker {name!r} is embedded on node {spec.node!r}: give it a fixed "
-                        "port (and host) in the graph so other nodes can reach it")
-                self.urls[name] = f"redis://{spec.host}:{spec.port}"
+        self.urls = resolve_broker_urls(self.plan, self.redis_url, start=self._start_broker)
+
+    def _start_broker(self, name: str, spec: BrokerSpec) -> str | None:
+        """Start an embedded broker placed on this node (None: another node starts it)."""
+        if self.node is not None and spec.node not in (None, self.node):
+            return None
+        broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind).start()
+        self.brokers[name] = broker
+        self.say("supervisor", f"broker {name!r}: embedded {self.broker_kind} at {broker.url}")
+        return broker.url
 
     def _check_brokers(self) -> None:
         for name, broker in self.brokers.items():
@@ -125,9 +120,9 @@ class Supervisor:
     def _spawn(self, replica: Replica) -> None:
         env = dict(os.environ)
         env[BROKERS_ENV] = json.dumps(self.urls)
-        env["PROCGRAPH_SUPERVISED"] = "1"
+        env[SUPERVISED_ENV] = "1"
         env["PYTHONUNBUFFERED"] = "1"
-        env["PROCGRAPH_RESTARTS"] = str(replica.restarts)
+        env[RESTARTS_ENV] = str(replica.restarts)
         replica.proc = subprocess.Popen(
             self.command(replica), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
@@ -185,18 +180,19 @@ class Supervisor:
         return self._clients[broker]
 
     def _check_heartbeats(self) -> None:
+        """Kill a running replica whose heartbeat was seen and then stopped (it hangs)."""
         by_broker: dict[str, list[Replica]] = {}
         for r in self.replicas:
             if r.pid is not None:
                 by_broker.setdefault(r.agent.broker, []).append(r)
         for broker, reps in by_broker.items():
-            keys = [heartbeat_key(self.plan.name, r.agent.name, r.index) for r in reps]
             try:
-                values = self._client(broker).mget(keys)
-            except (redis.ConnectionError, redis.TimeoutError):
+                beats = read_heartbeats(self._client(broker), self.plan.name,
+                                        [(r.agent.name, r.index) for r in reps])
+            except BrokerUnavailable:
                 continue
-            for r, value in zip(reps, values, strict=True):
-                if value is not None:
+            for r in reps:
+                if (r.agent.name, r.index) in beats:
                     r.heartbeat_seen = True
                 elif r.heartbeat_seen and r.proc is not None:
                     self.say("supervisor", f"{r.name}: heartbeat stopped; killing pid "

@@ -1,4 +1,9 @@
-"""Run an agent in-process, without a broker: for unit tests of agent logic."""
+"""Run an agent in-process, without a broker: for unit tests of agent logic.
+
+:class:`AgentHarness` drives one agent by hand (the same lifecycle and key/trace rule as the
+runtime, every message through the real wire codec, state in memory); :func:`run_agent`
+does it in one call.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +12,22 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from procgraph import codec
-from procgraph.agent import Agent, AgentContext
+from procgraph.agent import Agent
+from procgraph.context import AgentContext
 from procgraph.message import Message
+from procgraph.state import AgentState
+
+__all__ = ["AgentHarness", "run_agent"]
 
 
 class AgentHarness:
     """Drives one agent by hand: feed messages to its inputs, collect what it sends.
 
     Every message crosses the real wire codec both ways, so a field that would not
-    survive a stream fails here too.
+    survive a stream fails here too. The agent's ``self.state`` is in memory
+    (:meth:`procgraph.state.AgentState.in_memory`) and flushed as the runtime does it: after
+    each handler call, on ``flush()``/``sleep()`` and at teardown. Pass ``state=`` (e.g. an
+    earlier harness's ``.state``) to start from existing state, as after a restart.
     """
 
     def __init__(
@@ -23,31 +35,47 @@ class AgentHarness:
         agent_cls: type[Agent],
         params: Mapping[str, Any] | None = None,
         context: AgentContext | None = None,
+        state: AgentState | None = None,
     ) -> None:
         self.agent = agent_cls(agent_cls.Params(**dict(params or {})), context)
+        ctx = self.agent.context
+        if state is None:
+            state = AgentState.in_memory(ctx.graph, ctx.agent, ctx.replica)
+        self.state = state
         self.sent: dict[str, list[Message]] = {name: [] for name in agent_cls.outputs}
-        self.agent._bind_outputs(self._deliver)
+        self.binding = self.agent.binding
+        self.binding.state = state
+        self.binding.flush_hook = state.flush
+        self.binding.bind_outputs(self._deliver)
         self._started = False
 
     def _deliver(self, port: str, msg: Message) -> None:
         fields = codec.encode(msg)
         wire = {k: bytes(v) for k, v in fields.items()}
-        self.sent[port].append(codec.decode(wire, self.agent.outputs[port].type))
+        self.sent[port].append(codec.decode(wire, type(self.agent).outputs[port].type))
 
     def __enter__(self) -> AgentHarness:
-        self.agent.setup()
+        try:
+            self.agent.setup()
+        except BaseException:
+            self.__exit__()  # teardown() runs after a failed setup(), as in the runtime
+            raise
         self._started = True
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.agent.stop()
-        self.agent.teardown()
+        self.binding.stop()
+        try:
+            self.agent.teardown()
+        finally:
+            self.state.flush()
 
     def feed(self, port: str, messages: Message | Iterable[Message]) -> None:
         """Hand messages to input ``port`` as the runtime would (batched if declared)."""
-        if port not in self.agent.inputs:
+        inputs = type(self.agent).inputs
+        if port not in inputs:
             raise KeyError(f"{type(self.agent).__name__} has no input {port!r}")
-        spec = self.agent.inputs[port]
+        spec = inputs[port]
         items = [messages] if isinstance(messages, Message) else list(messages)
         decoded = [
             codec.decode({k: bytes(v) for k, v in codec.encode(m).items()}, spec.type)
@@ -55,10 +83,20 @@ class AgentHarness:
         ]
         if spec.batch > 1:
             for i in range(0, len(decoded), spec.batch):
-                self.agent._handle(port, decoded[i : i + spec.batch], time.time_ns())
+                self._handle(port, decoded[i : i + spec.batch])
         else:
             for m in decoded:
-                self.agent._handle(port, m, time.time_ns())
+                self._handle(port, m)
+
+    def _handle(self, port: str, payload: Message | list[Message]) -> None:
+        """One handler call; its state changes are flushed after it, dropped if it raised."""
+        mark = self.state.checkpoint()
+        try:
+            self.binding.handle(port, payload, time.time_ns())
+        except BaseException:
+            self.state.rollback(mark)
+            raise
+        self.state.flush()
 
 
 def run_agent(
@@ -66,9 +104,10 @@ def run_agent(
     params: Mapping[str, Any] | None = None,
     inputs: Mapping[str, Iterable[Message]] | None = None,
     context: AgentContext | None = None,
+    state: AgentState | None = None,
 ) -> dict[str, list[Message]]:
     """Set up an agent, feed it ``inputs`` (port -> messages), tear it down, return outputs."""
-    with AgentHarness(agent_cls, params, context) as harness:
+    with AgentHarness(agent_cls, params, context, state) as harness:
         for port, messages in (inputs or {}).items():
             harness.feed(port, messages)
     return harness.sent

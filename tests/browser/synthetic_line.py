@@ -1,9 +1,9 @@
-"""A tiny synthetic inspection line for the HMI tests: cameras that judge themselves, a joiner.
+"""A tiny synthetic inspection line for the HMI tests: cameras that judge themselves.
 
 ``SyntheticCamera`` draws a part per tick of the wall clock (so two camera processes agree
-on the part number without talking), sends a downscaled preview and a verdict for it.
-``SyntheticJoin`` joins the verdicts of all cameras by part key into a ``PartOutcome``;
-a part still missing a camera after ``window_s`` is ``incomplete``.
+on the part number without talking), sends a downscaled preview and a verdict for it, both
+with the part's key. The rest of the line is the real thing: the join
+(``procgraph.agents.join:JoinAgent``) and the PLC writer, see ``hmi_graph.yaml``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import time
 
 import cv2
 import numpy as np
-from procgraph.agents.messages import ModelInfo, PartOutcome, Preview, Verdict
+from procgraph.agents.messages import ModelInfo, Preview, Verdict
 
-from procgraph import Agent, Input, Output
+from procgraph import Agent, Output
 
 MODEL = ModelInfo(name="synthetic", version="1.0", sha256="0" * 64)
 
@@ -108,48 +108,3 @@ class SyntheticCamera(Agent):
             inference_ms=0.4, model=MODEL, truth=label, key=key,
         ))
 
-
-class SyntheticJoin(Agent):
-    """Joins verdicts by part key into outcomes, like the PLC writer does."""
-
-    class Params(Agent.Params):
-        cameras: list[str] = ["front", "back"]
-        window_s: float = 1.0
-
-    verdicts = Input(Verdict)
-    outcomes = Output(PartOutcome)
-
-    def setup(self) -> None:
-        """Nothing pending yet."""
-        self.pending: dict[str, tuple[float, dict[str, Verdict]]] = {}
-
-    def on_verdicts(self, msg: Verdict) -> None:
-        """Add one side; emit the part when complete, and parts whose window ran out."""
-        now = time.monotonic()
-        _, sides = self.pending.setdefault(msg.key, (now, {}))
-        sides[msg.camera] = msg
-        if set(self.params.cameras) <= set(sides):
-            del self.pending[msg.key]
-            self._emit(msg.key, sides)
-        for key, (t0, got) in list(self.pending.items()):
-            if now - t0 > self.params.window_s:
-                del self.pending[key]
-                self._emit(key, got)
-
-    def _emit(self, key: str, sides: dict[str, Verdict]) -> None:
-        missing = [c for c in self.params.cameras if c not in sides]
-        bad = sorted(c for c, v in sides.items() if v.defective)
-        if missing:
-            outcome = "incomplete"
-        elif not bad:
-            outcome = "ok"
-        elif len(bad) == len(self.params.cameras):
-            outcome = "defective_both"
-        else:
-            outcome = f"defective_{bad[0]}"
-        any_side = next(iter(sides.values()))
-        self.outcomes.send(PartOutcome(
-            key=key, part_seq=any_side.seq, outcome=outcome, reject=outcome != "ok",
-            capture_ns=any_side.capture_ns, verdicts=sides, missing=missing,
-            plc_written_ns=time.time_ns(),
-        ))

@@ -246,7 +246,8 @@
     for (let i = 0; i < TREND_SLOTS; i++) {
       const p = i >= start ? parts[i - start] : null;
       cells[i].className = p ? outcomeClass(p.outcome) : "";
-      cells[i].title = p ? `#${p.part_seq} ${pretty(p.outcome)}` : "";
+      const name = p && p.part_seq !== null && p.part_seq !== undefined ? `#${p.part_seq}` : (p && p.key) || "";
+      cells[i].title = p ? `${name} ${pretty(p.outcome)}` : "";
     }
     $("trend-count").textContent = parts.length ? `(newest last, ${parts.length} shown)` : "";
   }

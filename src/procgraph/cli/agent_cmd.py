@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from procgraph.cli.common import fail, load_or_exit
-from procgraph.constants import BROKERS_ENV
 
 
 def agent(
@@ -21,20 +18,23 @@ def agent(
         help="NAME=redis://host:port (default: from $PROCGRAPH_BROKERS or the graph)")] = None,
 ) -> None:
     """Run one replica of one agent in this process (normally started by `run`)."""
-    from procgraph.runtime import AgentRunner, configure_logging
+    from procgraph.brokers import resolve_broker_urls
+    from procgraph.errors import ProcgraphError
+    from procgraph.runtime import run_replica
+    from procgraph.settings import load_settings
 
     plan = load_or_exit(file)
     if name not in plan.agents:
         raise fail(f"graph {plan.name!r} has no agent {name!r}; agents: {', '.join(plan.agents)}")
-    urls = {n: b.url for n, b in plan.brokers.items() if b.url != "embedded"}
-    urls.update(json.loads(os.environ.get(BROKERS_ENV, "{}")))
+    explicit: dict[str, str] = {}
     for item in broker or []:
         key, _, url = item.partition("=")
-        urls[key] = url
-    configure_logging(name, replica, supervised=os.environ.get("PROCGRAPH_SUPERVISED") == "1")
-    runner = AgentRunner(plan, name, replica, urls)
-    runner.install_signal_handlers()
-    runner.run()
+        explicit[key] = url
+    try:
+        urls = resolve_broker_urls(plan, brokers=explicit, given=load_settings().brokers)
+    except ProcgraphError as exc:
+        raise fail(str(exc)) from None
+    run_replica(plan, name, replica, urls)
 
 
 def register(app: typer.Typer) -> None:

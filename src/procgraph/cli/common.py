@@ -1,16 +1,15 @@
-"""Helpers shared by CLI commands: loading a graph with friendly errors."""
+"""Helpers shared by CLI commands: loading a graph and finding its brokers, friendly errors."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 
 import typer
 
-from procgraph.constants import BROKERS_ENV
+from procgraph.brokers import resolve_broker_urls
 from procgraph.errors import ProcgraphError
-from procgraph.graph import EMBEDDED, GraphPlan, load_graph
+from procgraph.graph import GraphPlan, load_graph
+from procgraph.settings import load_settings
 
 
 def fail(message: str) -> typer.Exit:
@@ -27,25 +26,24 @@ def load_or_exit(file: Path) -> GraphPlan:
         raise fail(str(exc)) from None
 
 
+def redis_url_or_env(url: str | None) -> str | None:
+    """``--redis URL`` if given, else ``$PROCGRAPH_REDIS`` (through procgraph.settings).
+
+    Options take their environment default here rather than from typer's ``envvar=``, so
+    procgraph.settings stays the one reader of ``PROCGRAPH_*`` variables.
+    """
+    return url or load_settings().redis
+
+
 def broker_urls(plan: GraphPlan, override: str | None) -> dict[str, str]:
     """The URL of each broker of a graph, as a tool outside the supervisor reaches it.
 
-    An explicit URL in the graph wins; then ``$PROCGRAPH_BROKERS`` (set by the supervisor
-    for its replicas); an embedded broker takes ``override`` (``--redis`` or
-    ``$PROCGRAPH_REDIS``), else its fixed ``port``. Raises typer.Exit when one is unknown.
+    :func:`procgraph.brokers.resolve_broker_urls` with ``override`` (``--redis``, else
+    ``$PROCGRAPH_REDIS``) and the supervisor's ``$PROCGRAPH_BROKERS``; exits 1 saying what
+    to pass when a broker's URL cannot be known.
     """
-    urls: dict[str, str] = {}
-    from_env = json.loads(os.environ.get(BROKERS_ENV, "{}"))
-    for name, spec in plan.brokers.items():
-        if spec.url != EMBEDDED:
-            urls[name] = spec.url
-        elif name in from_env and not override:
-            urls[name] = from_env[name]
-        elif override:
-            urls[name] = override
-        elif spec.port is not None:
-            urls[name] = f"redis://{spec.host}:{spec.port}"
-        else:
-            raise fail(f"broker {name!r} of graph {plan.name!r} is embedded on a free port: "
-                       "pass --redis URL (the URL `procgraph run` printed)")
-    return urls
+    try:
+        return resolve_broker_urls(plan, redis_url_or_env(override),
+                                   given=load_settings().brokers)
+    except ProcgraphError as exc:
+        raise fail(str(exc)) from None

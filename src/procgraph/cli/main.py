@@ -1,4 +1,4 @@
-"""The ``procgraph`` command: one sub-module per command, combined here."""
+"""The ``procgraph`` command: one sub-module per command, combined here, plus plugins."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from procgraph.cli import (
     graph_cmd,
     model_cmd,
     new_cmd,
-    plc_cmd,
     record_cmd,
     run_cmd,
     tap_cmd,
     top_cmd,
     validate_cmd,
 )
+from procgraph.cli.plugins import load_plugins
 
 app = typer.Typer(
     name="procgraph",
@@ -27,8 +27,9 @@ app = typer.Typer(
     add_completion=False,
 )
 for module in (validate_cmd, graph_cmd, run_cmd, tap_cmd, top_cmd, check_cmd, record_cmd,
-               model_cmd, plc_cmd, deploy_cmd, new_cmd, agent_cmd):
+               model_cmd, deploy_cmd, new_cmd, agent_cmd):
     module.register(app)
+load_plugins(app)  # commands of installed packages (procgraph.commands entry points)
 
 
 def main() -> None:

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
+from procgraph.cli.common import redis_url_or_env
 from procgraph.codec import read_header
+
+DEFAULT_URL = "redis://127.0.0.1:6379"
 
 
 def describe(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
@@ -30,9 +33,9 @@ def describe(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
 
 def tap(
     stream: Annotated[str, typer.Argument(help="stream key, e.g. pg:minimal:counter:out")],
-    redis_url: Annotated[str, typer.Option(
-        "--redis", envvar="PROCGRAPH_REDIS", help="broker URL (the one `run` prints)")] = (
-        "redis://127.0.0.1:6379"),
+    redis_url: Annotated[str | None, typer.Option(
+        "--redis", help="broker URL (the one `run` prints; default: $PROCGRAPH_REDIS, else "
+        f"{DEFAULT_URL})")] = None,
     count: Annotated[int, typer.Option(help="stop after N messages (0: never)")] = 0,
     from_start: Annotated[bool, typer.Option("--from-start", help="print old entries too")
                           ] = False,
@@ -40,15 +43,16 @@ def tap(
     """Print messages live, without joining any consumer group (read-only)."""
     import redis
 
+    redis_url = redis_url_or_env(redis_url) or DEFAULT_URL
     client = redis.Redis.from_url(redis_url)
-    last = "0-0"
+    last: bytes | str = "0-0"
     seen = 0
     try:
         if not from_start:  # start after the newest entry now, so none is missed later
-            newest = client.xrevrange(stream, count=1)
+            newest: Any = client.xrevrange(stream, count=1)
             last = newest[0][0] if newest else "0-0"
         while count <= 0 or seen < count:
-            reply = client.xread({stream: last}, count=100, block=1000)
+            reply: Any = client.xread({stream: last}, count=100, block=1000)
             for _, entries in reply or []:
                 for entry_id, fields in entries:
                     typer.echo(describe(entry_id, fields))

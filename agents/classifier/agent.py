@@ -1,0 +1,206 @@
+"""OnnxClassifier: any single-input image-classification ONNX model as an agent.
+
+Frames in, one Verdict per frame out. The model comes from a file (relative to the graph
+folder) or from the model registry on the agent's broker (``model: registry:NAME``); in
+the latter case the agent follows the registry and swaps to a new current version between
+two batches (follow.py). Loading, pre-processing and inference live in session.py. See
+docs/agents/classifier.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Literal, Self
+
+import numpy as np
+from procgraph.agents.classifier.follow import REGISTRY_PREFIX, RegistryModel
+from procgraph.agents.classifier.session import (
+    ModelSession,
+    SessionSpec,
+    choose_providers,
+    to_probs,
+)
+from procgraph.agents.messages import Frame, ModelInfo, Verdict
+from pydantic import Field, field_validator, model_validator
+
+from procgraph import Agent, Input, Output
+
+
+class OnnxClassifier(Agent):
+    """Classifies frames with an ONNX model; emits one Verdict per frame.
+
+    Pre-processing (in this order): crop ``roi``, convert to ``color``, resize to ``size``
+    (cv2.INTER_AREA), bring high-bit-depth pixels to the 0..255 range, multiply by ``scale``,
+    subtract ``mean`` and divide by ``std`` per channel, lay out as ``NCHW`` or ``NHWC``.
+    Unset options are read from the model's input (size, channels, layout, dtype).
+    """
+
+    class Params(Agent.Params):
+        """Parameters; see docs/agents/classifier.md for the full table."""
+
+        model: str = Field(description="ONNX file (relative to the graph) or registry:NAME")
+        model_name: str | None = Field(None, description="provenance name (default: file stem)")
+        model_version: str | None = Field(
+            None, description="provenance version (default: sha256[:12] of the file)")
+        roi: list[int] | None = Field(None, description="crop [x, y, w, h] before resizing")
+        size: list[int] | None = Field(None, description="model input [w, h] (default: model's)")
+        color: Literal["gray", "rgb", "bgr"] | None = Field(
+            None, description="channels the model expects (default: gray for 1, rgb for 3)")
+        scale: float = 1 / 255
+        mean: list[float] | None = None
+        std: list[float] | None = None
+        layout: Literal["NCHW", "NHWC"] | None = Field(
+            None, description="tensor layout (default: guessed from the model's input shape)")
+        dtype: Literal["float32", "float16"] | None = Field(
+            None, description="input tensor type (default: the model's)")
+        input_name: str | None = None
+        output_name: str | None = None
+        softmax: bool = Field(False, description="the model outputs logits: apply softmax")
+        labels: list[str] = Field(default_factory=lambda: ["ok", "defective"])
+        positive_label: str | list[str] = "defective"
+        threshold: float = Field(0.5, ge=0.0, le=1.0)
+        providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
+        intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
+        poll_s: float = Field(0.5, gt=0, description="registry check period (registry:NAME)")
+
+        @field_validator("roi")
+        @classmethod
+        def _roi(cls, v: list[int] | None) -> list[int] | None:
+            if v is not None and (len(v) != 4 or v[0] < 0 or v[1] < 0 or v[2] < 1 or v[3] < 1):
+                raise ValueError("roi is [x, y, w, h] with x, y >= 0 and w, h >= 1")
+            return v
+
+        @field_validator("size")
+        @classmethod
+        def _size(cls, v: list[int] | None) -> list[int] | None:
+            if v is not None and (len(v) != 2 or min(v) < 1):
+                raise ValueError("size is [w, h] with w, h >= 1")
+            return v
+
+        @model_validator(mode="after")
+        def _labels(self) -> Self:
+            if len(self.labels) < 2 or len(set(self.labels)) != len(self.labels):
+                raise ValueError("labels needs at least two distinct names")
+            missing = [p for p in self.positives if p not in self.labels]
+            if missing or not self.positives:
+                raise ValueError(f"positive_label {missing or self.positives} is not in labels "
+                                 f"{self.labels}")
+            for what, values in (("mean", self.mean), ("std", self.std)):
+                if values is not None and len(values) not in (1, 3):
+                    raise ValueError(f"{what} has one value or one per channel (3)")
+            if self.std is not None and any(s == 0 for s in self.std):
+                raise ValueError("std values must not be 0")
+            return self
+
+        @property
+        def positives(self) -> list[str]:
+            """``positive_label`` as a list."""
+            p = self.positive_label
+            return [p] if isinstance(p, str) else list(p)
+
+        def session_spec(self) -> SessionSpec:
+            """The params that decide how the model is fed."""
+            return SessionSpec(
+                input_name=self.input_name, output_name=self.output_name, layout=self.layout,
+                color=self.color, size=(self.size[0], self.size[1]) if self.size else None,
+                dtype=self.dtype, mean=tuple(self.mean) if self.mean is not None else None,
+                std=tuple(self.std) if self.std is not None else None,
+                intra_op_threads=self.intra_op_threads)
+
+    params: Params
+    frames = Input(Frame, batch=8, max_wait_ms=5, doc="images to classify")
+    verdicts = Output(Verdict, doc="one verdict per frame, with the model that made it")
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Load the model (file or registry) and, for the registry, start following it."""
+        p = self.params
+        self._providers = choose_providers(p.providers, self.log)
+        self._spec = p.session_spec()
+        self._positive_idx = np.array([p.labels.index(x) for x in p.positives])
+        self._others = [i for i in range(len(p.labels)) if i not in set(self._positive_idx)]
+        self._registry_model: RegistryModel[ModelSession] | None = None
+        self.swaps = 0
+        if p.model.startswith(REGISTRY_PREFIX):
+            self._registry_model = RegistryModel(
+                self.context.models, p.model[len(REGISTRY_PREFIX):], self._load,
+                self.log, p.poll_s)
+            self._model = self._registry_model.start()
+        else:
+            path = self.context.resolve_path(p.model)
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise RuntimeError(f"cannot read model {path}: {exc.strerror or exc}") from None
+            digest = hashlib.sha256(data).hexdigest()
+            info = ModelInfo(name=p.model_name or Path(p.model).stem,
+                             version=p.model_version or digest[:12], sha256=digest)
+            self._model = self._load(data, info)
+        m = self._model
+        self.log.info(
+            "model %s v%s (sha256 %s) on %s: input %r %s %s %dx%d %s, output %r",
+            m.info.name, m.info.version, m.info.sha256[:12], ",".join(self._providers),
+            m.input_name, m.layout, m.color, m.size[0], m.size[1], np.dtype(m.dtype).name,
+            m.output_name)
+
+    def teardown(self) -> None:
+        """Stop following the registry."""
+        registry_model = getattr(self, "_registry_model", None)
+        if registry_model is not None:
+            registry_model.stop()
+
+    # -- handler --------------------------------------------------------------------------
+    def on_frames(self, frames: list[Frame]) -> None:
+        """Classify a batch with one inference; emit one verdict per frame, in order."""
+        if isinstance(frames, Frame):  # an edge configured with batch 1
+            frames = [frames]
+        self._maybe_swap()
+        model = self._model  # one model for the whole batch, even if a swap is prepared now
+        x = model.preprocess(frames, self.params.roi, self.params.scale)
+        t0 = time.perf_counter()
+        out = model.infer(x)
+        per_frame_ms = (time.perf_counter() - t0) * 1000 / len(frames)
+        labels = self.params.labels
+        probs = to_probs(out, len(frames), labels, self.params.softmax)
+        scores = probs[:, self._positive_idx].sum(axis=1)
+        defective = scores >= self.params.threshold
+        best_other = np.array(self._others)[probs[:, self._others].argmax(axis=1)]
+        best_pos = self._positive_idx[probs[:, self._positive_idx].argmax(axis=1)]
+        chosen = np.where(defective, best_pos, best_other)
+        rows = probs.tolist()
+        for i, f in enumerate(frames):
+            self.verdicts.send(Verdict(  # the key names the frame: its trace is inherited
+                key=f.key, camera=f.camera, seq=f.seq,
+                capture_ns=f.capture_ns, truth=f.truth,
+                label=labels[int(chosen[i])], score=float(scores[i]),
+                defective=bool(defective[i]),
+                scores=dict(zip(labels, rows[i], strict=True)),
+                inference_ms=per_frame_ms, model=model.info,
+            ))
+
+    # -- models -----------------------------------------------------------------------------
+    @property
+    def model_info(self) -> ModelInfo:
+        """The model that classifies the next batch (the last one loaded)."""
+        return self._model.info
+
+    def _load(self, data: bytes, info: ModelInfo) -> ModelSession:
+        return ModelSession.load(data, info, self._spec, self._providers)
+
+    def _maybe_swap(self) -> None:
+        """Between two batches: take the session the registry follower prepared, if any."""
+        if self._registry_model is None:
+            return
+        new = self._registry_model.take()
+        if new is None:
+            return
+        old = self._model.info
+        self._model = new
+        self.swaps += 1
+        self.log.info("swapped model %s: v%s (sha256 %s) -> v%s (sha256 %s)", new.info.name,
+                      old.version, old.sha256[:12], new.info.version, new.info.sha256[:12])
+
+
+__all__ = ["OnnxClassifier"]

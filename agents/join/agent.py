@@ -1,0 +1,136 @@
+"""The join agent: gathers the verdicts of every view of a part and emits one outcome."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from procgraph.agents.join import rules
+from procgraph.agents.messages import PartOutcome, Verdict
+from pydantic import Field, field_validator
+
+from procgraph import Agent, Input, Output
+
+
+class JoinAgent(Agent):
+    """Joins the verdicts of N views by part key and emits one ``PartOutcome`` per part.
+
+    ``views`` maps camera id -> view name. Verdicts of one part share a key. A part whose
+    views are all in, on time, gets ``ok`` / ``defective_<view>`` / ``defective_both``; a
+    part with a late view (verdict made more than ``window_ms`` after capture) or a missing
+    one gets ``incomplete`` with the fail-safe ``incomplete_reject``. The rules live in
+    :mod:`procgraph.agents.join.rules`; this class keeps the state and talks to the stream.
+
+    State (``self.state``, written with the acks): ``pending`` (map of half-joined parts),
+    ``decided`` (keyset of decided keys, pruned after ``done_ttl_s``). A duplicate verdict,
+    or one for a part already decided, is logged and ignored. Run one replica.
+    """
+
+    class Params(Agent.Params):
+        views: dict[str, str] = Field(
+            default_factory=lambda: {"front": "front", "back": "back"},
+            description="camera id -> view name; one verdict per view makes a part")
+        window_ms: float = Field(3000, gt=0, description="join window from capture time")
+        incomplete_reject: bool = Field(True, description="fail-safe for a missing/late view")
+        gap_s: float = Field(0.5, gt=0, description="a pause in the loop longer than this "
+                             "(blocked, restarting) does not count toward the window")
+        done_ttl_s: int = Field(86400, ge=60, description="how long decided keys are kept")
+
+        @field_validator("views")
+        @classmethod
+        def _views(cls, v: dict[str, str]) -> dict[str, str]:
+            rules.check_views(list(v.values()))
+            return v
+
+    params: Params
+
+    #: wall clock (ns) of the window rules; tests put a fake one here
+    clock: ClassVar[Callable[[], int]] = time.time_ns
+
+    verdicts = Input(Verdict, doc="verdicts of every view (fan-in)")
+    outcomes = Output(PartOutcome, doc="one joined outcome per part (part_seq unset)")
+
+    def setup(self) -> None:
+        """Load the half-joined parts from the state; start the window clock."""
+        p = self.params
+        self.view_of = dict(p.views)
+        self.view_names = tuple(self.view_of.values())
+        self.window_ns = int(p.window_ms * 1e6)
+        self.expiry = rules.Expiry(self.view_names, self.window_ns, clock=type(self).clock,
+                                   gap_s=p.gap_s)
+        self.pending_state = self.state.map("pending")
+        self.decided = self.state.keyset("decided")
+        # mirrored here so the window check on every tick reads no broker
+        self.pending: dict[str, dict[str, Any]] = dict(self.pending_state.items())
+        self.last_prune = 0.0
+        self.log.info("joining views %s by key, window %.0f ms, fail-safe %s; %d parts pending",
+                      ", ".join(f"{c}->{v}" for c, v in self.view_of.items()), p.window_ms,
+                      "reject" if p.incomplete_reject else "pass", len(self.pending))
+
+    def on_verdicts(self, v: Verdict) -> None:
+        """Add a verdict to its part; emit the part when every view is in."""
+        self.expiry.alive()
+        view = self.view_of.get(v.camera)
+        if view is None:
+            self.log.warning("verdict from unknown camera %r (expected %s); ignored",
+                             v.camera, ", ".join(self.view_of))
+            return
+        self.expiry.seen(view, v.capture_ns)
+        if not v.key:
+            self.log.warning("verdict from %s without a part key ignored", v.camera)
+        elif view in self.pending.get(v.key, {}):
+            self.log.warning("duplicate verdict for part %s (%s) ignored", v.key, view)
+        elif v.key not in self.pending and v.key in self.decided:  # decided: never pending
+            self.log.warning("verdict for part %s (%s) ignored: already decided", v.key, view)
+        else:
+            part = dict(self.pending.get(v.key, {}))
+            part[view] = v.model_dump(mode="json")
+            if all(name in part for name in self.view_names):
+                self._expire(complete=(v.key, part))
+                return
+            self.pending[v.key] = part
+            self.pending_state.put(v.key, part)
+        self._expire()
+
+    def tick(self) -> None:
+        """Give the fail-safe outcome to parts whose missing views can no longer come."""
+        self.expiry.alive()
+        if self._expire():
+            self.state.flush()  # outside a handler nothing else writes it
+        if time.monotonic() - self.last_prune > 60:
+            self.last_prune = time.monotonic()
+            self.decided.prune(self.params.done_ttl_s)
+
+    def _expire(self, complete: tuple[str, dict[str, Any]] | None = None) -> int:
+        """Emit the parts given up now and the one just completed, oldest capture first."""
+        done = complete[0] if complete is not None else None
+        ready = [(rules.capture_ns(self.pending[k]), k, self.pending[k], self.expiry.reason(
+            self.pending[k])) for k in self.expiry.due(self.pending) if k != done]
+        if complete is not None:
+            ready.append((rules.capture_ns(complete[1]), complete[0], complete[1], None))
+        for _, key, part, why in sorted(ready, key=lambda r: (r[0], r[1])):
+            self._emit(key, part, why)
+        return len(ready)
+
+    def _emit(self, key: str, part: dict[str, Any], why: str | None) -> None:
+        d = rules.decide(part, self.view_names, self.window_ns, self.params.incomplete_reject)
+        verdicts = {name: Verdict.model_validate(x) for name, x in part.items()}
+        if d.incomplete:
+            detail = []
+            if d.missing:
+                detail.append(f"missing {', '.join(d.missing)} (by {why or 'clock'})")
+            if d.late:
+                detail.append(f"late {', '.join(d.late)}")
+            self.log.warning("part %s incomplete (%s): fail-safe %s", key, "; ".join(detail),
+                             "reject" if d.reject else "pass")
+        truths = [x.truth for x in verdicts.values()]
+        truth = None if None in truths or d.missing else any(t != "ok" for t in truths)
+        latest = max(verdicts.values(), key=lambda x: x.ts_ns)
+        self.outcomes.send(PartOutcome(
+            key=key, outcome=d.outcome, reject=d.reject, capture_ns=rules.capture_ns(part),
+            verdicts=verdicts, missing=d.missing, truth_defective=truth,
+            trace=list(latest.trace)))
+        self.pending.pop(key, None)
+        self.pending_state.delete(key)
+        self.decided.add(key)

@@ -1,0 +1,102 @@
+"""The Modbus requests the PLC writer makes, each failure turned into :class:`PlcUnavailable`.
+
+The handshake and the delivery rules are in :mod:`procgraph.agents.modbus.client`; this module
+only reads and writes the mapped registers (and the ``result_ready`` coil) over a pymodbus
+sync client, and explains the PLC's exception responses.
+"""
+
+from __future__ import annotations
+
+from pymodbus.client.base import ModbusBaseSyncClient
+from pymodbus.pdu import ModbusPDU
+
+from .registers import RegisterMap
+
+#: Modbus exception codes -> what they usually mean for this writer.
+_EXCEPTION_HINTS: dict[int, str] = {
+    1: "illegal function (the PLC does not support this request; coil vs register?)",
+    2: "illegal data address (check the base address and that the PLC maps all registers)",
+    3: "illegal data value",
+    4: "device failure (some servers, the simulated PLC among them, answer this for an "
+    "unknown unit id: check unit_id)",
+    6: "device busy (retry later)",
+    10: "gateway path unavailable (check unit_id behind the gateway)",
+    11: "gateway target did not respond (check unit_id and the serial side of the gateway)",
+}
+
+
+class PlcUnavailable(Exception):
+    """The PLC could not be reached, refused a request, or did not clear ``result_ready``
+    in time. Nothing is known to be lost: retry :meth:`PlcWriter.write_outcome` later with the
+    same arguments (with backoff); the writer will not write the part twice."""
+
+
+class ModbusRequests:
+    """Register requests on ``self._client`` for a :class:`~.client.PlcWriter` (a mixin).
+
+    The class using it sets ``_client`` (an open pymodbus sync client, or None), ``regmap``,
+    ``endpoint`` and ``_what_to_check``.
+    """
+
+    _client: ModbusBaseSyncClient | None
+    regmap: RegisterMap
+    endpoint: str
+    _what_to_check: str
+
+    def _ready_name(self) -> str:
+        kind = "coil" if self.regmap.use_coil_for_ready else "holding register"
+        return f"{kind} {self.regmap.ready_address}"
+
+    def _unavailable(self, what: str, exc: BaseException | None = None) -> PlcUnavailable:
+        detail = f": {exc}" if exc is not None else ""
+        return PlcUnavailable(
+            f"PLC at {self.endpoint} unavailable ({what}{detail}); {self._what_to_check}"
+        )
+
+    def _check(self, response: ModbusPDU, what: str) -> ModbusPDU:
+        if response.isError():
+            code = getattr(response, "exception_code", 0)
+            hint = _EXCEPTION_HINTS.get(code, "unknown exception code")
+            raise self._unavailable(f"PLC refused to {what}: exception code {code}, {hint}")
+        return response
+
+    def _read_registers(self, address: int, count: int) -> list[int]:
+        assert self._client is not None
+        rsp = self._client.read_holding_registers(
+            address, count=count, device_id=self.regmap.unit_id
+        )
+        regs = list(self._check(rsp, f"read holding registers {address}+{count}").registers)
+        if len(regs) != count:
+            raise ValueError(f"asked for {count} registers, got {len(regs)}")
+        return regs
+
+    def _write_registers(self, address: int, values: list[int]) -> list[int]:
+        assert self._client is not None
+        rsp = self._client.write_registers(address, values, device_id=self.regmap.unit_id)
+        self._check(rsp, f"write holding registers {address}+{len(values)}")
+        return values
+
+    def _read_all(self) -> tuple[list[int], bool]:
+        rm = self.regmap
+        if rm.ready_contiguous:
+            regs = self._read_registers(rm.data_address, rm.data_count + 1)
+            return regs[:-1], bool(regs[-1])
+        return self._read_registers(rm.data_address, rm.data_count), self._read_ready()
+
+    def _read_ready(self) -> bool:
+        assert self._client is not None
+        rm = self.regmap
+        if rm.use_coil_for_ready:
+            rsp = self._client.read_coils(rm.ready_address, count=1, device_id=rm.unit_id)
+            return bool(self._check(rsp, f"read coil {rm.ready_address}").bits[0])
+        return bool(self._read_registers(rm.ready_address, 1)[0])
+
+    def _write_ready(self) -> list[int]:
+        assert self._client is not None
+        rm = self.regmap
+        if rm.use_coil_for_ready:
+            rsp = self._client.write_coil(rm.ready_address, True, device_id=rm.unit_id)
+        else:
+            rsp = self._client.write_register(rm.ready_address, 1, device_id=rm.unit_id)
+        self._check(rsp, f"set result_ready ({self._ready_name()})")
+        return [1]

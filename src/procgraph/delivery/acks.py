@@ -1,0 +1,42 @@
+"""Acknowledgements: an entry is acknowledged only after it was handled.
+
+Guarantee (at-least-once): the runtime queues an entry's XACK only once its handler returned
+and the handler's outputs (and state) were written; queued acks are sent in the same round
+trip as the next read, or by a flush (at shutdown, and after each entry re-handled alone
+after a restart). An entry read but never acked stays pending in the broker and is delivered
+again (to this consumer after a restart, or to a peer by :mod:`procgraph.delivery.claims`).
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+
+class AckQueue:
+    """Acks of handled entries, by stream, waiting to be sent with the next read.
+
+    Thread-safe: the handler thread queues, the prefetching reader thread sends.
+    """
+
+    def __init__(self) -> None:
+        self._acks: dict[str, list[bytes]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, stream: str, entry_id: bytes) -> None:
+        """Queue the acknowledgement of one handled entry."""
+        with self._lock:
+            self._acks.setdefault(stream, []).append(entry_id)
+
+    def take(self) -> dict[str, list[bytes]]:
+        """Everything queued so far (the queue is left empty)."""
+        with self._lock:
+            acks, self._acks = self._acks, {}
+        return acks
+
+
+def queue_xacks(pipe: Any, acks: dict[str, list[bytes]], group_of: dict[str, str]) -> int:
+    """Add one XACK per stream to ``pipe``; returns how many commands were added."""
+    for stream, ids in acks.items():
+        pipe.xack(stream, group_of[stream], *ids)
+    return len(acks)

@@ -1,0 +1,31 @@
+"""The agent runtime: hosts one replica of one agent against its brokers.
+
+- :mod:`~procgraph.runtime.runner`: ``AgentRunner`` (writers, readers, state, lifecycle)
+- :mod:`~procgraph.runtime.consume`: prefetch, batches, handler retry, dispatch, acks
+- :mod:`~procgraph.runtime.outbox`: where a handler's or a source's sends go
+- :mod:`~procgraph.runtime.heartbeat`: the heartbeat thread (withheld while stalled)
+- :mod:`~procgraph.runtime.logs`: ``configure_logging``
+
+The delivery rules it applies live in :mod:`procgraph.delivery`.
+"""
+
+from __future__ import annotations
+
+from procgraph.graph import GraphPlan
+from procgraph.runtime.logs import configure_logging
+from procgraph.runtime.runner import AgentRunner
+from procgraph.settings import load_settings
+
+__all__ = ["AgentRunner", "configure_logging", "run_replica"]
+
+
+def run_replica(plan: GraphPlan, agent: str, replica: int, urls: dict[str, str]) -> None:
+    """Run one replica of ``agent`` in this process until SIGTERM/SIGINT (``procgraph agent``).
+
+    ``urls`` maps each broker name of the graph to its URL. Logging names the replica
+    (plain lines under the supervisor, which prefixes them itself).
+    """
+    configure_logging(agent, replica, supervised=load_settings().supervised)
+    runner = AgentRunner(plan, agent, replica, urls)
+    runner.install_signal_handlers()
+    runner.run()

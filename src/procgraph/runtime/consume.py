@@ -1,0 +1,262 @@
+"""The consume loop of an agent with inputs: prefetch, decode, batch, handle, retry, ack.
+
+Per entry read: decode it (an entry that does not decode is dead-lettered), group it into
+the port's batch (``batch``/``max_wait_ms``), call the handler, write what it sent, flush the
+agent state, then queue the ack (:mod:`procgraph.delivery.acks`). A handler that raises is
+retried with backoff up to ``max_deliveries`` times (a failed batch then one entry at a
+time), and the entry is dead-lettered after that. Idle entries of dead peers are claimed
+(:mod:`procgraph.delivery.claims`); a restart first re-handles this replica's own pending
+entries (:mod:`procgraph.delivery.recovery`).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from procgraph import codec
+from procgraph.delivery.claims import claim_idle
+from procgraph.delivery.deadletter import dead_letter
+from procgraph.delivery.recovery import recover_own_pending
+from procgraph.errors import CodecError
+from procgraph.message import Message
+from procgraph.transport.reader import Entry, GroupReader
+from procgraph.transport.retry import retry
+
+if TYPE_CHECKING:
+    from procgraph.runtime.runner import AgentRunner
+
+log = logging.getLogger("procgraph.runtime")
+READ_COUNT = 64
+IDLE_BLOCK_MS = 100
+
+
+@dataclass
+class _Pending:
+    reader: GroupReader
+    stream: str
+    entry: Entry
+    msg: Message
+    in_ns: int
+
+
+class _Prefetcher(threading.Thread):
+    """Reads the next entries while the handler works on the current ones.
+
+    Socket reads of large entries then overlap with handling (e.g. inference, which
+    releases the GIL). At most one chunk per reader waits in the queue; entries read but
+    not handled stay pending in the broker, so nothing is lost if the process dies.
+    """
+
+    def __init__(self, reader: GroupReader, out: queue.Queue[Any], stop: threading.Event):
+        super().__init__(name=f"prefetch-{reader.consumer}", daemon=True)
+        self.reader = reader
+        self.out = out
+        self.stop = stop
+        self.error: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop.is_set():
+                got = self.reader.read(READ_COUNT, IDLE_BLOCK_MS)
+                while got and not self.stop.is_set():
+                    try:
+                        self.out.put((self.reader, got), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+        except InterruptedError:
+            pass
+        except BaseException as exc:  # handed to the main thread, which re-raises it
+            self.error = exc
+            self.stop.set()
+
+
+class Consumer:
+    """Runs the consume loop of one replica over its runner's readers and outbox."""
+
+    def __init__(self, runner: AgentRunner) -> None:
+        self.r = runner
+        self.stop = runner.stop_event
+        self.binding = runner.binding
+        self.agent = runner.agent
+        self.inputs = type(runner.agent).inputs
+        self.consumer = runner.agent.context.consumer
+        self._batches: dict[str, list[_Pending]] = {p: [] for p in self.inputs}
+        self._batch_started: dict[str, float] = {}
+
+    def run(self) -> None:
+        """Recover own pending entries, then read and handle until stopped."""
+        r = self.r
+        for reader in r.readers:
+            retry(reader.ensure_groups, "create consumer groups", self.stop)
+            recover_own_pending(
+                reader, graph=r.plan.name, agent=r.spec.name, replica=r.replica,
+                max_deliveries=r.spec.max_deliveries, stop=self.stop,
+                handle_alone=partial(self._handle_alone, reader),
+                on_dead=self._count_dead,
+            )
+        chunks: queue.Queue[tuple[GroupReader, list[tuple[str, Entry]]]] = queue.Queue(
+            maxsize=max(1, len(r.readers)))
+        fetchers = [_Prefetcher(rd, chunks, self.stop) for rd in r.readers]
+        for f in fetchers:
+            f.start()
+        last_claim = time.monotonic()
+        claim_every = max(0.5, r.spec.claim_idle_ms / 2000)
+        while not self.stop.is_set():
+            self.binding.touch()
+            if not r.readers:  # every input is optional and none is wired
+                self.stop.wait(IDLE_BLOCK_MS / 1000)
+                self._tick()
+                continue
+            try:
+                reader, got = chunks.get(timeout=self._block_ms() / 1000)
+                self.process(reader, got)
+            except queue.Empty:
+                pass
+            self._flush_due_batches(force=False)
+            self._tick()
+            if time.monotonic() - last_claim > claim_every:
+                last_claim = time.monotonic()
+                for reader in r.readers:
+                    self.process(reader, claim_idle(reader, r.spec.claim_idle_ms))
+        for f in fetchers:
+            f.join(timeout=2 * IDLE_BLOCK_MS / 1000 + 5)
+            if f.error is not None:
+                raise f.error
+        self._flush_due_batches(force=True)
+
+    def _tick(self) -> None:
+        """``tick()``; what it sent is written at once, then its state changes."""
+        self.agent.tick()
+        if self.r.state.dirty:
+            retry(self.r.state.flush, "write agent state", self.stop)
+
+    def _handle_alone(self, reader: GroupReader, stream: str, entry: Entry) -> None:
+        self.process(reader, [(stream, entry)])
+        self._flush_due_batches(force=True)
+        reader.flush_acks()
+
+    def _count_dead(self, stream: str) -> None:
+        self.r.stats_in[self.r.port_of[stream]].dead += 1
+
+    def _block_ms(self) -> int:
+        if not self._batch_started:
+            return IDLE_BLOCK_MS
+        now = time.monotonic()
+        waits = [
+            self.r.max_wait_ms[p] - (now - t0) * 1000
+            for p, t0 in self._batch_started.items()
+        ]
+        return max(1, int(min(waits)))
+
+    def process(self, reader: GroupReader, got: list[tuple[str, Entry]]) -> None:
+        """Decode entries and hand them to their handlers (or batches)."""
+        for stream, entry in got:
+            if self.stop.is_set():
+                break  # the rest stays pending and is delivered again
+            port = self.r.port_of[stream]
+            spec = self.inputs[port]
+            in_ns = time.time_ns()
+            try:
+                msg = codec.decode(entry[1], spec.type)
+            except CodecError as exc:
+                log.warning("dead-lettering entry %s of %s: %s", entry[0].decode(), stream, exc)
+                dead_letter(reader, stream, entry, f"decode: {exc}", self.consumer)
+                self.r.stats_in[port].dead += 1
+                continue
+            item = _Pending(reader, stream, entry, msg, in_ns)
+            if self.r.batch[port] == 1:
+                self._run_handler(port, [item])
+            else:
+                batch = self._batches[port]
+                batch.append(item)
+                self._batch_started.setdefault(port, time.monotonic())
+                if len(batch) >= self.r.batch[port]:
+                    self._dispatch_batch(port)
+
+    def _flush_due_batches(self, force: bool) -> None:
+        now = time.monotonic()
+        for port, t0 in list(self._batch_started.items()):
+            if force or (now - t0) * 1000 >= self.r.max_wait_ms[port]:
+                self._dispatch_batch(port)
+
+    def _dispatch_batch(self, port: str) -> None:
+        items, self._batches[port] = self._batches[port], []
+        self._batch_started.pop(port, None)
+        if items:
+            self._run_handler(port, items)
+
+    def _call(self, port: str, items: list[_Pending], batched: bool) -> None:
+        """One handler attempt: outputs written, then state, or both dropped if it raised."""
+        payload: Message | list[Message] = [i.msg for i in items] if batched else items[0].msg
+        mark = self.r.state.checkpoint()
+        self.r.outbox.begin()
+        try:
+            self.binding.handle(port, payload, [i.in_ns for i in items])
+            self.r.outbox.commit()
+            retry(self.r.state.flush, "write agent state", self.stop)
+        except BaseException:
+            self.r.outbox.discard()  # outputs and state changes of a failed attempt
+            self.r.state.rollback(mark)
+            raise
+
+    def _run_handler(self, port: str, items: list[_Pending]) -> None:
+        stats = self.r.stats_in[port]
+        max_deliveries = self.r.spec.max_deliveries
+        batched = self.inputs[port].batch > 1
+        attempt = 0
+        while True:
+            try:
+                self._call(port, items, batched)
+                break
+            except InterruptedError:
+                raise
+            except Exception as exc:
+                attempt += 1
+                stats.errors += 1
+                if attempt < max_deliveries and not self.stop.is_set():
+                    log.warning("handler on_%s failed (attempt %d/%d): %r", port, attempt,
+                                max_deliveries, exc)
+                    self.stop.wait(0.05 * 2 ** (attempt - 1))
+                    continue
+                if self.stop.is_set() and attempt < max_deliveries:
+                    return  # not acked: redelivered after restart
+                if len(items) > 1:
+                    log.warning("batch of %d failed; retrying one by one", len(items))
+                    for one in items:
+                        self._run_handler_single_batch(port, one)
+                    return
+                log.exception("handler on_%s failed %d times: dead-lettering entry %s", port,
+                              attempt, items[0].entry[0].decode())
+                dead_letter(items[0].reader, items[0].stream, items[0].entry,
+                            f"handler on_{port} failed {attempt} times: {exc!r}", self.consumer)
+                stats.dead += 1
+                return
+        self._handled(port, items)
+
+    def _handled(self, port: str, items: list[_Pending]) -> None:
+        """Queue the acks of handled entries and count them."""
+        stats = self.r.stats_in[port]
+        now = time.time_ns()
+        for item in items:
+            item.reader.ack_later(item.stream, item.entry[0])
+            stats.count += 1
+            stats.latency_ms.append((now - item.msg.ts_ns) / 1e6)
+
+    def _run_handler_single_batch(self, port: str, item: _Pending) -> None:
+        try:
+            self._call(port, [item], batched=True)
+        except InterruptedError:
+            raise
+        except Exception as exc:
+            dead_letter(item.reader, item.stream, item.entry,
+                        f"handler on_{port} failed: {exc!r}", self.consumer)
+            self.r.stats_in[port].dead += 1
+            return
+        self._handled(port, [item])

@@ -1,0 +1,51 @@
+"""Where an agent's sends go: collected per handler call, buffered for a source, or sent."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from procgraph import codec
+from procgraph.delivery.sendbuffer import SendBuffer
+from procgraph.message import Message
+from procgraph.transport.writer import Fields, StreamWriter
+
+
+class Outbox:
+    """Encodes each sent message and routes it to its output stream.
+
+    Inside a handler call (between :meth:`begin` and :meth:`commit`) the entries are
+    collected and written together when the handler returns, before its input is acked;
+    :meth:`discard` drops those of a failed attempt. A source's sends go through a
+    :class:`~procgraph.delivery.sendbuffer.SendBuffer` once one is attached.
+    """
+
+    def __init__(self, writers: Mapping[str, StreamWriter],
+                 encodings: Mapping[str, dict[str, tuple[str, int]]]) -> None:
+        self.writers = writers
+        self.encodings = encodings
+        self.buffer: SendBuffer | None = None
+        self._collect: dict[str, list[Fields]] | None = None
+
+    def deliver(self, port: str, msg: Message) -> None:
+        """Encode ``msg`` for output ``port`` and send, collect or buffer it."""
+        fields = codec.encode(msg, self.encodings[port])
+        if self._collect is not None:  # inside a handler: sent together when it returns
+            self._collect.setdefault(port, []).append(fields)
+        elif self.buffer is not None:
+            self.buffer.add(port, fields)
+        else:
+            self.writers[port].send(fields)
+
+    def begin(self) -> None:
+        """Start collecting the sends of one handler call."""
+        self._collect = {}
+
+    def discard(self) -> None:
+        """Drop what a failed handler attempt sent."""
+        self._collect = None
+
+    def commit(self) -> None:
+        """Write what the handler call sent, one pipelined batch per port."""
+        collected, self._collect = self._collect, None
+        for port, batch in (collected or {}).items():
+            self.writers[port].send_many(batch)

@@ -1,0 +1,136 @@
+"""Where flushed agent state lives: the agent's broker, or this process's memory (tests)."""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Protocol
+
+from procgraph.state.buffer import DELETED, Layer
+
+if TYPE_CHECKING:
+    import redis
+
+
+class StateBackend(Protocol):
+    """Where flushed state lives: a broker, or memory (for tests)."""
+
+    def hget(self, key: str, fld: str) -> str | None:
+        """One field of a hash."""
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        """Several fields of a hash, in order."""
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        """A whole hash."""
+
+    def zscore(self, key: str, member: str) -> float | None:
+        """The time of a keyset member, None if absent."""
+
+    def apply(self, layer: Layer) -> None:
+        """Write a layer's changes, all at once (prunes first, then the writes)."""
+
+
+def _text(raw: bytes | str) -> str:
+    return raw.decode() if isinstance(raw, bytes) else raw
+
+
+class RedisStateBackend:
+    """State kept in the agent's broker; one MULTI/EXEC pipeline per flush."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+
+    def hget(self, key: str, fld: str) -> str | None:
+        """One field of a hash."""
+        raw = self.client.hget(key, fld)
+        return None if raw is None else _text(raw)
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        """Several fields of a hash, in order."""
+        return [None if r is None else _text(r) for r in self.client.hmget(key, fields)]
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        """A whole hash (read with HSCAN, so a big map does not block the broker)."""
+        return {_text(k): _text(v) for k, v in self.client.hscan_iter(key, count=500)}
+
+    def zscore(self, key: str, member: str) -> float | None:
+        """The time of a keyset member, None if absent."""
+        score = self.client.zscore(key, member)
+        return None if score is None else float(score)
+
+    def apply(self, layer: Layer) -> None:
+        """Write a layer's changes in one MULTI/EXEC pipeline."""
+        pipe = self.client.pipeline(transaction=True)
+        for key, cutoff in layer.prunes.items():
+            pipe.zremrangebyscore(key, "-inf", f"({cutoff!r}")
+        for key, fields in layer.hashes.items():
+            sets = {f: v for f, v in fields.items() if v is not DELETED}
+            dels = [f for f, v in fields.items() if v is DELETED]
+            if sets:
+                pipe.hset(key, mapping=sets)  # type: ignore[arg-type]
+            if dels:
+                pipe.hdel(key, *dels)
+        for key, members in layer.zsets.items():
+            adds = {m: s for m, s in members.items() if s is not DELETED}
+            rems = [m for m, s in members.items() if s is DELETED]
+            if adds:
+                pipe.zadd(key, adds)
+            if rems:
+                pipe.zrem(key, *rems)
+        pipe.execute()
+
+
+class MemoryStateBackend:
+    """State kept in this process (procgraph.testing); same behaviour as the broker's."""
+
+    def __init__(self) -> None:
+        self.hashes: dict[str, dict[str, str]] = {}
+        self.zsets: dict[str, dict[str, float]] = {}
+        self.flushes = 0
+        self._lock = threading.Lock()
+
+    def hget(self, key: str, fld: str) -> str | None:
+        """One field of a hash."""
+        with self._lock:
+            return self.hashes.get(key, {}).get(fld)
+
+    def hmget(self, key: str, fields: list[str]) -> list[str | None]:
+        """Several fields of a hash, in order."""
+        with self._lock:
+            h = self.hashes.get(key, {})
+            return [h.get(f) for f in fields]
+
+    def hgetall(self, key: str) -> dict[str, str]:
+        """A whole hash."""
+        with self._lock:
+            return dict(self.hashes.get(key, {}))
+
+    def zscore(self, key: str, member: str) -> float | None:
+        """The time of a keyset member, None if absent."""
+        with self._lock:
+            return self.zsets.get(key, {}).get(member)
+
+    def apply(self, layer: Layer) -> None:
+        """Write a layer's changes at once."""
+        with self._lock:
+            self.flushes += 1
+            for key, cutoff in layer.prunes.items():
+                z = self.zsets.get(key, {})
+                for member in [m for m, s in z.items() if s < cutoff]:
+                    del z[member]
+            for key, fields in layer.hashes.items():
+                h = self.hashes.setdefault(key, {})
+                for f, v in fields.items():
+                    if v is DELETED:
+                        h.pop(f, None)
+                    else:
+                        h[f] = v
+            for key, members in layer.zsets.items():
+                z = self.zsets.setdefault(key, {})
+                for m, s in members.items():
+                    if s is DELETED:
+                        z.pop(m, None)
+                    else:
+                        z[m] = s
+
+

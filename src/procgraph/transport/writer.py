@@ -1,0 +1,106 @@
+"""Writing an output port: XADD to one capped stream, one entry or a pipelined batch.
+
+A stream is capped at ``maxlen`` entries and about ``max_bytes`` (whichever is smaller, sized
+from the largest entry). Latest-only streams are trimmed with ``XADD MAXLEN ~``; streams with
+lossless readers go through :class:`procgraph.delivery.backpressure.LosslessGate`.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from procgraph.delivery.backpressure import LosslessGate
+from procgraph.transport.retry import retry
+
+Fields = Mapping[bytes, bytes | memoryview]
+
+
+@dataclass
+class WriterConfig:
+    """Where and how an output port writes."""
+
+    stream: str
+    maxlen: int
+    max_bytes: int
+    lossless_groups: tuple[str, ...] = ()
+
+
+class StreamWriter:
+    """Appends entries to one stream, capped, with backpressure for lossless readers.
+
+    Without lossless readers the stream is trimmed with ``XADD MAXLEN ~``. With them, the
+    writer trims only entries every lossless group has acknowledged (``XTRIM MINID``) and
+    blocks while the backlog is at the cap, so nothing unread is ever trimmed.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        config: WriterConfig,
+        stop: threading.Event,
+        on_wait: Callable[[], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.config = config
+        self.stop = stop
+        self._cap = config.maxlen
+        self.gate: LosslessGate | None = None
+        if config.lossless_groups:
+            self.gate = LosslessGate(client, config.stream, config.lossless_groups, stop,
+                                     on_wait=on_wait)
+
+    @property
+    def blocked_s(self) -> float:
+        """Seconds this writer was held back by lossless readers so far."""
+        return self.gate.blocked_s if self.gate is not None else 0.0
+
+    def _cap_for(self, nbytes: int) -> int:
+        by_bytes = max(2, self.config.max_bytes // max(nbytes, 1))
+        return max(1, min(self.config.maxlen, by_bytes))
+
+    def send(self, fields: Fields) -> bytes:
+        """Append one entry; returns its id. Waits (lossless) or trims (latest)."""
+        self._prepare([fields])
+        result: bytes = retry(lambda: self._xadd(self.client, fields),
+                              f"XADD {self.config.stream}", self.stop,
+                              on_reconnect=self._on_reconnect)
+        return result
+
+    def send_many(self, batch: list[Fields]) -> None:
+        """Append several entries in one round trip (in order), with the same rules."""
+        if len(batch) == 1:
+            self.send(batch[0])
+            return
+        self._prepare(batch)
+
+        def send() -> None:
+            pipe = self.client.pipeline(transaction=False)
+            for fields in batch:
+                self._xadd(pipe, fields)
+            pipe.execute()
+
+        retry(send, f"XADD {self.config.stream}", self.stop, on_reconnect=self._on_reconnect)
+
+    def _prepare(self, batch: list[Fields]) -> None:
+        """Size the cap from the largest entry; for lossless readers, make room first."""
+        nbytes = max(
+            sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
+        )
+        self._cap = self._cap_for(nbytes)
+        if self.gate is not None:
+            self.gate.admit(len(batch), self._cap)
+
+    def _xadd(self, client: Any, fields: Fields) -> Any:
+        """XADD on a client or pipeline: trimmed for latest-only streams, untrimmed else."""
+        if self.gate is not None:
+            return client.xadd(self.config.stream, fields)
+        return client.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
+
+    @property
+    def _on_reconnect(self) -> Callable[[], None] | None:
+        return self.gate.recreate_reader_groups if self.gate is not None else None

@@ -1,0 +1,204 @@
+"""JoinAgent through the test harness: what it emits for every rule, and its state."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+from procgraph.agents.join import JoinAgent
+from procgraph.agents.messages import ModelInfo, PartOutcome, Verdict
+
+from procgraph.testing import AgentHarness
+
+MS = 1_000_000
+S = 1_000_000_000
+T0 = 1_800_000_000 * S
+MODEL = ModelInfo(name="m", version="1", sha256="0" * 64)
+
+
+class FakeClock:
+    """A wall clock in ns that moves only when told."""
+
+    def __init__(self, now: int = T0) -> None:
+        self.now = now
+
+    def __call__(self) -> int:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += int(seconds * S)
+
+
+def verdict(key: str, camera: str, capture: int = T0, after_ms: float = 50,
+            defective: bool = False, truth: str | None = None) -> Verdict:
+    """A classifier's verdict on one view, made ``after_ms`` after the capture."""
+    return Verdict(key=key, camera=camera, seq=0, capture_ns=capture,
+                   ts_ns=capture + int(after_ms * MS), label="defective" if defective else "ok",
+                   score=0.9, defective=defective, scores={}, inference_ms=1.0, model=MODEL,
+                   truth=truth)
+
+
+def harness(clock: FakeClock | None = None, state: Any = None,
+            **params: Any) -> AgentHarness:
+    """A harness around JoinAgent whose rules read ``clock`` (a fresh one by default)."""
+    class ClockedJoin(JoinAgent):
+        pass
+
+    ClockedJoin.clock = staticmethod(clock or FakeClock())  # type: ignore[assignment]
+    if state is None:
+        return AgentHarness(ClockedJoin, params)
+    return AgentHarness(ClockedJoin, params, state=state)
+
+
+def outcomes(h: AgentHarness) -> list[PartOutcome]:
+    return [o for o in h.sent["outcomes"] if isinstance(o, PartOutcome)]
+
+
+@pytest.mark.parametrize(("front", "back", "expected"), [
+    (False, False, "ok"), (True, False, "defective_front"),
+    (False, True, "defective_back"), (True, True, "defective_both"),
+])
+def test_complete_part_gets_its_outcome(front: bool, back: bool, expected: str) -> None:
+    with harness() as h:
+        h.feed("verdicts", verdict("p1", "front", defective=front, truth="ok"))
+        assert outcomes(h) == []
+        h.feed("verdicts", verdict("p1", "back", T0 + 5 * MS, defective=back, truth="scratch"))
+    [o] = outcomes(h)
+    assert (o.key, o.outcome, o.reject, o.missing) == ("p1", expected, expected != "ok", [])
+    assert (o.part_seq, o.plc_written_ns, o.capture_ns) == (None, None, T0)
+    assert set(o.verdicts) == {"front", "back"}
+    assert o.verdicts["back"].defective is back
+    assert o.truth_defective is True
+
+
+def test_views_map_camera_ids_to_names() -> None:
+    views = {"cam-a": "top", "cam-b": "side", "cam-c": "bottom"}
+    with harness(views=views) as h:
+        h.feed("verdicts", [verdict("p", "cam-a", defective=True), verdict("p", "cam-b"),
+                            verdict("p", "cam-c", defective=True)])
+    [o] = outcomes(h)
+    assert (o.outcome, sorted(o.verdicts)) == ("defective_top_bottom", ["bottom", "side", "top"])
+
+
+def test_repeated_view_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unique"):
+        JoinAgent.Params(views={"a": "front", "b": "front"})
+
+
+def test_out_of_order_arrivals() -> None:
+    with harness() as h:
+        h.feed("verdicts", [
+            verdict("p2", "back", T0 + 250 * MS), verdict("p1", "back", T0, defective=True),
+            verdict("p3", "front", T0 + 500 * MS), verdict("p2", "front", T0 + 250 * MS),
+            verdict("p3", "back", T0 + 500 * MS), verdict("p1", "front", T0),
+        ])
+    assert [(o.key, o.outcome) for o in outcomes(h)] == [
+        ("p2", "ok"), ("p3", "ok"), ("p1", "defective_back")]
+
+
+def test_duplicate_and_decided_verdicts_are_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING)
+    with harness() as h:
+        h.feed("verdicts", [verdict("p1", "front"), verdict("p1", "front", defective=True)])
+        assert "duplicate verdict for part p1 (front) ignored" in caplog.text
+        h.feed("verdicts", verdict("p1", "back"))
+        h.feed("verdicts", [verdict("p1", "back", defective=True), verdict("p1", "front")])
+        assert "verdict for part p1 (back) ignored: already decided" in caplog.text
+    assert [(o.key, o.outcome) for o in outcomes(h)] == [("p1", "ok")]  # the first one won
+
+
+def test_unknown_camera_is_ignored(caplog: pytest.LogCaptureFixture) -> None:
+    with harness() as h:
+        h.feed("verdicts", [verdict("p1", "left"), verdict("p1", "front")])
+    assert outcomes(h) == []
+    assert "unknown camera 'left'" in caplog.text
+
+
+def test_late_verdict_gives_the_fail_safe() -> None:
+    with harness(window_ms=1000) as h:
+        h.feed("verdicts", [verdict("p1", "front", after_ms=1500), verdict("p1", "back")])
+    [o] = outcomes(h)
+    assert (o.outcome, o.reject, o.missing) == ("incomplete", True, [])
+
+
+def test_fail_safe_may_pass() -> None:
+    with harness(window_ms=1000, incomplete_reject=False) as h:
+        h.feed("verdicts", [verdict("p1", "front", after_ms=1500), verdict("p1", "back")])
+    [o] = outcomes(h)
+    assert (o.outcome, o.reject) == ("incomplete", False)
+
+
+def test_missing_view_by_watermark() -> None:
+    with harness(window_ms=1000) as h:
+        h.feed("verdicts", [verdict("p1", "front", T0), verdict("p2", "front", T0 + 2 * S)])
+        assert outcomes(h) == []
+        # back moves past p1's capture + window: p1's back is not coming
+        h.feed("verdicts", verdict("p2", "back", T0 + 2 * S))
+    assert [(o.key, o.outcome, o.missing) for o in outcomes(h)] == [
+        ("p1", "incomplete", ["back"]), ("p2", "ok", [])]
+    assert outcomes(h)[0].truth_defective is None
+
+
+def test_a_view_captured_after_the_window_completes_its_part_once() -> None:
+    """Its own watermark passes the part's deadline as it completes it: one outcome."""
+    with harness(window_ms=1000) as h:
+        h.feed("verdicts", [verdict("p1", "front", T0), verdict("p1", "back", T0 + 2 * S)])
+    [o] = outcomes(h)
+    assert (o.key, o.outcome) == ("p1", "ok")
+
+
+def test_missing_view_by_wall_clock_while_running() -> None:
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        h.feed("verdicts", verdict("p1", "back", T0))
+        for _ in range(10):  # the runtime ticks about every 100 ms
+            clock.advance(0.1)
+            h.agent.tick()
+        assert outcomes(h) == []  # exactly one window: still on time
+        clock.advance(0.05)
+        h.agent.tick()
+    [o] = outcomes(h)
+    assert (o.key, o.outcome, o.reject, o.missing) == ("p1", "incomplete", True, ["front"])
+
+
+def test_time_blocked_does_not_count() -> None:
+    """A join blocked (the PLC writer away, its input full) gives no part up for it."""
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        h.feed("verdicts", verdict("p1", "back", T0))
+        clock.advance(0.2)
+        h.agent.tick()
+        clock.advance(5.0)  # no tick for 5 s: the loop was blocked
+        h.feed("verdicts", verdict("p1", "front", T0 + 30 * MS))
+    [o] = outcomes(h)
+    assert o.outcome == "ok"
+
+
+def test_time_blocked_restarts_the_wait() -> None:
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        h.feed("verdicts", verdict("p1", "back", T0))
+        clock.advance(5.0)
+        h.agent.tick()  # back after a gap: the wait starts again here
+        for _ in range(9):
+            clock.advance(0.1)
+            h.agent.tick()
+        assert outcomes(h) == []
+        clock.advance(0.2)
+        h.agent.tick()
+    assert [o.outcome for o in outcomes(h)] == ["incomplete"]
+
+
+def test_restart_keeps_pending_and_decided_parts() -> None:
+    clock = FakeClock(T0)
+    with harness(clock) as first:
+        first.feed("verdicts", [verdict("p1", "front"), verdict("p2", "front"),
+                                verdict("p2", "back", defective=True)])
+    assert [o.key for o in outcomes(first)] == ["p2"]
+    clock.advance(60)  # down for a minute: p1's window passed while nobody was running
+    with harness(clock, state=first.state) as second:
+        second.agent.tick()
+        assert outcomes(second) == []  # the restart does not count toward p1's window
+        second.feed("verdicts", [verdict("p2", "front"), verdict("p1", "back", defective=True)])
+    assert [(o.key, o.outcome) for o in outcomes(second)] == [("p1", "defective_back")]

@@ -1,0 +1,26 @@
+"""Tiny valid ONNX models for the registry tests (a helper module, not tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx  # the [test] extra has it: these tests run, never skip
+from onnx import TensorProto, helper, numpy_helper
+
+
+def tiny_model(value: float) -> bytes:
+    """A valid ONNX model ``probs = image_mean * 0 + value``; different values, different bytes."""
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 1, 16, 16])
+    y = helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", 2])
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["gap"]),
+        helper.make_node("Flatten", ["gap"], ["flat"], axis=1),
+        helper.make_node("MatMul", ["flat", "W"], ["mm"]),
+        helper.make_node("Add", ["mm", "B"], ["probs"]),
+    ]
+    inits = [numpy_helper.from_array(np.zeros((1, 2), np.float32), "W"),
+             numpy_helper.from_array(np.array([1 - value, value], np.float32), "B")]
+    graph = helper.make_graph(nodes, "tiny", [x], [y], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())

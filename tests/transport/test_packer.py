@@ -1,0 +1,39 @@
+"""procgraph.transport.packer: the RESP packer matches redis-py's and copies no large frame."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import redis
+from redis.connection import PythonRespSerializer
+
+from procgraph.transport.packer import _CUTOFF, _ZeroCopyPacker
+
+REFERENCE = PythonRespSerializer(6000, redis.connection.Encoder("utf-8", "strict", False).encode)
+
+
+@pytest.mark.parametrize("args", [
+    ("PING",),
+    ("XADD", "s", "*", b"h", b'{"v":1}', b"a:x", memoryview(b"\x00\x01\x02")),
+    ("SET", "k", 12, "PX", 5000),
+    ("XADD", "s", "MAXLEN", "~", 100, "*", b"d", 1.5),
+    ("XADD", "s", "*", b"d", memoryview(np.arange(_CUTOFF + 10, dtype=np.uint8))),
+    ("XADD", "s", "*", b"d", bytes(_CUTOFF * 3)),
+    ("CLIENT SETNAME", "x"),
+])
+def test_packer_matches_redis_py(args: tuple) -> None:
+    ours = b"".join(bytes(c) for c in _ZeroCopyPacker().pack(*args))
+    ref = b"".join(bytes(c) for c in REFERENCE.pack(*args))
+    assert ours == ref
+
+
+def test_large_payload_is_not_copied() -> None:
+    frame = np.zeros((1024, 1024, 3), np.uint8)
+    view = memoryview(frame).cast("B")
+    chunks = _ZeroCopyPacker().pack("XADD", "s", "*", b"a:image", view)
+    assert any(c is view for c in chunks), "the frame buffer must be sent as it is"
+
+
+def test_packer_refuses_unknown_types() -> None:
+    with pytest.raises(redis.DataError):
+        _ZeroCopyPacker().pack("SET", "k", object())
