@@ -96,8 +96,7 @@ class JoinAgent(Agent):
     def tick(self) -> None:
         """Give the fail-safe outcome to parts whose missing views can no longer come."""
         self.expiry.alive()
-        if self._expire():
-            self.state.flush()  # outside a handler nothing else writes it
+        self._expire()  # the runtime writes the state after tick(), after what it sent
         if time.monotonic() - self.last_prune > 60:
             self.last_prune = time.monotonic()
             self.decided.prune(self.params.done_ttl_s)

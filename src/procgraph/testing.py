@@ -17,7 +17,7 @@ from procgraph.context import AgentContext
 from procgraph.message import Message
 from procgraph.state import AgentState
 
-__all__ = ["AgentHarness", "run_agent"]
+__all__ = ["AgentHarness", "FakeClock", "run_agent"]
 
 
 class AgentHarness:
@@ -111,3 +111,19 @@ def run_agent(
         for port, messages in (inputs or {}).items():
             harness.feed(port, messages)
     return harness.sent
+
+
+class FakeClock:
+    """A wall clock in nanoseconds that moves only when told: pass it where an agent or a
+    rule takes a ``clock`` (e.g. ``JoinAgent.clock``), instead of sleeping in a test."""
+
+    def __init__(self, now_ns: int = 1_800_000_000 * 10**9) -> None:
+        self.now = now_ns
+
+    def __call__(self) -> int:
+        """The current fake time, ns since the epoch."""
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
+        self.now += int(seconds * 1e9)

@@ -20,16 +20,6 @@ def scores_of(model: Path, frames: list[Frame], **params: object) -> list[dict[s
     return [v.scores for v in out["verdicts"]]  # type: ignore[attr-defined]
 
 
-@pytest.fixture()
-def write(tmp_path: Path) -> Callable[[str, bytes], Path]:
-    """Write model bytes into tmp_path."""
-    def _write(name: str, data: bytes) -> Path:
-        path = tmp_path / name
-        path.write_bytes(data)
-        return path
-    return _write
-
-
 def test_gray_roi_and_resize(write: Callable[[str, bytes], Path]) -> None:
     model = write("gray.onnx", make_model())
     img = np.zeros((60, 80), np.uint8)

@@ -20,16 +20,6 @@ from procgraph.testing import AgentHarness, run_agent
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture()
-def write(tmp_path: Path) -> Callable[[str, bytes], Path]:
-    """Write model bytes into tmp_path."""
-    def _write(name: str, data: bytes) -> Path:
-        path = tmp_path / name
-        path.write_bytes(data)
-        return path
-    return _write
-
-
 def test_softmax_threshold_and_labels(write: Callable[[str, bytes], Path]) -> None:
     # logits: ok=0, scratch=4*mean, dent=2; softmax applied by the agent
     weights = np.array([[0.0, 4.0, 0.0]])

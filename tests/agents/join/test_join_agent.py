@@ -9,25 +9,13 @@ import pytest
 from procgraph.agents.join import JoinAgent
 from procgraph.agents.messages import ModelInfo, PartOutcome, Verdict
 
-from procgraph.testing import AgentHarness
+from procgraph.testing import AgentHarness, FakeClock
 
 MS = 1_000_000
 S = 1_000_000_000
 T0 = 1_800_000_000 * S
 MODEL = ModelInfo(name="m", version="1", sha256="0" * 64)
 
-
-class FakeClock:
-    """A wall clock in ns that moves only when told."""
-
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * S)
 
 
 def verdict(key: str, camera: str, capture: int = T0, after_ms: float = 50,

@@ -7,24 +7,14 @@ from typing import Any
 import pytest
 from procgraph.agents.join import rules
 
+from procgraph.testing import FakeClock
+
 MS = 1_000_000
 S = 1_000_000_000
 VIEWS = ("front", "back")
 WINDOW = 3000 * MS
 T0 = 1_800_000_000 * S  # a capture time in the wall clock's range
 
-
-class FakeClock:
-    """A wall clock in ns that moves only when told."""
-
-    def __init__(self, now: int = T0) -> None:
-        self.now = now
-
-    def __call__(self) -> int:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += int(seconds * S)
 
 
 def v(capture: int = T0, after_ms: float = 50, defective: bool = False) -> dict[str, Any]:
