@@ -17,7 +17,14 @@ from typing import Any
 
 import redis
 
-from procgraph.health import GroupLag, Heartbeat, group_lag, line_streams, read_heartbeats
+from procgraph.health import (
+    GroupLag,
+    Heartbeat,
+    RateMeter,
+    group_lag,
+    line_streams,
+    read_heartbeats,
+)
 
 #: how often the list of the line's streams is refreshed (new streams are rare)
 STREAMS_PERIOD_S = 5.0
@@ -64,9 +71,6 @@ class LineHealthReader:
 @dataclass
 class _ReplicaSeen:
     started: float
-    ts: float
-    count_in: int
-    count_out: int
     rate_in: float = 0.0
     rate_out: float = 0.0
 
@@ -87,7 +91,8 @@ def _finite(value: float) -> float:
 class HealthTracker:
     """Turns successive heartbeat readings into one health row per agent.
 
-    Rates come from count deltas between two heartbeats of the same replica; a change of
+    Rates come from count deltas between two heartbeats of the same replica
+    (:class:`procgraph.health.RateMeter`); a change of
     a replica's ``started`` time counts as a restart seen by this screen (the supervisor's
     own ``restarts`` count is used when it is higher); the number of replicas expected is
     the highest of what the heartbeats say and the highest replica index seen plus one.
@@ -95,6 +100,7 @@ class HealthTracker:
 
     def __init__(self) -> None:
         self._agents: dict[str, _AgentSeen] = {}
+        self._rates = RateMeter()
 
     def update(
         self,
@@ -131,19 +137,13 @@ class HealthTracker:
         count_in = sum(port.count for port in beat.inputs.values())
         count_out = sum(port.count for port in beat.outputs.values())
         prev = seen.replicas.get(beat.replica)
-        if prev is None:
-            seen.replicas[beat.replica] = _ReplicaSeen(beat.started, beat.ts, count_in, count_out)
-            return
-        if beat.started != prev.started:
+        if prev is not None and beat.started != prev.started:
             seen.restarts += 1
-            seen.replicas[beat.replica] = _ReplicaSeen(beat.started, beat.ts, count_in, count_out)
-            return
-        dt = beat.ts - prev.ts
-        if dt <= 0:
-            return
-        prev.rate_in = max(0, count_in - prev.count_in) / dt
-        prev.rate_out = max(0, count_out - prev.count_out) / dt
-        prev.ts, prev.count_in, prev.count_out = beat.ts, count_in, count_out
+        if prev is None or beat.started != prev.started:
+            prev = seen.replicas[beat.replica] = _ReplicaSeen(beat.started)
+        key = (beat.agent, beat.replica)
+        prev.rate_in = self._rates.rate((*key, "in"), beat, count_in)
+        prev.rate_out = self._rates.rate((*key, "out"), beat, count_out)
 
     def _row(self, name: str, seen: _AgentSeen, beats: dict[int, Heartbeat],
              lag: GroupLag | None, now: float) -> dict[str, Any]:
