@@ -66,6 +66,11 @@ def stream_pattern(graph: str) -> str:
     return f"{KEY_PREFIX}:{graph}:*"
 
 
+def line_counters_key(graph: str) -> str:
+    """Hash of line-wide counters (e.g. broker data lost), read by ``top`` and later tools."""
+    return f"{KEY_PREFIX}:{graph}:counters"
+
+
 # -- agent state (procgraph.state) ------------------------------------------------------------
 def state_key(graph: str, agent: str, name: str, replica: int | None = None) -> str:
     """Redis key of one named part of an agent's durable state.

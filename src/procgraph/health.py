@@ -28,6 +28,7 @@ from procgraph.constants import (
     dead_letter_key,
     heartbeat_key,
     heartbeat_pattern,
+    line_counters_key,
     stream_pattern,
 )
 from procgraph.errors import BrokerUnavailable, broker_unavailable_as
@@ -48,6 +49,7 @@ class InputHealth(BaseModel):
     errors: int = Field(0, description="handler attempts that raised")
     dead: int = Field(0, description="entries moved to the dead-letter stream")
     latency_ms: float | None = Field(None, description="p50 creation -> handled, recent")
+    reclaimed: int = Field(0, description="entries taken over from a dead replica (claims)")
 
 
 class OutputHealth(BaseModel):
@@ -277,3 +279,24 @@ class RateMeter:
             rate = count / max(beat.ts - beat.started, 1e-3) if count else 0.0
         self._seen[key] = _Sample(beat.pid, beat.started, count, beat.ts, rate)
         return rate
+
+
+# -- line counters: events of the whole line that no single replica outlives ---------------
+def add_line_counter(client: redis.Redis, graph: str, name: str, amount: int = 1) -> None:
+    """Add ``amount`` to the line counter ``name`` (e.g. ``broker_data_lost``)."""
+    with broker_unavailable_as(f"count {name} of graph {graph!r}"):
+        client.hincrby(line_counters_key(graph), name, amount)
+
+
+def read_line_counters(client: redis.Redis, graph: str) -> dict[str, int]:
+    """Every line counter of ``graph`` on this broker (empty when none was ever counted)."""
+    with broker_unavailable_as(f"read counters of graph {graph!r}"):
+        raw = client.hgetall(line_counters_key(graph))
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        name = k.decode() if isinstance(k, bytes) else str(k)
+        try:
+            out[name] = int(v)
+        except (TypeError, ValueError):
+            continue
+    return out
