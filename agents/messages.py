@@ -1,4 +1,4 @@
-"""Message types shared by the built-in agents: frames, verdicts, part outcomes."""
+"""Message types shared by the built-in agents: triggers, frames, verdicts, part outcomes."""
 
 from __future__ import annotations
 
@@ -6,6 +6,19 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from procgraph import Message
+
+
+class Trigger(Message):
+    """One part passing the cameras (a photo-eye): every camera on it captures one frame.
+
+    ``key`` is the part key (``part-<seq>``) that every view of the part carries; ``seq`` the
+    trigger's counter; ``trigger_ns`` when the part was triggered (wall clock, ns).
+    """
+
+    type_name = "procgraph.Trigger"
+
+    seq: int
+    trigger_ns: int
 
 
 class Frame(Message):

@@ -3,17 +3,17 @@
     python benchmarks/e2e.py                 # 200 parts flat out + 60 paced parts
     python benchmarks/e2e.py --parts 100 --paced 40 --rate 5
 
-procgraph: graphs/inspection.yaml as shipped (synthetic front/back cameras, two ONNX
-classifiers, the join, the Modbus PLC writer, the HMI), on an embedded Valkey, writing to a
-simulated PLC (a real Modbus TCP server) in this process.
+procgraph: graphs/inspection.yaml as shipped (a part trigger, synthetic front/back cameras
+capturing on it, two ONNX classifiers, the join, the Modbus PLC writer, the HMI), on an
+embedded Valkey, writing to a simulated PLC (a real Modbus TCP server) in this process.
 baseline: one Python loop doing the same work with the same code underneath and no
 framework: render both views, run both models with onnxruntime, write the outcome to the
 same simulated PLC with the same register map and handshake.
 
-Reports parts/s (cameras unthrottled), latency from capture to the PLC write (p50/p95/p99,
-cameras at --rate parts/s; counted from the capture of a part's last view, since the two
-synthetic cameras are not triggered together; the p50 from the first view is shown too) and
-the accuracy of what reached the PLC against ground truth.
+Reports parts/s (trigger unthrottled), latency from capture to the PLC write (p50/p95/p99,
+trigger at --rate parts/s; counted from the capture of a part's last view, the p50 from the
+first view is shown too: both cameras capture on the same trigger, each when its process gets
+to it) and the accuracy of what reached the PLC against ground truth.
 """
 
 from __future__ import annotations

@@ -29,6 +29,15 @@ TESTS = Path(__file__).parent
 BROKER_KINDS = ["valkey", "redis"]
 
 
+@pytest.fixture(autouse=True)
+def _state_folder(tmp_path_factory: pytest.TempPathFactory,
+                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own state folder root ($XDG_STATE_HOME, inherited by `procgraph run`
+    subprocesses): a supervisor's durable brokers never write under ~/.local/state, never
+    reload another test's data and never meet another run's lock."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state")))
+
+
 def _have_redis_server() -> bool:
     return shutil.which("redis-server") is not None
 

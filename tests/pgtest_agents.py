@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from procgraph import Agent, Input, Message, Output
+from procgraph import Agent, BrokerUnavailable, Input, Message, Output
 
 
 def seen(client: redis.Redis, agent: str) -> set[str]:
@@ -67,6 +67,10 @@ class Recorder(Agent):
         crash_at: int = -1
         crash_always_at: int = -1
         hang_at: int = -1
+        slow_at: list[int] = []  # items whose handler call takes slow_at_ms
+        slow_at_ms: float = 0.0
+        broker_down_at: list[int] = []  # items whose handler first raises BrokerUnavailable
+        broker_down_times: int = 0  # ... this many times
 
     items = Input(Item)
 
@@ -77,6 +81,9 @@ class Recorder(Agent):
     def on_items(self, msg: Item) -> None:
         if msg.key in self.params.poison:
             raise ValueError(f"cannot handle {msg.key}")
+        if msg.n in self.params.broker_down_at and (
+                self.client.incr(f"{self.prefix}:down:{msg.n}") <= self.params.broker_down_times):
+            raise BrokerUnavailable(f"pretend the broker is away while handling {msg.key}")
         if msg.n == self.params.crash_at and self.client.setnx(f"{self.prefix}:crashed", 1):
             os._exit(3)
         if msg.n == self.params.crash_always_at:
@@ -85,11 +92,28 @@ class Recorder(Agent):
             time.sleep(3600)  # stuck: no progress, so no heartbeat
         if self.params.slow_ms:
             time.sleep(self.params.slow_ms / 1000)
+        if msg.n in self.params.slow_at:
+            time.sleep(self.params.slow_at_ms / 1000)
         pipe = self.client.pipeline(transaction=False)
         pipe.sadd(f"{self.prefix}:seen", msg.key)
         pipe.incr(f"{self.prefix}:handled")
         pipe.hincrby(f"{self.prefix}:by", self.context.consumer, 1)
         pipe.execute()
+
+
+class Relay(Agent):
+    """Forwards each item as it is (key kept): a user's worker between a source and a sink."""
+
+    class Params(Agent.Params):
+        slow_ms: float = 0.0
+
+    items = Input(Item)
+    out = Output(Item)
+
+    def on_items(self, msg: Item) -> None:
+        if self.params.slow_ms:
+            time.sleep(self.params.slow_ms / 1000)
+        self.out.send(Item(n=msg.n, key=msg.key))
 
 
 class Doubler(Agent):

@@ -149,7 +149,10 @@ def check_heartbeat(url: str) -> None:
 # -- the tutorial --------------------------------------------------------------------------
 def test_tutorial_runs_as_written(tmp_path: Path) -> None:
     port = str(free_port())
-    text = (DOCS / "tutorial.md").read_text().replace(TUTORIAL_PORT, port)
+    # the shown port and state folder are the ones this run really uses
+    state_root = os.environ["XDG_STATE_HOME"]  # each test's own (tests/conftest.py)
+    text = ((DOCS / "tutorial.md").read_text().replace(TUTORIAL_PORT, port)
+            .replace("~/.local/state", state_root))
     seen: list[str] = []
     items = blocks(text)
     i = 0

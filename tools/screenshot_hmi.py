@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import io
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -33,8 +34,9 @@ def main() -> None:
 
     port = free_port()
     os.environ.update({"HMI_PORT": str(port), "PLC_PORT": str(free_port())})
+    state = tempfile.TemporaryDirectory(prefix="procgraph-screenshot-")  # a fresh line
     sup = Supervisor(load_graph(ROOT / "graphs" / "inspection.yaml"), out=io.StringIO(),
-                     colour=False)
+                     colour=False, state_dir=state.name)
     sup.start_in_thread()
     try:
         with sync_playwright() as pw:
@@ -55,6 +57,7 @@ def main() -> None:
             browser.close()
     finally:
         sup.shutdown()
+        state.cleanup()
     print(f"wrote {args.out}")
 
 

@@ -8,6 +8,13 @@ synthetic part renderer and camera). Pixel formats are converted by
 """
 
 from procgraph.agents.camera.agent import CameraAgent, FolderCamera, GenICamCamera, OpenCVCamera
-from procgraph.agents.camera.synthetic import SyntheticPartCamera
+from procgraph.agents.camera.synthetic import SyntheticPartCamera, SyntheticTriggeredCamera
 
-__all__ = ["CameraAgent", "FolderCamera", "GenICamCamera", "OpenCVCamera", "SyntheticPartCamera"]
+__all__ = [
+    "CameraAgent",
+    "FolderCamera",
+    "GenICamCamera",
+    "OpenCVCamera",
+    "SyntheticPartCamera",
+    "SyntheticTriggeredCamera",
+]

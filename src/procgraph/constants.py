@@ -30,6 +30,8 @@ RESTARTS_ENV = "PROCGRAPH_RESTARTS"
 REDIS_ENV = "PROCGRAPH_REDIS"
 #: the replica index where an orchestrator gives it (a Kubernetes StatefulSet ordinal)
 REPLICA_ENV = "PROCGRAPH_REPLICA"
+#: the XDG base directory under which each graph's state folder lives by default
+XDG_STATE_ENV = "XDG_STATE_HOME"
 
 DEFAULT_MAXLEN = 1000
 DEFAULT_MAX_BYTES = 512 * 1024 * 1024
@@ -64,6 +66,21 @@ def heartbeat_pattern(graph: str) -> str:
 def stream_pattern(graph: str) -> str:
     """SCAN pattern matching every key of a graph (filter streams with ``_type="STREAM"``)."""
     return f"{KEY_PREFIX}:{graph}:*"
+
+
+def epoch_key(graph: str) -> str:
+    """A random id the supervisor writes into each broker of a line: gone means data lost."""
+    return f"{KEY_PREFIX}:{graph}:epoch"
+
+
+def lease_key(graph: str, node: str | None = None) -> str:
+    """The lease a running supervisor holds in each broker of its line (per node: --node)."""
+    return f"{KEY_PREFIX}:{graph}:lease" + ("" if node is None else f":{node}")
+
+
+def stopping_key(graph: str, agent: str, replica: int) -> str:
+    """Set (to its pid) by a replica that is ending by itself: a heartbeat gone is no stall."""
+    return f"{KEY_PREFIX}:{graph}:stopping:{agent}:{replica}"
 
 
 def line_counters_key(graph: str) -> str:

@@ -31,6 +31,11 @@ from procgraph.constants import (
     line_counters_key,
     stream_pattern,
 )
+from procgraph.edges import EdgeStats as EdgeStats
+from procgraph.edges import count_read as count_read
+from procgraph.edges import create_group_counted as create_group_counted
+from procgraph.edges import edge_stats as edge_stats
+from procgraph.edges import edges_key as edges_key
 from procgraph.errors import BrokerUnavailable, broker_unavailable_as
 
 if TYPE_CHECKING:
@@ -113,6 +118,22 @@ def clear_heartbeat(client: redis.Redis, graph: str, agent: str, replica: int) -
     """Remove a replica's heartbeat at once (a clean stop), instead of letting it expire."""
     with broker_unavailable_as(f"clear heartbeat of {agent}[{replica}]"):
         client.delete(heartbeat_key(graph, agent, replica))
+
+
+def heartbeat_ttls_ms(
+    client: redis.Redis, graph: str, agent: str, replicas: Iterable[int]
+) -> dict[int, int]:
+    """Per replica of ``agent``: milliseconds its heartbeat has left (-2: none, -1: no TTL).
+
+    The broker's own clock says how fresh a heartbeat is, so no host clocks are compared.
+    """
+    indexes = list(replicas)
+    with broker_unavailable_as(f"read heartbeat TTLs of {agent!r}"):
+        pipe = client.pipeline(transaction=False)
+        for i in indexes:
+            pipe.pttl(heartbeat_key(graph, agent, i))
+        ttls = pipe.execute()
+    return {i: int(t) for i, t in zip(indexes, ttls, strict=True)}
 
 
 def parse_heartbeat(raw: bytes | str | None) -> Heartbeat | None:

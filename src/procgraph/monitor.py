@@ -2,8 +2,10 @@
 
 Everything is read from the brokers, read-only, through :mod:`procgraph.health`: the
 heartbeats the replicas publish (alive replicas, restarts, counts, p50 latency, time blocked
-by backpressure), the consumer groups of the input streams (lag and pending) and the
-dead-letter streams. Rates come from count changes between two snapshots.
+by backpressure, entries reclaimed from dead replicas), the edges of the input streams
+(:func:`procgraph.health.edge_stats`: lag, pending, entries dropped by ``latest`` trimming),
+the dead-letter streams and the line counters (e.g. ``broker_data_lost``). Rates come from
+count changes between two snapshots.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from procgraph.health import (
     Heartbeat,
     RateMeter,
     dead_letters,
-    group_lag,
+    edge_stats,
     read_heartbeats,
+    read_line_counters,
 )
 
 
@@ -40,6 +43,8 @@ class Row:
     dead: int | None = None
     p50_ms: float | None = None
     blocked_s: float | None = None
+    dropped: int | None = None
+    reclaimed: int | None = None
 
 
 class LineMonitor:
@@ -100,15 +105,18 @@ class LineMonitor:
         for inp in agent.inputs:
             client = self.clients[inp.broker]
             count, rate = self._port_totals(agent.name, beats, inp.port, inputs=True)
-            lag = group_lag(client, [inp.stream]).get(agent.name)
+            edge = edge_stats(client, [inp.stream]).get((inp.stream, agent.name))
             lat = [i.latency_ms for b in beats if (i := b.inputs.get(inp.port)) is not None
                    and i.latency_ms is not None]
+            reclaimed = [i.reclaimed for b in beats if (i := b.inputs.get(inp.port)) is not None]
             rows.append(Row(
                 agent.name, len(beats), agent.replicas, restarts, f"in:{inp.port}",
-                count=count, rate=rate, lag=None if lag is None else lag.lag,
-                pending=None if lag is None else lag.pending,
+                count=count, rate=rate, lag=None if edge is None else edge.unread,
+                pending=None if edge is None else edge.pending,
                 dead=dead_letters(client, [inp.stream])[inp.stream],
-                p50_ms=max(lat) if lat else None))
+                p50_ms=max(lat) if lat else None,
+                dropped=None if edge is None else edge.dropped,
+                reclaimed=sum(reclaimed) if reclaimed else None))
         for out in agent.outputs:
             count, rate = self._port_totals(agent.name, beats, out.port, inputs=False)
             blocked = [o.blocked_s for b in beats if (o := b.outputs.get(out.port)) is not None]
@@ -118,6 +126,14 @@ class LineMonitor:
         if not agent.inputs and not agent.outputs:
             rows.append(Row(agent.name, len(beats), agent.replicas, restarts, "-"))
         return rows
+
+    def line_counters(self) -> dict[str, int]:
+        """The line counters of the graph (e.g. ``broker_data_lost``), summed over brokers."""
+        out: dict[str, int] = {}
+        for client in self.clients.values():
+            for name, value in read_line_counters(client, self.plan.name).items():
+                out[name] = out.get(name, 0) + value
+        return out
 
     def sample(self) -> list[Row]:
         """One row per agent port; raises BrokerUnavailable when a broker is gone."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -15,15 +17,29 @@ from typing import IO
 import redis
 
 from procgraph.brokers import EmbeddedBroker, resolve_broker_urls
-from procgraph.constants import BROKERS_ENV, RESTARTS_ENV, SUPERVISED_ENV
-from procgraph.errors import BrokerUnavailable
+from procgraph.console import Console, install_stop_signals
+from procgraph.constants import (
+    BROKERS_ENV,
+    EMBEDDED,
+    RESTARTS_ENV,
+    SUPERVISED_ENV,
+    stopping_key,
+)
+from procgraph.durability import EpochWatch, broker_data_dir, graph_state_dir
+from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, BrokerSpec, GraphPlan
-from procgraph.health import read_heartbeats
+from procgraph.guard import BROKER, Guard
+from procgraph.health import clear_heartbeat, read_heartbeats
+from procgraph.lease import RENEW_EVERY_S, Holder, Lease, LocalLock
 
 log = logging.getLogger("procgraph.supervisor")
-_COLOURS = [36, 33, 35, 32, 34, 91, 96, 93, 95, 92, 94]
 RESTART_MAX_S = 30.0
 STABLE_S = 30.0
+#: how long a replica that is ending by itself (its stopping marker set) may take to exit
+EXIT_GRACE_S = 10.0
+#: how long ``run`` waits at start for a broker it does not start itself
+CONNECT_TIMEOUT_S = 10.0
+_DOWN: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.RedisError)
 
 
 @dataclass
@@ -39,6 +55,7 @@ class Replica:
     next_start: float = 0.0
     heartbeat_seen: bool = False
     finished: bool = False
+    exiting_since: float | None = None
     pump: threading.Thread | None = field(default=None, repr=False)
 
     @property
@@ -63,53 +80,115 @@ class Supervisor:
         out: IO[str] | None = None,
         colour: bool | None = None,
         broker_kind: str = "valkey",
+        state_dir: str | os.PathLike[str] | None = None,
     ) -> None:
         self.plan = plan
         self.node = node
         self.redis_url = redis_url
-        self.out = out or sys.stdout
-        self.colour = self.out.isatty() if colour is None else colour
+        self.console = Console(out, colour)
+        self.out = self.console.out
+        self.colour = self.console.colour
         self.broker_kind = broker_kind
+        self.state_dir = state_dir
         self.brokers: dict[str, EmbeddedBroker] = {}
         self.urls: dict[str, str] = {}
         self.replicas: list[Replica] = []
         self.stopping = threading.Event()
-        self._print_lock = threading.Lock()
+        self.stop_reason: str | None = None
         self._clients: dict[str, redis.Redis] = {}
+        self.guard = Guard()
+        self._guarded: dict[str, int] = {}
+        self.holder = Holder.me(plan.file, node)
+        self._lock: LocalLock | None = None
+        self._lease: Lease | None = None
+        self._next_renew = 0.0
+        self._host = socket.gethostname()
+        self._shut = False
 
     # -- output ---------------------------------------------------------------------------
     def say(self, prefix: str, line: str, colour_index: int = 0) -> None:
         """Print one line with a (coloured) prefix."""
-        if self.colour:
-            code = _COLOURS[colour_index % len(_COLOURS)]
-            text = f"\x1b[{code}m{prefix:>14} |\x1b[0m {line}"
-        else:
-            text = f"{prefix:>14} | {line}"
-        with self._print_lock:
-            print(text, file=self.out, flush=True)
+        self.console.say(prefix, line, colour_index)
+
+    # -- stopping -------------------------------------------------------------------------
+    def request_stop(self, reason: str) -> None:
+        """Stop the line (idempotent; the first reason is said once). Not for signal handlers:
+        :meth:`handle_signals` installs signal-safe ones."""
+        if self.stop_reason is None:
+            self.stop_reason = reason
+            self.say("supervisor", f"{reason}: stopping")
+        self.stopping.set()
+
+    def handle_signals(self) -> None:
+        """SIGINT, SIGTERM and SIGHUP stop the line; call from the main thread.
+
+        Signal-safe (:func:`procgraph.console.install_stop_signals`: no lock, no printing in
+        the handler); any number of signals, in any order, stop it once.
+        """
+        install_stop_signals(self.request_stop)
 
     # -- brokers --------------------------------------------------------------------------
     def start_brokers(self) -> None:
-        """Start embedded brokers this node owns; resolve every broker's URL."""
+        """Start embedded brokers this node owns; resolve every broker's URL; mark each broker
+        with the line's epoch (procgraph.durability) so that a later data loss is noticed."""
+        self._epochs = EpochWatch(self.plan.name, lambda line: self.say("supervisor", line))
+        self._broker_retry: dict[str, float] = {}
         self.urls = resolve_broker_urls(self.plan, self.redis_url, start=self._start_broker)
+        for name, url in self.urls.items():
+            owned = self.brokers.get(name)
+            durable = owned is not None and owned.persistent
+            self._epochs.add(name, url, owned=owned is not None,
+                             data_dir=owned.dir if owned is not None and durable else None,
+                             had_aof=bool(owned is not None and owned.found_aof),
+                             node=self._node_of(name) if owned is None else None)
+            if owned is not None:  # it answers now; the others are marked at their first check
+                self._epochs.claim(name, self._client(name))
+
+    def _node_of(self, name: str) -> str | None:
+        """The node whose supervisor starts embedded broker ``name`` (None: not one)."""
+        spec = self.plan.brokers[name]
+        return spec.node if spec.url == EMBEDDED and self.redis_url is None else None
 
     def _start_broker(self, name: str, spec: BrokerSpec) -> str | None:
         """Start an embedded broker placed on this node (None: another node starts it)."""
         if self.node is not None and spec.node not in (None, self.node):
             return None
-        broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind).start()
+        data_dir = broker_data_dir(self.plan, name, self.state_dir)
+        fsync = spec.persistence.appendfsync if spec.persistence is not None else "everysec"
+        broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind, data_dir, fsync)
+        try:
+            broker.start()
+        except BaseException:
+            broker.close()
+            raise
         self.brokers[name] = broker
-        self.say("supervisor", f"broker {name!r}: embedded {self.broker_kind} at {broker.url}")
+        keeps = f"AOF {fsync} in {data_dir}" if data_dir else "in memory: persistence none"
+        self.say("supervisor", f"broker {name!r}: embedded {self.broker_kind} at {broker.url} "
+                 f"({keeps})")
         return broker.url
 
     def _check_brokers(self) -> None:
+        """Restart an owned broker that died (same port, same data folder); say and count a
+        broker that came back without its data."""
+        now = time.monotonic()
         for name, broker in self.brokers.items():
-            if broker.proc is not None and broker.proc.poll() is not None:
-                self.say("supervisor", f"broker {name!r} died; restarting on port {broker.port}")
-                try:
-                    broker.start()
-                except Exception as exc:
-                    self.say("supervisor", f"broker {name!r} restart failed: {exc}")
+            if broker.proc is not None and broker.proc.poll() is None:
+                continue
+            if now < self._broker_retry.get(name, 0.0):
+                continue
+            if broker.proc is not None:
+                self.say("supervisor", f"broker {name!r} died (code {broker.proc.returncode}); "
+                         f"restarting on port {broker.port}")
+                broker.proc = None
+            try:
+                broker.start()
+            except Exception as exc:
+                self._broker_retry[name] = now + 2.0
+                self.say("supervisor", f"broker {name!r} restart failed (next try in 2 s): {exc}")
+                continue
+            self._epochs.check(name, self._client(name), now, force=True)
+        for name in self.urls:
+            self._epochs.check(name, self._client(name), now)
 
     # -- replicas -------------------------------------------------------------------------
     def command(self, replica: Replica) -> list[str]:
@@ -127,8 +206,10 @@ class Supervisor:
             self.command(replica), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
             start_new_session=True,
         )
+        self.guard.watch(replica.proc.pid)
         replica.started_at = time.monotonic()
         replica.heartbeat_seen = False
+        replica.exiting_since = None
         colour = list(self.plan.agents).index(replica.agent.name)
         replica.pump = threading.Thread(
             target=self._pump, args=(replica, replica.proc, colour), daemon=True)
@@ -153,9 +234,27 @@ class Supervisor:
                 reader = GroupReader(self._client(broker), group_specs, "", self.stopping)
                 retry(reader.ensure_groups, f"create groups on broker {broker!r}", self.stopping)
 
-    def start(self) -> None:
-        """Start brokers, create consumer groups, then start every replica on this node."""
+    def start(self, connect_timeout_s: float = CONNECT_TIMEOUT_S) -> None:
+        """Take the line, start brokers, create consumer groups, start every replica here.
+
+        Raises :class:`procgraph.lease.LineHeld` when another supervisor runs the line,
+        BrokerUnavailable when a broker cannot be reached within ``connect_timeout_s``, and
+        InterruptedError when stopped meanwhile.
+        """
+        if self._starts_brokers():
+            self._lock = LocalLock(graph_state_dir(self.plan.name, self.state_dir),
+                                   self.plan.name, self.holder)
+            self._lock.acquire()
+        # the guard holds the lock too: after a kill -9 of this process, no new run starts
+        # on our broker's data until the guard has ended the broker
+        self.guard.start(() if self._lock is None else (self._lock.fileno(),))
         self.start_brokers()
+        self._guard_brokers()
+        self.wait_for_brokers(connect_timeout_s)
+        self._lease = Lease(self.plan.name, self.holder,
+                            {name: self._client(name) for name in self.urls})
+        self._lease.acquire()
+        self._next_renew = time.monotonic() + RENEW_EVERY_S
         self.create_groups()
         agents = self.plan.agents_on(self.node)
         if self.node is not None:
@@ -172,6 +271,49 @@ class Supervisor:
                 self._spawn(replica)
         self.say("supervisor", f"graph {self.plan.name!r}: {len(self.replicas)} replica(s) of "
                  f"{len(agents)} agent(s) started")
+
+    def _starts_brokers(self) -> bool:
+        """Whether this supervisor starts an embedded broker of its own."""
+        return self.redis_url is None and any(
+            spec.url == EMBEDDED and (self.node is None or spec.node in (None, self.node))
+            for spec in self.plan.brokers.values())
+
+    def _guard_brokers(self) -> None:
+        """Tell the guard about each owned broker process (again after a restart)."""
+        for name, broker in self.brokers.items():
+            pid = broker.proc.pid if broker.proc is not None else None
+            if pid is not None and self._guarded.get(name) != pid:
+                if name in self._guarded:
+                    self.guard.forget(self._guarded[name])
+                self.guard.watch(pid, BROKER)
+                self._guarded[name] = pid
+
+    def wait_for_brokers(self, timeout_s: float) -> None:
+        """Wait until every broker answers PING; give up after ``timeout_s`` (or when stopped)."""
+        deadline = time.monotonic() + timeout_s
+        for name, url in self.urls.items():
+            said = False
+            while True:
+                try:
+                    if self._client(name).ping():
+                        break
+                except _DOWN:
+                    pass
+                if not said:
+                    said = True
+                    self.say("supervisor", f"waiting for broker {name!r} at {url} "
+                             f"(up to {timeout_s:g}s)")
+                if self.stopping.is_set() and self.stop_reason != "duration":
+                    raise InterruptedError(f"stopped while waiting for broker {name!r}")
+                if time.monotonic() >= deadline or self.stopping.is_set():
+                    waited = ("before --duration ran out" if self.stopping.is_set()
+                              else f"within --connect-timeout {timeout_s:g}s")
+                    raise BrokerUnavailable(
+                        f"cannot reach broker {name!r} of graph {self.plan.name!r} at {url} "
+                        f"{waited}: is a Redis/Valkey server running and listening there? "
+                        "Check --redis / $PROCGRAPH_REDIS or the broker's url in "
+                        f"{self.plan.file}, and the network or firewall in between")
+                self.stopping.wait(0.2)
 
     def _client(self, broker: str) -> redis.Redis:
         if broker not in self._clients:
@@ -192,12 +334,56 @@ class Supervisor:
             except BrokerUnavailable:
                 continue
             for r in reps:
-                if (r.agent.name, r.index) in beats:
-                    r.heartbeat_seen = True
-                elif r.heartbeat_seen and r.proc is not None:
+                assert r.proc is not None
+                beat = beats.get((r.agent.name, r.index))
+                if beat is not None and beat.pid == r.proc.pid and beat.host in ('', self._host):
+                    r.heartbeat_seen = True  # only this process's own heartbeat counts
+                elif r.heartbeat_seen and not self._exiting(broker, r):
                     self.say("supervisor", f"{r.name}: heartbeat stopped; killing pid "
                              f"{r.proc.pid} to restart it")
                     r.proc.kill()
+
+    def _exiting(self, broker: str, r: Replica) -> bool:
+        """True while ``r`` is ending by itself (its stopping marker names its pid)."""
+        assert r.proc is not None
+        if r.exiting_since is None:
+            try:
+                marker = self._client(broker).get(
+                    stopping_key(self.plan.name, r.agent.name, r.index))
+            except _DOWN:
+                return True  # cannot tell now: judge again at the next poll
+            if marker is None or marker != str(r.proc.pid).encode():
+                return False
+            r.exiting_since = time.monotonic()
+        if time.monotonic() - r.exiting_since < EXIT_GRACE_S:
+            return True
+        self.say("supervisor", f"{r.name} did not exit within {EXIT_GRACE_S:g}s of stopping")
+        return False
+
+    def _forget(self, r: Replica, pid: int) -> None:
+        """A replica process ended: unguard it; clear its heartbeat and marker if still its."""
+        self.guard.forget(pid)
+        client = self._client(r.agent.broker)
+        with contextlib.suppress(BrokerUnavailable, *_DOWN):
+            beat = read_heartbeats(client, self.plan.name, [(r.agent.name, r.index)]).get(
+                (r.agent.name, r.index))
+            if beat is not None and beat.pid == pid and beat.host in ('', self._host):
+                clear_heartbeat(client, self.plan.name, r.agent.name, r.index)
+            client.delete(stopping_key(self.plan.name, r.agent.name, r.index))
+
+    def _renew_lease(self, now: float) -> None:
+        if self._lease is None or now < self._next_renew:
+            return
+        self._next_renew = now + RENEW_EVERY_S
+        try:
+            lost = self._lease.renew()
+        except BrokerUnavailable:
+            return  # it is renewed when the broker is back (or taken again if it expired)
+        for name, holder in lost:
+            who = holder.describe() if holder is not None else "another process"
+            self.say("supervisor", f"error: the lease of this line in broker {name!r} is held "
+                     f"by {who}; stopping this supervisor")
+            self.request_stop("lease lost")
 
     def poll(self) -> None:
         """One supervision step: reap, restart, check heartbeats and brokers."""
@@ -207,6 +393,7 @@ class Supervisor:
             if r.proc is not None and r.proc.poll() is not None:
                 code = r.proc.returncode
                 ran = now - r.started_at
+                self._forget(r, r.proc.pid)
                 r.proc = None
                 if self.stopping.is_set():
                     continue
@@ -225,7 +412,9 @@ class Supervisor:
                     and now >= r.next_start:
                 r.restarts += 1
                 self._spawn(r)
+        self._guard_brokers()
         self._check_heartbeats()
+        self._renew_lease(now)
 
     def start_in_thread(self, interval_s: float = 0.1) -> None:
         """Start everything, then supervise from a background thread until ``shutdown()``.
@@ -242,24 +431,53 @@ class Supervisor:
         self._thread = threading.Thread(target=loop, name="supervisor", daemon=True)
         self._thread.start()
 
-    def run(self, duration_s: float | None = None) -> int:
-        """Start everything and supervise until stopped or ``duration_s`` passes."""
-        self.start()
-        deadline = None if duration_s is None else time.monotonic() + duration_s
+    def run(self, duration_s: float | None = None,
+            connect_timeout_s: float = CONNECT_TIMEOUT_S) -> int:
+        """Start everything and supervise until stopped or ``duration_s`` passes.
+
+        ``duration_s`` also bounds the start (while brokers are waited for); once every
+        replica is started, the line runs for ``duration_s`` from then.
+        Raises what :meth:`start` raises (LineHeld, BrokerUnavailable), after cleaning up.
+        """
+        timer: threading.Timer | None = None
+
+        def reached() -> None:
+            self.say("supervisor", f"--duration {duration_s:g}s reached")
+            self.stop_reason = self.stop_reason or "duration"
+            self.stopping.set()
+
+        def arm() -> threading.Timer | None:
+            if duration_s is None:
+                return None
+            armed = threading.Timer(duration_s, reached)
+            armed.daemon = True
+            armed.start()
+            return armed
+
+        timer = arm()  # bounds the start (a broker that does not answer) ...
         try:
+            try:
+                self.start(connect_timeout_s)
+            except InterruptedError:
+                return 0
+            if timer is not None and not self.stopping.is_set():
+                timer.cancel()  # ... then the line runs for the whole duration
+                timer = arm()
             while not self.stopping.is_set():
-                if deadline is not None and time.monotonic() >= deadline:
-                    self.say("supervisor", f"--duration {duration_s:g}s reached")
-                    break
                 self.poll()
                 self.stopping.wait(0.2)
         finally:
+            if timer is not None:
+                timer.cancel()
             self.shutdown()
         return 0
 
     def shutdown(self, grace_s: float = 10.0) -> None:
-        """Stop replicas (SIGTERM, then SIGKILL after ``grace_s``), then brokers."""
+        """Stop replicas (SIGTERM, then SIGKILL after ``grace_s``), then brokers (once)."""
         self.stopping.set()
+        if self._shut:
+            return
+        self._shut = True
         thread = getattr(self, "_thread", None)
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -281,9 +499,17 @@ class Supervisor:
         for r in self.replicas:
             if r.pump is not None:
                 r.pump.join(timeout=2)
+        for r in live:
+            assert r.proc is not None
+            self._forget(r, r.proc.pid)
+        if self._lease is not None:
+            self._lease.release()
         for client in self._clients.values():
             client.close()
         for name, broker in self.brokers.items():
             broker.close()
             self.say("supervisor", f"broker {name!r} stopped")
         self.brokers.clear()
+        if self._lock is not None:
+            self._lock.release()
+        self.guard.close()

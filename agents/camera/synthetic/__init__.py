@@ -21,10 +21,14 @@ The renderer only needs numpy and OpenCV; a 256x256 view renders in well under 5
 
 Modules: :mod:`.spec` (what a part is), :mod:`.draw` (the part's two sides), :mod:`.defects`
 (defects and dust), :mod:`.render` (``render_view``: lighting and noise), :mod:`.source`
-(``SyntheticPartSource``, a frame source) and :mod:`.agent` (``SyntheticPartCamera``).
+(``SyntheticPartSource``, a frame source) and :mod:`.agent` (``SyntheticPartCamera``, free-run,
+and ``SyntheticTriggeredCamera``, one frame per trigger).
 """
 
-from procgraph.agents.camera.synthetic.agent import SyntheticPartCamera
+from procgraph.agents.camera.synthetic.agent import (
+    SyntheticPartCamera,
+    SyntheticTriggeredCamera,
+)
 from procgraph.agents.camera.synthetic.render import render_view
 from procgraph.agents.camera.synthetic.source import SyntheticPartSource
 from procgraph.agents.camera.synthetic.spec import DEFECT_KINDS, VIEWS, PartSpec, make_part
@@ -35,6 +39,7 @@ __all__ = [
     "PartSpec",
     "SyntheticPartCamera",
     "SyntheticPartSource",
+    "SyntheticTriggeredCamera",
     "make_part",
     "render_view",
 ]

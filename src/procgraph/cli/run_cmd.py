@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import signal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from procgraph.cli.common import fail, load_or_exit
+from procgraph.console import STOP_SIGNALS
 from procgraph.errors import ProcgraphError
-from procgraph.supervisor import Supervisor
+from procgraph.supervisor import CONNECT_TIMEOUT_S, Supervisor
 
 
 def run(
@@ -22,21 +23,29 @@ def run(
     broker_kind: Annotated[str, typer.Option(
         "--broker-kind", help="embedded server: valkey (wheel) or redis (redis-server)")
     ] = "valkey",
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="the line's state folder (broker data, lock); default "
+        "$XDG_STATE_HOME/procgraph/GRAPH or ~/.local/state/procgraph/GRAPH")] = None,
+    connect_timeout: Annotated[float, typer.Option(
+        "--connect-timeout", help="give up after SECONDS when a broker cannot be reached "
+        "at start")] = CONNECT_TIMEOUT_S,
 ) -> None:
-    """Validate the graph, start its brokers and agent replicas, restart what dies."""
+    """Validate the graph, start its brokers and agent replicas, restart what dies.
+
+    SIGINT (Ctrl-C), SIGTERM and SIGHUP stop the line; a second run of the same graph is
+    refused while this one runs.
+    """
     plan = load_or_exit(file)
-    sup = Supervisor(plan, node=node, redis_url=redis, broker_kind=broker_kind)
-
-    def on_signal(signum: int, frame: Any) -> None:
-        sup.say("supervisor", f"{signal.Signals(signum).name}: stopping")
-        sup.stopping.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    sup = Supervisor(plan, node=node, redis_url=redis, broker_kind=broker_kind,
+                     state_dir=state_dir)
+    sup.handle_signals()
     try:
-        code = sup.run(duration)
+        code = sup.run(duration, connect_timeout_s=connect_timeout)
     except ProcgraphError as exc:
-        raise fail(str(exc)) from None
+        raise fail(" ".join(str(exc).split())) from None
+    finally:  # the line is stopped: later signals (GNU timeout sends two) change nothing,
+        for signum in STOP_SIGNALS:  # also not while the interpreter exits
+            signal.signal(signum, signal.SIG_IGN)
     raise typer.Exit(code)
 
 

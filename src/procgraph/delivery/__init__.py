@@ -2,8 +2,9 @@
 
 - :mod:`~procgraph.delivery.acks`: an entry is acknowledged only after it was handled
   (and its outputs and state written); queued acks go out with the next read or a flush.
-- :mod:`~procgraph.delivery.claims`: a dead replica's idle pending entries are taken over
-  by a live one with ``XAUTOCLAIM``.
+- :mod:`~procgraph.delivery.claims`: a dead replica's pending entries are taken over by a
+  live sibling once its heartbeat is gone (``XCLAIM``); a live replica's entries (in hand or
+  read ahead) are never claimed, by itself or by a sibling, however long its handler takes.
 - :mod:`~procgraph.delivery.recovery`: a restarted replica re-handles its own pending
   entries one at a time; the entry that keeps crashing it is dead-lettered.
 - :mod:`~procgraph.delivery.deadletter`: entries that cannot be handled move to

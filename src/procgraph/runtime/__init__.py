@@ -23,9 +23,13 @@ def run_replica(plan: GraphPlan, agent: str, replica: int, urls: dict[str, str])
     """Run one replica of ``agent`` in this process until SIGTERM/SIGINT (``procgraph agent``).
 
     ``urls`` maps each broker name of the graph to its URL. Logging names the replica
-    (plain lines under the supervisor, which prefixes them itself).
+    (plain lines under the supervisor, which prefixes them itself). Under a supervisor the
+    replica also stops when the supervisor is gone.
     """
-    configure_logging(agent, replica, supervised=load_settings().supervised)
+    supervised = load_settings().supervised
+    configure_logging(agent, replica, supervised=supervised)
     runner = AgentRunner(plan, agent, replica, urls)
     runner.install_signal_handlers()
+    if supervised:
+        runner.watch_parent()
     runner.run()

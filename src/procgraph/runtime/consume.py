@@ -4,14 +4,16 @@ Per entry read: decode it (an entry that does not decode is dead-lettered), grou
 the port's batch (``batch``/``max_wait_ms``), call the handler, write what it sent, flush the
 agent state, then queue the ack (:mod:`procgraph.delivery.acks`). A handler that raises is
 retried with backoff up to ``max_deliveries`` times (a failed batch then one entry at a
-time), and the entry is dead-lettered after that. Idle entries of dead peers are claimed
-(:mod:`procgraph.delivery.claims`); a restart first re-handles this replica's own pending
-entries (:mod:`procgraph.delivery.recovery`).
+time), and the entry is dead-lettered after that. The entries of dead peers are claimed,
+and this replica's own are kept from being claimed while it lives
+(:mod:`procgraph.delivery.claims`); a restart first waits for its own heartbeat, then
+re-handles this replica's own pending entries (:mod:`procgraph.delivery.recovery`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -19,14 +21,18 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+import redis
+
 from procgraph import codec
-from procgraph.delivery.claims import claim_idle
+from procgraph.constants import DEFAULT_HEARTBEAT_S
+from procgraph.delivery.claims import Claimer, EntryKeeper
 from procgraph.delivery.deadletter import dead_letter
 from procgraph.delivery.recovery import recover_own_pending
-from procgraph.errors import CodecError
+from procgraph.errors import BrokerUnavailable, CodecError
+from procgraph.health import read_heartbeats
 from procgraph.message import Message
 from procgraph.transport.reader import Entry, GroupReader
-from procgraph.transport.retry import retry
+from procgraph.transport.retry import Backoff, retry
 
 if TYPE_CHECKING:
     from procgraph.runtime.runner import AgentRunner
@@ -34,6 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("procgraph.runtime")
 READ_COUNT = 64
 IDLE_BLOCK_MS = 100
+#: queued acks wait at most this long for the next read, then are sent by the handler thread
+#: (what a replica killed had handled but not acknowledged is delivered again)
+ACK_FLUSH_S = 0.05
+#: errors from a handler that mean "the broker is away" (e.g. agent state read in a handler)
+_BROKER_DOWN: tuple[type[BaseException], ...] = (
+    BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
 
 
 @dataclass
@@ -89,10 +101,25 @@ class Consumer:
         self.consumer = runner.agent.context.consumer
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.inputs}
         self._batch_started: dict[str, float] = {}
+        self._acks_sent = time.monotonic()
 
     def run(self) -> None:
-        """Recover own pending entries, then read and handle until stopped."""
+        """Keep own entries, recover own pending ones, then read and handle until stopped."""
+        kept = threading.Event()  # the keeper runs until the last handler call returned
+        keeper = EntryKeeper(self.r.readers, kept, self.r.spec.claim_idle_ms,
+                             stalled=self._stalled)
+        keeper.start()
+        try:
+            self._run()
+        finally:
+            kept.set()
+
+    def _run(self) -> None:
         r = self.r
+        claimers = [Claimer(rd, graph=r.plan.name, agent=r.spec.name,
+                            heartbeats=r.client(r.spec.broker),
+                            claim_idle_ms=r.spec.claim_idle_ms) for rd in r.readers]
+        self._await_own_heartbeat()
         for reader in r.readers:
             retry(reader.ensure_groups, "create consumer groups", self.stop)
             recover_own_pending(
@@ -107,7 +134,7 @@ class Consumer:
         for f in fetchers:
             f.start()
         last_claim = time.monotonic()
-        claim_every = max(0.5, r.spec.claim_idle_ms / 2000)
+        claim_every = min(DEFAULT_HEARTBEAT_S, max(0.5, r.spec.claim_idle_ms / 2000))
         while not self.stop.is_set():
             self.binding.touch()
             if not r.readers:  # every input is optional and none is wired
@@ -123,13 +150,47 @@ class Consumer:
             self._tick()
             if time.monotonic() - last_claim > claim_every:
                 last_claim = time.monotonic()
-                for reader in r.readers:
-                    self.process(reader, claim_idle(reader, r.spec.claim_idle_ms))
+                for claimer in claimers:
+                    self._process_claimed(claimer)
         for f in fetchers:
             f.join(timeout=2 * IDLE_BLOCK_MS / 1000 + 5)
             if f.error is not None:
                 raise f.error
         self._flush_due_batches(force=True)
+
+    def _stalled(self) -> bool:
+        """No progress for ``heartbeat_timeout_s`` (the heartbeat is withheld as well)."""
+        idle = time.monotonic() - self.binding.last_tick
+        return idle > self.r.spec.heartbeat_timeout_s
+
+    def _await_own_heartbeat(self) -> None:
+        """Wait (a little) until this process's heartbeat is up, before re-reading pending.
+
+        A sibling that saw the previous process's heartbeat gone re-reads it right before
+        claiming, so it leaves this replica's entries alone from now on.
+        """
+        r = self.r
+        deadline = time.monotonic() + 2 * DEFAULT_HEARTBEAT_S
+        client = r.client(r.spec.broker)
+        while time.monotonic() < deadline and not self.stop.is_set():
+            try:
+                beat = read_heartbeats(client, r.plan.name, [(r.spec.name, r.replica)])
+            except BrokerUnavailable:
+                return
+            mine = beat.get((r.spec.name, r.replica))
+            if mine is not None and mine.pid == os.getpid():
+                return
+            self.stop.wait(0.02)
+
+    def _process_claimed(self, claimer: Claimer) -> None:
+        """Handle what ``claimer`` took over from gone siblings, counting it per port."""
+        got = claimer.claim()
+        if not got:
+            return
+        log.info("took over %d pending entries of a gone replica", len(got))
+        for stream, _ in got:
+            self.r.stats_in[self.r.port_of[stream]].reclaimed += 1
+        self.process(claimer.reader, got)
 
     def _tick(self) -> None:
         """``tick()``; what it sent is written at once, then its state changes."""
@@ -211,12 +272,21 @@ class Consumer:
         max_deliveries = self.r.spec.max_deliveries
         batched = self.inputs[port].batch > 1
         attempt = 0
+        outage = Backoff()
         while True:
             try:
                 self._call(port, items, batched)
                 break
             except InterruptedError:
                 raise
+            except _BROKER_DOWN as exc:
+                # the broker is away, not the message at fault: retry without counting it
+                delay = outage.next_delay()
+                log.warning("handler on_%s: broker unreachable (%s); retrying in %.1fs, "
+                            "not counted as a failed attempt", port, exc, delay)
+                if self.stop.wait(delay):
+                    return  # not acked: handled again after the restart
+                continue
             except Exception as exc:
                 attempt += 1
                 stats.errors += 1
@@ -248,12 +318,18 @@ class Consumer:
             item.reader.ack_later(item.stream, item.entry[0])
             stats.count += 1
             stats.latency_ms.append((now - item.msg.ts_ns) / 1e6)
+        if time.monotonic() - self._acks_sent >= ACK_FLUSH_S:
+            for reader in {id(i.reader): i.reader for i in items}.values():
+                reader.flush_acks()
+            self._acks_sent = time.monotonic()
 
     def _run_handler_single_batch(self, port: str, item: _Pending) -> None:
         try:
             self._call(port, [item], batched=True)
         except InterruptedError:
             raise
+        except _BROKER_DOWN:
+            return  # the broker is away: left unacked, handled again later
         except Exception as exc:
             dead_letter(item.reader, item.stream, item.entry,
                         f"handler on_{port} failed: {exc!r}", self.consumer)

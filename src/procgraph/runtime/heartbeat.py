@@ -36,13 +36,15 @@ class PortStats:
     count: int = 0
     errors: int = 0
     dead: int = 0
+    reclaimed: int = 0
     latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
 
     def health(self) -> InputHealth:
         """The port's counters for the heartbeat (latency: recent p50)."""
         lat = sorted(self.latency_ms)
         p50 = lat[len(lat) // 2] if lat else None
-        return InputHealth(count=self.count, errors=self.errors, dead=self.dead, latency_ms=p50)
+        return InputHealth(count=self.count, errors=self.errors, dead=self.dead, latency_ms=p50,
+                           reclaimed=self.reclaimed)
 
 
 @dataclass
@@ -86,7 +88,9 @@ class HeartbeatThread(threading.Thread):
         )
 
     def run(self) -> None:
-        """Write a heartbeat each period, withholding it while the agent is stalled."""
+        """Write a heartbeat at once, then each period, withholding it while stalled."""
+        with contextlib.suppress(BrokerUnavailable):
+            write_heartbeat(self.client, self.beat(), self.period_s)
         while not self.stop.wait(self.period_s):
             idle = time.monotonic() - self.binding.last_tick
             if idle > self.about.timeout_s:

@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import threading
+import time
 from typing import Any
 
 import redis
 
 from procgraph.agent import Agent
+from procgraph.constants import stopping_key
 from procgraph.context import AgentContext
 from procgraph.delivery.sendbuffer import SendBuffer
-from procgraph.errors import BrokerUnavailable
+from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan, import_agent
 from procgraph.health import clear_heartbeat
 from procgraph.runtime.consume import Consumer
@@ -34,6 +37,8 @@ from procgraph.transport.writer import StreamWriter, WriterConfig
 from procgraph.yamlmarks import Marked
 
 log = logging.getLogger("procgraph.runtime")
+#: a replica whose supervisor died exits within this many seconds, stopped cleanly or not
+ORPHAN_EXIT_S = 1.5
 
 
 class AgentRunner:
@@ -110,6 +115,24 @@ class AgentRunner:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
+    def watch_parent(self) -> None:
+        """Under a supervisor: stop when it is gone (this process's parent changes).
+
+        The supervisor's guard process stops its replicas too; this is the replica's own
+        check. Stops like SIGTERM, and exits hard if that takes over ``ORPHAN_EXIT_S``.
+        """
+        parent = os.getppid()
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.25)
+            log.warning("supervisor (pid %d) is gone: stopping", parent)
+            self.stop_event.set()
+            time.sleep(ORPHAN_EXIT_S)
+            os._exit(1)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
     def run(self) -> None:
         """Set up, loop until stopped, tear down; acks and state are flushed on the way out."""
         about = HeartbeatSource(
@@ -147,6 +170,11 @@ class AgentRunner:
 
     def _shut_down(self) -> None:
         self.stop_event.set()
+        # ending by itself: the heartbeat that is about to go is not a stall (the supervisor
+        # lets this pid exit instead of killing it)
+        with contextlib.suppress(*TRANSIENT_ERRORS):
+            self.client(self.spec.broker).set(
+                stopping_key(self.plan.name, self.spec.name, self.replica), os.getpid(), ex=60)
         try:
             for reader in self.readers:
                 reader.flush_acks()

@@ -18,6 +18,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from procgraph.delivery.acks import AckQueue, queue_xacks
+from procgraph.edges import count_read, create_group_counted
 from procgraph.transport.retry import retry
 
 log = logging.getLogger("procgraph.transport")
@@ -51,6 +52,7 @@ class GroupReader:
         self.consumer = consumer
         self.stop = stop
         self.acks = AckQueue()
+        self._reads: dict[str, int] = {}  # entries read, not yet counted in <stream>:edges
 
     @property
     def _group_of(self) -> dict[str, str]:
@@ -63,12 +65,7 @@ class GroupReader:
         ``0``, since everything in the (new) stream arrived after the restart.
         """
         for spec in self.specs.values():
-            try:
-                self.client.xgroup_create(spec.stream, spec.group, id=start or spec.start,
-                                          mkstream=True)
-            except ResponseError as exc:
-                if "BUSYGROUP" not in str(exc):
-                    raise
+            create_group_counted(self.client, spec.stream, spec.group, start or spec.start)
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         """Run ``fn`` on this reader's broker, riding out outages and lost groups."""
@@ -104,6 +101,7 @@ class GroupReader:
     def read(self, count: int, block_ms: int, pending: bool = False) -> list[tuple[str, Entry]]:
         """Read new entries (or this consumer's own pending ones), flushing acks first."""
         acks = self.acks.take()
+        reads, self._reads = self._reads, {}
         by_group: dict[str, dict[str, str]] = {}
         for spec in self.specs.values():
             by_group.setdefault(spec.group, {})[spec.stream] = "0" if pending else ">"
@@ -112,6 +110,8 @@ class GroupReader:
         def call() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
             queue_xacks(pipe, acks, group_of)
+            for stream, n in reads.items():
+                count_read(pipe, stream, group_of[stream], n)
             for group, streams in by_group.items():
                 pipe.xreadgroup(
                     group,
@@ -122,11 +122,13 @@ class GroupReader:
                 )
             return pipe.execute()
 
-        replies = self.call(call, "XREADGROUP")[len(acks) :]
+        replies = self.call(call, "XREADGROUP")[len(acks) + len(reads) :]
         out: list[tuple[str, Entry]] = []
         for reply in replies:
             for stream_name, entries in reply or []:
                 stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
                 for entry_id, fields in entries:
                     out.append((stream, (entry_id, fields or {})))
+                if entries and not pending:
+                    self._reads[stream] = self._reads.get(stream, 0) + len(entries)
         return out

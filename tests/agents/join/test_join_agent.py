@@ -190,3 +190,53 @@ def test_restart_keeps_pending_and_decided_parts() -> None:
         assert outcomes(second) == []  # the restart does not count toward p1's window
         second.feed("verdicts", [verdict("p2", "front"), verdict("p1", "back", defective=True)])
     assert [(o.key, o.outcome) for o in outcomes(second)] == [("p1", "defective_back")]
+
+
+def test_one_view_jumping_ahead_gives_up_the_skipped_parts_and_joins_the_rest() -> None:
+    """Front misses p10..p19 (a camera back from a stall skips the parts it missed: its keys
+    jump ahead): those parts turn incomplete by the watermark, as soon as front has moved
+    on; every later part joins."""
+    with harness(window_ms=1000) as h:
+        for i in range(40):
+            at = T0 + i * 100 * MS
+            if not 10 <= i < 20:
+                h.feed("verdicts", verdict(f"p{i}", "front", at))
+            h.feed("verdicts", verdict(f"p{i}", "back", at + 3 * MS))
+        assert h.agent.pending == {}  # nothing left waiting: no clock needed
+    got = {o.key: o for o in outcomes(h)}
+    assert len(got) == len(outcomes(h)) == 40  # every part decided, once
+    assert {k for k, o in got.items() if o.outcome == "incomplete"} == {
+        f"p{i}" for i in range(10, 20)}
+    assert all(got[f"p{i}"].missing == ["front"] for i in range(10, 20))
+    assert all(got[f"p{i}"].outcome == "ok" for i in [*range(10), *range(20, 40)])
+
+
+def test_a_view_restarted_with_another_counter_never_stalls_the_join() -> None:
+    """Front's keys jump 50 ahead for good (a free-running camera restarted with another
+    counter): nothing matches any more, yet every part is decided once, the half-joined
+    parts are given up (watermark or clock) and the join keeps going when the keys agree
+    again."""
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        for i in range(60):
+            at = T0 + i * 100 * MS
+            clock.advance(0.1)
+            h.feed("verdicts", verdict(f"p{i + (50 if i >= 10 else 0)}", "front", at))
+            h.feed("verdicts", verdict(f"p{i}", "back", at + 3 * MS))
+            h.agent.tick()
+        assert len(h.agent.pending) <= 25  # bounded by the window, not growing
+        for _ in range(15):
+            clock.advance(0.1)
+            h.agent.tick()
+        assert h.agent.pending == {}
+        # the views agree on keys again (both cameras on one trigger): parts join at once
+        for i in range(200, 210):
+            at = T0 + 8 * S + (i - 200) * 100 * MS
+            clock.advance(0.1)
+            h.feed("verdicts", [verdict(f"p{i}", "front", at), verdict(f"p{i}", "back", at)])
+    out = outcomes(h)
+    keys = [o.key for o in out]
+    assert len(keys) == len(set(keys)), "a part decided twice"
+    assert set(keys) == {f"p{i}" for i in range(110)} | {f"p{i}" for i in range(200, 210)}
+    assert [o.outcome for o in out[-10:]] == ["ok"] * 10
+    assert all(o.outcome == "ok" for o in out if o.key in {f"p{i}" for i in range(10)})

@@ -119,3 +119,58 @@ def test_join_params_are_refused() -> None:
     """The join lives in the join agent now: a PLC writer with join params is an error."""
     with pytest.raises(ValueError, match="window_ms"):
         ModbusPlcAgent.Params(window_ms=3000)  # type: ignore[call-arg]
+
+
+def test_state_lost_with_the_broker_recovers_the_last_part_from_the_plc(
+        plc: SimulatedPlc) -> None:
+    """The writer's state gone (a broker that lost its data) and a new process: the part the
+    PLC holds is read back at connect, not written again, and seq continues after it."""
+    with writer(plc) as first:
+        first.feed("outcomes", [outcome("a"), outcome("b"), outcome("c", "defective_back")])
+    plc.wait_for_parts(3)
+    with writer(plc) as fresh:  # no state, no memory: only the PLC knows
+        fresh.feed("outcomes", [outcome("c", "defective_back"), outcome("d"), outcome("e")])
+    assert keys_of(plc.wait_for_parts(5)) == ["a", "b", "c", "d", "e"]
+    assert [p["seq"] for p in plc.received] == [1, 2, 3, 4, 5]
+    assert [(o.key, o.part_seq) for o in written(fresh)] == [("c", 3), ("d", 4), ("e", 5)]
+    time.sleep(0.1)
+    assert len(plc.received) == 5
+    assert_clean(plc)
+
+
+def test_state_lost_while_the_plc_has_not_taken_the_last_part_yet(plc: SimulatedPlc) -> None:
+    """The PLC still holds the last part unread (result_ready = 1) when a writer with no
+    state connects: that part is not written again, the next waits for the PLC to take it."""
+    with writer(plc) as first:
+        first.feed("outcomes", outcome("a"))
+        plc.wait_for_parts(1)
+        plc.hold = True  # the PLC program stops taking parts: b stays in the mailbox
+        first.feed("outcomes", outcome("b"))
+    with writer(plc, handshake_timeout_s=5) as fresh:
+        fresh.feed("outcomes", outcome("b"))  # already in the PLC's mailbox: skipped
+        assert [(o.key, o.part_seq) for o in written(fresh)] == [("b", 2)]
+        threading.Timer(0.3, lambda: setattr(plc, "hold", False)).start()
+        fresh.feed("outcomes", outcome("c"))  # waits until the PLC took b
+    assert keys_of(plc.wait_for_parts(3)) == ["a", "b", "c"]
+    assert [p["seq"] for p in plc.received] == [1, 2, 3]
+    assert_clean(plc)
+
+
+def test_a_part_another_writer_put_in_the_plc_is_adopted_on_reconnect(
+        plc: SimulatedPlc) -> None:
+    """The connection drops, someone else writes a part meanwhile: on reconnect the writer
+    takes the PLC's part as the last one (no rewrite, seq continues after it)."""
+    from procgraph.agents.modbus.client import PlcWriter
+
+    with writer(plc) as h:
+        h.feed("outcomes", outcome("a"))
+        plc.wait_for_parts(1)
+        h.agent.plc.close()
+        other = PlcWriter.tcp(HOST, plc.port, plc.regmap)
+        other.connect()
+        other.write_outcome(other.next_seq, "x", "ok", False)
+        other.close()
+        h.feed("outcomes", [outcome("x"), outcome("b")])
+    assert keys_of(plc.wait_for_parts(3)) == ["a", "x", "b"]
+    assert [p["seq"] for p in plc.received] == [1, 2, 3]
+    assert_clean(plc)

@@ -1,4 +1,8 @@
-"""The process graph: YAML schema, loading, validation and the compiled plan."""
+"""The process graph: loading a YAML file, validating it and compiling it into a plan.
+
+The schema of the file is in :mod:`procgraph.graph.spec`, the compiled plan in
+:mod:`procgraph.graph.plan`; both are re-exported here.
+"""
 
 from __future__ import annotations
 
@@ -9,152 +13,32 @@ import sys
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 
 from procgraph.agent import Agent
 from procgraph.codec import ENCODINGS
-from procgraph.constants import (
-    DEFAULT_CLAIM_IDLE_MS,
-    DEFAULT_HEARTBEAT_TIMEOUT_S,
-    DEFAULT_MAX_DELIVERIES,
-    EMBEDDED,
-    stream_key,
-)
+from procgraph.constants import EMBEDDED, stream_key
 from procgraph.errors import GraphError
+from procgraph.graph.plan import AgentPlan, GraphPlan, InputPlan, OutputPlan
+from procgraph.graph.spec import (
+    AgentSpec,
+    BrokerSpec,
+    EdgeSpec,
+    GraphSpec,
+    OutputSpec,
+    PersistenceSpec,
+)
 from procgraph.yamlmarks import Marked, Path_, load_marked
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class BrokerSpec(_Strict):
-    """A named Redis-protocol server; ``embedded`` means the supervisor starts Valkey."""
-
-    url: str = EMBEDDED
-    node: str | None = Field(None, description="node that starts an embedded broker")
-    host: str = Field("127.0.0.1", description="address an embedded broker binds/advertises")
-    port: int | None = Field(None, description="port of an embedded broker (default: free)")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if v != EMBEDDED and not v.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("must be 'embedded' or a redis://host:port URL")
-        return v
-
-
-class EdgeSpec(_Strict):
-    """One wire into an input port: ``from: agent.port`` plus delivery options."""
-
-    from_: str = Field(alias="from")
-    policy: Literal["lossless", "latest"] | None = None
-    start: Literal["$", "0"] = "$"
-    batch: int | None = Field(None, ge=1, le=4096, description="override the port's batch")
-    max_wait_ms: float | None = Field(None, ge=0, description="override the port's max wait")
-
-
-class OutputSpec(_Strict):
-    """Graph-level overrides for an output port's stream."""
-
-    stream: str | None = None
-    broker: str | None = None
-    maxlen: int | None = Field(None, ge=1)
-    max_mb: float | None = Field(None, gt=0)
-    encoding: dict[str, Literal["raw", "jpeg", "png"]] | None = None
-    quality: int | None = Field(None, ge=1, le=100)
-
-
-class AgentSpec(_Strict):
-    """One agent of the graph."""
-
-    class_: str = Field(alias="class", description="import path module:Class")
-    params: dict[str, Any] = Field(default_factory=dict)
-    inputs: dict[str, str | EdgeSpec | list[str | EdgeSpec]] = Field(default_factory=dict)
-    outputs: dict[str, OutputSpec] = Field(default_factory=dict)
-    replicas: int = Field(1, ge=1, le=64)
-    node: str | None = None
-    broker: str | None = None
-    restart: Literal["always", "on-failure", "never"] = "always"
-    max_deliveries: int = Field(DEFAULT_MAX_DELIVERIES, ge=1)
-    claim_idle_ms: int = Field(DEFAULT_CLAIM_IDLE_MS, ge=100)
-    heartbeat_timeout_s: float = Field(DEFAULT_HEARTBEAT_TIMEOUT_S, gt=0)
-
-
-class GraphSpec(_Strict):
-    """The whole YAML file."""
-
-    name: str
-    description: str = ""
-    brokers: dict[str, BrokerSpec] = Field(default_factory=lambda: {"main": BrokerSpec()})
-    agents: dict[str, AgentSpec]
-
-
-# -- compiled plan -------------------------------------------------------------------------
-class InputPlan(_Strict):
-    """A stream an input port reads, resolved."""
-
-    port: str
-    stream: str
-    broker: str
-    source: str  # "agent.port"
-    policy: Literal["lossless", "latest"]
-    start: Literal["$", "0"]
-    batch: int
-    max_wait_ms: float
-
-
-class OutputPlan(_Strict):
-    """An output port's stream, resolved, with the groups that must not lose entries."""
-
-    port: str
-    stream: str
-    broker: str
-    maxlen: int
-    max_bytes: int
-    encoding: dict[str, str]
-    quality: int
-    lossless_groups: list[str]
-    readers: list[str]
-
-
-class AgentPlan(_Strict):
-    """Everything a replica needs to run, resolved from the graph."""
-
-    name: str
-    class_path: str
-    params: dict[str, Any]
-    replicas: int
-    node: str | None
-    broker: str
-    restart: str
-    max_deliveries: int
-    claim_idle_ms: int
-    heartbeat_timeout_s: float
-    inputs: list[InputPlan]
-    outputs: list[OutputPlan]
-
-
-class GraphPlan(_Strict):
-    """A validated graph: what the supervisor and each replica act on."""
-
-    name: str
-    file: str
-    brokers: dict[str, BrokerSpec]
-    agents: dict[str, AgentPlan]
-
-    @property
-    def graph_dir(self) -> Path:
-        """Folder of the graph file (agent modules and relative paths resolve here)."""
-        return Path(self.file).resolve().parent
-
-    def agents_on(self, node: str | None) -> list[AgentPlan]:
-        """Agents placed on ``node`` (all agents when node is None)."""
-        return [a for a in self.agents.values() if node is None or a.node == node]
+__all__ = [
+    "EMBEDDED", "AgentPlan", "AgentSpec", "BrokerSpec", "EdgeSpec", "GraphPlan", "GraphSpec",
+    "InputPlan", "OutputPlan", "OutputSpec", "PersistenceSpec", "agent_class",
+    "graph_json_schema", "import_agent", "load_graph",
+]
 
 
 def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
