@@ -5,8 +5,10 @@ edge :func:`edge_stats` reports, from the broker alone:
 
 - ``unread``: entries still in the stream after the group's last delivered entry;
 - ``pending``: entries delivered but not yet acknowledged;
-- ``read``: entries delivered to the group since it was created (counted by the runtime
-  through :func:`count_read` in the hash ``<stream>:edges``; None when nothing counts it);
+- ``read``: entries delivered to the group since it was created: the entries it acknowledged
+  (counted by the runtime with each ack, :func:`xack_counted`, as ``<group>:done`` in the hash
+  ``<stream>:edges``) plus those pending (or a ``<group>:read`` count kept by another reader
+  through :func:`count_read`); None when nothing counts it;
 - ``dropped``: entries added after the group was created that it never got and never will:
   trimmed away (``latest`` policy) before it read them. Exactly
   ``added - base - read - unread``, where ``added`` is the stream's ``entries-added`` and
@@ -76,6 +78,27 @@ def create_group_counted(client: redis.Redis, stream: str, group: str, start: st
             return False
         raise
     return True
+
+
+_XACK_COUNTED = """
+local n = redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, 2))
+if n > 0 then redis.call('HINCRBY', KEYS[2], ARGV[1] .. ':done', n) end
+return n
+"""
+_XACK_CHUNK = 1000  # ids per script call (Lua's unpack has a stack limit)
+
+
+def xack_counted(pipe: Any, stream: str, group: str, ids: list[bytes]) -> int:
+    """Queue XACKs of ``ids`` on a client or pipeline, counting the entries really acked.
+
+    The count (``<group>:done`` in ``<stream>:edges``) moves in the same server step as the
+    ack, so a reader killed at any moment never leaves an entry counted twice or not at all;
+    returns how many commands were queued.
+    """
+    chunks = [ids[i:i + _XACK_CHUNK] for i in range(0, len(ids), _XACK_CHUNK)]
+    for chunk in chunks:
+        pipe.eval(_XACK_COUNTED, 2, stream, edges_key(stream), group, *chunk)
+    return len(chunks)
 
 
 def count_read(pipe: Any, stream: str, group: str, n: int) -> None:
@@ -194,6 +217,9 @@ def _stats(client: redis.Redis, stream: str, name: str, info: dict[str, Any],
     added = int(info.get("entries-added") or 0)
     unread = _unread(client, stream, info, group, position)
     read, base = counts.get(f"{name}:read"), counts.get(f"{name}:base")
+    pending = int(group.get("pending") or 0)
+    if base is not None:  # the runtime counts acks: delivered = done + pending
+        read = max(read or 0, counts.get(f"{name}:done", 0) + pending)
     dropped: int | None = None
     if unread is not None and read is not None and base is not None:
         dropped = max(0, added - base - read - unread)
@@ -201,4 +227,4 @@ def _stats(client: redis.Redis, stream: str, name: str, info: dict[str, Any],
         # Redis 7.0 without the runtime's counters: lag counts skipped entries too
         dropped = max(0, int(group["lag"]) - unread)
     return EdgeStats(stream=stream, group=name, added=added, unread=unread,
-                     pending=int(group.get("pending") or 0), read=read, dropped=dropped)
+                     pending=pending, read=read, dropped=dropped)

@@ -76,8 +76,9 @@ def test_top_once_shows_every_agent_with_traffic(
             found = re.search(r"^\s*recorder .*in:items\s+([\d,]+)\s", out, re.M)
             alive = all(_row(out, a)[1:2] == ["1/1"] for a in ("numbers", "doubler", "recorder"))
             dead = _row(out, "recorder")[8:9] == ["1"]  # k3 always fails: dead-lettered
-            return out if alive and dead and found and int(found.group(1).replace(",", "")) > 0 \
-                else None
+            sent = re.search(r"out:out\s+[\d,]*[1-9]", out)  # a heartbeat after a send
+            return out if alive and dead and sent and found and \
+                int(found.group(1).replace(",", "")) > 0 else None
 
         out = wait_for(all_alive_and_counted,
                        what="top to show every replica alive, items handled, one dead")

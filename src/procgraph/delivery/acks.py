@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from procgraph.edges import xack_counted
+
 
 class AckQueue:
     """Acks of handled entries, by stream, waiting to be sent with the next read.
@@ -36,7 +38,6 @@ class AckQueue:
 
 
 def queue_xacks(pipe: Any, acks: dict[str, list[bytes]], group_of: dict[str, str]) -> int:
-    """Add one XACK per stream to ``pipe``; returns how many commands were added."""
-    for stream, ids in acks.items():
-        pipe.xack(stream, group_of[stream], *ids)
-    return len(acks)
+    """Add the XACKs of every stream to ``pipe``, each counted for the edge's figures
+    (:func:`procgraph.edges.xack_counted`); returns how many commands were added."""
+    return sum(xack_counted(pipe, stream, group_of[stream], ids) for stream, ids in acks.items())

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from procgraph.constants import dead_letter_key
+from procgraph.edges import xack_counted
 
 if TYPE_CHECKING:
     from procgraph.transport.reader import Entry, GroupReader
@@ -35,7 +36,7 @@ def dead_letter(reader: GroupReader, stream: str, entry: Entry, reason: str,
         pipe = reader.client.pipeline(transaction=False)
         pipe.xadd(dead_letter_key(stream), record,  # type: ignore[arg-type]
                   maxlen=DEAD_LETTER_MAXLEN, approximate=True)
-        pipe.xack(stream, group, entry_id)
+        xack_counted(pipe, stream, group, [entry_id])
         pipe.execute()
 
     reader.call(move, "dead-letter")

@@ -18,7 +18,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from procgraph.delivery.acks import AckQueue, queue_xacks
-from procgraph.edges import count_read, create_group_counted
+from procgraph.edges import create_group_counted
 from procgraph.transport.retry import retry
 
 log = logging.getLogger("procgraph.transport")
@@ -52,7 +52,6 @@ class GroupReader:
         self.consumer = consumer
         self.stop = stop
         self.acks = AckQueue()
-        self._reads: dict[str, int] = {}  # entries read, not yet counted in <stream>:edges
 
     @property
     def _group_of(self) -> dict[str, str]:
@@ -101,7 +100,6 @@ class GroupReader:
     def read(self, count: int, block_ms: int, pending: bool = False) -> list[tuple[str, Entry]]:
         """Read new entries (or this consumer's own pending ones), flushing acks first."""
         acks = self.acks.take()
-        reads, self._reads = self._reads, {}
         by_group: dict[str, dict[str, str]] = {}
         for spec in self.specs.values():
             by_group.setdefault(spec.group, {})[spec.stream] = "0" if pending else ">"
@@ -109,9 +107,7 @@ class GroupReader:
 
         def call() -> list[Any]:
             pipe = self.client.pipeline(transaction=False)
-            queue_xacks(pipe, acks, group_of)
-            for stream, n in reads.items():
-                count_read(pipe, stream, group_of[stream], n)
+            sent = queue_xacks(pipe, acks, group_of)
             for group, streams in by_group.items():
                 pipe.xreadgroup(
                     group,
@@ -120,15 +116,13 @@ class GroupReader:
                     count=count,
                     block=None if pending else block_ms,
                 )
-            return pipe.execute()
+            return pipe.execute()[sent:]  # the XREADGROUP replies, after the acks'
 
-        replies = self.call(call, "XREADGROUP")[len(acks) + len(reads) :]
+        replies = self.call(call, "XREADGROUP")
         out: list[tuple[str, Entry]] = []
         for reply in replies:
             for stream_name, entries in reply or []:
                 stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
                 for entry_id, fields in entries:
                     out.append((stream, (entry_id, fields or {})))
-                if entries and not pending:
-                    self._reads[stream] = self._reads.get(stream, 0) + len(entries)
         return out
