@@ -1,4 +1,9 @@
-"""The supervisor: starts owned brokers and every agent replica, restarts what dies."""
+"""The supervisor: runs a line's replicas, restarts what dies, owns the line while it runs.
+
+The brokers it starts and watches are kept by :class:`procgraph.linebrokers.LineBrokers`;
+the guard that ends everything if the supervisor dies is :mod:`procgraph.guard`; the lease and
+lock that make it the line's one owner are :mod:`procgraph.lease`.
+"""
 
 from __future__ import annotations
 
@@ -16,21 +21,21 @@ from typing import IO
 
 import redis
 
-from procgraph.brokers import EmbeddedBroker, resolve_broker_urls
+from procgraph.brokers import EmbeddedBroker
 from procgraph.console import Console, install_stop_signals
 from procgraph.constants import (
     BROKERS_ENV,
-    EMBEDDED,
     RESTARTS_ENV,
     SUPERVISED_ENV,
     stopping_key,
 )
-from procgraph.durability import EpochWatch, broker_data_dir, graph_state_dir
+from procgraph.durability import graph_state_dir
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
-from procgraph.graph import AgentPlan, BrokerSpec, GraphPlan
-from procgraph.guard import BROKER, Guard
+from procgraph.graph import AgentPlan, GraphPlan
+from procgraph.guard import Guard
 from procgraph.health import clear_heartbeat, read_heartbeats
 from procgraph.lease import RENEW_EVERY_S, Holder, Lease, LocalLock
+from procgraph.linebrokers import LineBrokers
 
 log = logging.getLogger("procgraph.supervisor")
 RESTART_MAX_S = 30.0
@@ -90,14 +95,12 @@ class Supervisor:
         self.colour = self.console.colour
         self.broker_kind = broker_kind
         self.state_dir = state_dir
-        self.brokers: dict[str, EmbeddedBroker] = {}
-        self.urls: dict[str, str] = {}
         self.replicas: list[Replica] = []
         self.stopping = threading.Event()
         self.stop_reason: str | None = None
-        self._clients: dict[str, redis.Redis] = {}
         self.guard = Guard()
-        self._guarded: dict[str, int] = {}
+        self.line = LineBrokers(plan, lambda line: self.say("supervisor", line), self.guard,
+                                node, redis_url, broker_kind, state_dir)
         self.holder = Holder.me(plan.file, node)
         self._lock: LocalLock | None = None
         self._lease: Lease | None = None
@@ -127,68 +130,27 @@ class Supervisor:
         """
         install_stop_signals(self.request_stop)
 
-    # -- brokers --------------------------------------------------------------------------
+    # -- brokers (procgraph.linebrokers) -------------------------------------------------
+    @property
+    def brokers(self) -> dict[str, EmbeddedBroker]:
+        """The embedded brokers this supervisor started, by name."""
+        return self.line.brokers
+
+    @property
+    def urls(self) -> dict[str, str]:
+        """Every broker's URL, by name."""
+        return self.line.urls
+
     def start_brokers(self) -> None:
-        """Start embedded brokers this node owns; resolve every broker's URL; mark each broker
-        with the line's epoch (procgraph.durability) so that a later data loss is noticed."""
-        self._epochs = EpochWatch(self.plan.name, lambda line: self.say("supervisor", line))
-        self._broker_retry: dict[str, float] = {}
-        self.urls = resolve_broker_urls(self.plan, self.redis_url, start=self._start_broker)
-        for name, url in self.urls.items():
-            owned = self.brokers.get(name)
-            durable = owned is not None and owned.persistent
-            self._epochs.add(name, url, owned=owned is not None,
-                             data_dir=owned.dir if owned is not None and durable else None,
-                             had_aof=bool(owned is not None and owned.found_aof),
-                             node=self._node_of(name) if owned is None else None)
-            if owned is not None:  # it answers now; the others are marked at their first check
-                self._epochs.claim(name, self._client(name))
+        """Start the embedded brokers this node owns; resolve and mark every broker."""
+        self.line.start()
 
-    def _node_of(self, name: str) -> str | None:
-        """The node whose supervisor starts embedded broker ``name`` (None: not one)."""
-        spec = self.plan.brokers[name]
-        return spec.node if spec.url == EMBEDDED and self.redis_url is None else None
+    def wait_for_brokers(self, timeout_s: float) -> None:
+        """Wait until every broker answers PING; BrokerUnavailable after ``timeout_s``."""
+        self.line.wait_reachable(timeout_s, self.stopping, lambda: self.stop_reason)
 
-    def _start_broker(self, name: str, spec: BrokerSpec) -> str | None:
-        """Start an embedded broker placed on this node (None: another node starts it)."""
-        if self.node is not None and spec.node not in (None, self.node):
-            return None
-        data_dir = broker_data_dir(self.plan, name, self.state_dir)
-        fsync = spec.persistence.appendfsync if spec.persistence is not None else "everysec"
-        broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind, data_dir, fsync)
-        try:
-            broker.start()
-        except BaseException:
-            broker.close()
-            raise
-        self.brokers[name] = broker
-        keeps = f"AOF {fsync} in {data_dir}" if data_dir else "in memory: persistence none"
-        self.say("supervisor", f"broker {name!r}: embedded {self.broker_kind} at {broker.url} "
-                 f"({keeps})")
-        return broker.url
-
-    def _check_brokers(self) -> None:
-        """Restart an owned broker that died (same port, same data folder); say and count a
-        broker that came back without its data."""
-        now = time.monotonic()
-        for name, broker in self.brokers.items():
-            if broker.proc is not None and broker.proc.poll() is None:
-                continue
-            if now < self._broker_retry.get(name, 0.0):
-                continue
-            if broker.proc is not None:
-                self.say("supervisor", f"broker {name!r} died (code {broker.proc.returncode}); "
-                         f"restarting on port {broker.port}")
-                broker.proc = None
-            try:
-                broker.start()
-            except Exception as exc:
-                self._broker_retry[name] = now + 2.0
-                self.say("supervisor", f"broker {name!r} restart failed (next try in 2 s): {exc}")
-                continue
-            self._epochs.check(name, self._client(name), now, force=True)
-        for name in self.urls:
-            self._epochs.check(name, self._client(name), now)
+    def _client(self, broker: str) -> redis.Redis:
+        return self.line.client(broker)
 
     # -- replicas -------------------------------------------------------------------------
     def command(self, replica: Replica) -> list[str]:
@@ -241,7 +203,7 @@ class Supervisor:
         BrokerUnavailable when a broker cannot be reached within ``connect_timeout_s``, and
         InterruptedError when stopped meanwhile.
         """
-        if self._starts_brokers():
+        if self.line.starts_any():
             self._lock = LocalLock(graph_state_dir(self.plan.name, self.state_dir),
                                    self.plan.name, self.holder)
             self._lock.acquire()
@@ -249,7 +211,7 @@ class Supervisor:
         # on our broker's data until the guard has ended the broker
         self.guard.start(() if self._lock is None else (self._lock.fileno(),))
         self.start_brokers()
-        self._guard_brokers()
+        self.line.guard_processes()
         self.wait_for_brokers(connect_timeout_s)
         self._lease = Lease(self.plan.name, self.holder,
                             {name: self._client(name) for name in self.urls})
@@ -271,55 +233,6 @@ class Supervisor:
                 self._spawn(replica)
         self.say("supervisor", f"graph {self.plan.name!r}: {len(self.replicas)} replica(s) of "
                  f"{len(agents)} agent(s) started")
-
-    def _starts_brokers(self) -> bool:
-        """Whether this supervisor starts an embedded broker of its own."""
-        return self.redis_url is None and any(
-            spec.url == EMBEDDED and (self.node is None or spec.node in (None, self.node))
-            for spec in self.plan.brokers.values())
-
-    def _guard_brokers(self) -> None:
-        """Tell the guard about each owned broker process (again after a restart)."""
-        for name, broker in self.brokers.items():
-            pid = broker.proc.pid if broker.proc is not None else None
-            if pid is not None and self._guarded.get(name) != pid:
-                if name in self._guarded:
-                    self.guard.forget(self._guarded[name])
-                self.guard.watch(pid, BROKER)
-                self._guarded[name] = pid
-
-    def wait_for_brokers(self, timeout_s: float) -> None:
-        """Wait until every broker answers PING; give up after ``timeout_s`` (or when stopped)."""
-        deadline = time.monotonic() + timeout_s
-        for name, url in self.urls.items():
-            said = False
-            while True:
-                try:
-                    if self._client(name).ping():
-                        break
-                except _DOWN:
-                    pass
-                if not said:
-                    said = True
-                    self.say("supervisor", f"waiting for broker {name!r} at {url} "
-                             f"(up to {timeout_s:g}s)")
-                if self.stopping.is_set() and self.stop_reason != "duration":
-                    raise InterruptedError(f"stopped while waiting for broker {name!r}")
-                if time.monotonic() >= deadline or self.stopping.is_set():
-                    waited = ("before --duration ran out" if self.stopping.is_set()
-                              else f"within --connect-timeout {timeout_s:g}s")
-                    raise BrokerUnavailable(
-                        f"cannot reach broker {name!r} of graph {self.plan.name!r} at {url} "
-                        f"{waited}: is a Redis/Valkey server running and listening there? "
-                        "Check --redis / $PROCGRAPH_REDIS or the broker's url in "
-                        f"{self.plan.file}, and the network or firewall in between")
-                self.stopping.wait(0.2)
-
-    def _client(self, broker: str) -> redis.Redis:
-        if broker not in self._clients:
-            self._clients[broker] = redis.Redis.from_url(
-                self.urls[broker], socket_connect_timeout=1, socket_timeout=2)
-        return self._clients[broker]
 
     def _check_heartbeats(self) -> None:
         """Kill a running replica whose heartbeat was seen and then stopped (it hangs)."""
@@ -388,7 +301,7 @@ class Supervisor:
     def poll(self) -> None:
         """One supervision step: reap, restart, check heartbeats and brokers."""
         now = time.monotonic()
-        self._check_brokers()
+        self.line.check()
         for r in self.replicas:
             if r.proc is not None and r.proc.poll() is not None:
                 code = r.proc.returncode
@@ -412,7 +325,7 @@ class Supervisor:
                     and now >= r.next_start:
                 r.restarts += 1
                 self._spawn(r)
-        self._guard_brokers()
+        self.line.guard_processes()
         self._check_heartbeats()
         self._renew_lease(now)
 
@@ -504,7 +417,7 @@ class Supervisor:
             self._forget(r, r.proc.pid)
         if self._lease is not None:
             self._lease.release()
-        for client in self._clients.values():
+        for client in self.line.clients.values():
             client.close()
         for name, broker in self.brokers.items():
             broker.close()

@@ -53,6 +53,6 @@ def test_a_replica_whose_heartbeat_stops_is_killed(valkey: EmbeddedBroker,
         if proc.poll() is None:
             proc.kill()
         proc.wait()
-        for c in sup._clients.values():
+        for c in sup.line.clients.values():
             c.close()
         client.close()

@@ -58,7 +58,7 @@ def test_an_old_heartbeat_never_condemns_a_new_process(valkey: EmbeddedBroker,
     finally:
         proc.kill()
         proc.wait()
-        for c in sup._clients.values():
+        for c in sup.line.clients.values():
             c.close()
         client.close()
 
@@ -79,7 +79,7 @@ def test_a_reaped_replicas_heartbeat_is_cleared(valkey: EmbeddedBroker, tmp_path
         sup.poll()
         assert read_heartbeats(client, "life") == {}, out.getvalue()
     finally:
-        for c in sup._clients.values():
+        for c in sup.line.clients.values():
             c.close()
         client.close()
 
