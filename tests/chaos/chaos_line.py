@@ -19,6 +19,7 @@ from typing import Any
 import redis
 from procgraph.agents.modbus.sim import SimulatedPlc
 
+from pgtest_procs import alive  # noqa: F401  (used by the chaos tests)
 from procgraph.brokers import free_port
 from procgraph.graph import load_graph
 from procgraph.health import read_heartbeats
@@ -198,15 +199,6 @@ def children(pid: int) -> list[int]:
         out += kids
         todo += kids
     return out
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a running (not zombie) process."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def run_cli(env: dict[str, str | None], state_dir: Path, log: Path) -> subprocess.Popen[Any]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from pgtest_procs import alive, cmdline, descendants
 from procgraph.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -150,48 +151,12 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _children(pid: int) -> dict[int, str]:
-    """Every descendant of ``pid`` (pid -> cmdline), from /proc."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    found: dict[int, str] = {}
-    todo = [pid]
-    while todo:
-        parent = todo.pop()
-        for child, ppid in parents.items():
-            if ppid == parent and child not in found:
-                found[child] = _cmdline(child)
-                todo.append(child)
-    return found
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _processes_naming(needle: str) -> list[tuple[int, str]]:
     hits = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
-            cmd = _cmdline(int(entry.name))
-            if needle in cmd and _alive(int(entry.name)):
+            cmd = cmdline(int(entry.name))
+            if needle in cmd and alive(int(entry.name)):
                 hits.append((int(entry.name), cmd))
     return hits
 
@@ -294,7 +259,7 @@ def running(graph_copy: Path) -> Iterator[Run]:
 @pytest.mark.slow
 def test_ctrl_c_stops_everything_cleanly(running: Run) -> None:
     running.wait_line(AGENT_LINE)
-    family = _children(running.proc.pid)
+    family = descendants(running.proc.pid)
     assert len(family) >= 5, family  # 4 replicas and the embedded broker
     assert any("valkey-server" in cmd for cmd in family.values()), family
     running.ctrl_c()
@@ -305,9 +270,9 @@ def test_ctrl_c_stops_everything_cleanly(running: Run) -> None:
     assert "supervisor | broker 'main' stopped" in out
     assert "Traceback" not in out
     deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
+    while any(alive(pid) for pid in family) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = {pid: cmd for pid, cmd in family.items() if _alive(pid)}
+    left = {pid: cmd for pid, cmd in family.items() if alive(pid)}
     assert not left, f"processes left behind: {left}"
     assert _processes_naming(str(running.graph)) == []
 
@@ -316,7 +281,7 @@ def test_ctrl_c_stops_everything_cleanly(running: Run) -> None:
 def test_replica_command_lines_name_graph_agent_and_replica(running: Run) -> None:
     graph = str(running.graph)
     replicas = set()
-    for cmd in _children(running.proc.pid).values():
+    for cmd in descendants(running.proc.pid).values():
         if " agent " in cmd:
             words = cmd.split()
             i = words.index("agent")
