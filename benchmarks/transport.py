@@ -149,9 +149,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages per size")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
+    ap.add_argument("--aof", choices=["everysec", "always"], default=None,
+                    help="the broker keeps an AOF, as `procgraph run` does by default "
+                    "(default here: in memory)")
     args = ap.parse_args()
     rows = []
-    with EmbeddedBroker() as broker:
+    data = tempfile.TemporaryDirectory(prefix="pg-bench-aof-") if args.aof else None
+    with EmbeddedBroker(data_dir=data.name if data else None,
+                        appendfsync=args.aof or "everysec") as broker:
         for label, size, count in SIZES:
             if args.quick:
                 count = max(50, count // 5)
@@ -172,7 +177,10 @@ def main() -> None:
                 cells[name]["p50"] = _pct(rec["lat_ms"], 50)
                 cells[name]["p99"] = _pct(rec["lat_ms"], 99)
             rows.append((label, cells))
+    if data is not None:
+        data.cleanup()
     print()
+    print(f"broker: {'AOF ' + args.aof if args.aof else 'in memory'}")
     print("| payload | impl | msgs/s | MB/s | p50 ms | p99 ms | procgraph/raw msgs/s |")
     print("|---|---|---|---|---|---|---|")
     for label, cells in rows:
