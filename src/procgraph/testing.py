@@ -7,8 +7,10 @@ does it in one call.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from procgraph import codec
@@ -69,6 +71,22 @@ class AgentHarness:
             self.agent.teardown()
         finally:
             self.state.flush()
+
+    @contextmanager
+    def running(self) -> Iterator[AgentHarness]:
+        """Set up a source agent and run its ``run()`` in a thread until the block ends; then
+        stop it, wait for ``run()`` to return (10 s at most) and tear it down."""
+        thread = threading.Thread(target=self.agent.run, name="harness-run", daemon=True)
+        with self:
+            thread.start()
+            try:
+                yield self
+            finally:
+                self.agent.stop()
+                thread.join(10)
+        if thread.is_alive():
+            raise RuntimeError(f"{type(self.agent).__name__}.run() did not return within 10 s "
+                               "of stop(): loop while self.running")
 
     def feed(self, port: str, messages: Message | Iterable[Message]) -> None:
         """Hand messages to input ``port`` as the runtime would (batched if declared)."""

@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pgtest_procs import alive, cmdline, descendants
+from pgtest_procs import Run, alive, cmdline, descendants, env
 from procgraph.cli.main import app
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -85,7 +83,7 @@ def test_validate_broken_graph_names_file_and_line_without_traceback(broken: Pat
 
 def test_validate_broken_graph_in_a_real_process(broken: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "procgraph", "validate", str(broken)],
-                          capture_output=True, text=True, timeout=60, env=_env())
+                          capture_output=True, text=True, timeout=60, env=env())
     assert proc.returncode == 1
     assert f"{broken}:7:" in proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
@@ -144,13 +142,6 @@ def test_graph_of_a_broken_graph(broken: Path) -> None:
 
 
 # -- real processes --------------------------------------------------------------------------
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("PROCGRAPH_REDIS", None)  # the graph's embedded broker, whatever the shell says
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def _processes_naming(needle: str) -> list[tuple[int, str]]:
     hits = []
     for entry in Path("/proc").iterdir():
@@ -159,67 +150,6 @@ def _processes_naming(needle: str) -> list[tuple[int, str]]:
             if needle in cmd and alive(int(entry.name)):
                 hits.append((int(entry.name), cmd))
     return hits
-
-
-class Run:
-    """``procgraph run`` in its own process group, its output collected line by line."""
-
-    def __init__(self, graph: Path, *args: str) -> None:
-        self.graph = graph
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "procgraph", "run", str(graph), *args],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(),
-            start_new_session=True,  # its own process group, like a job in a terminal
-        )
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    @property
-    def output(self) -> str:
-        with self._cond:
-            return "\n".join(self.lines)
-
-    def wait_line(self, pattern: str | re.Pattern[str], timeout_s: float = 30) -> re.Match[str]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            seen = 0
-            while True:
-                for line in self.lines[seen:]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.proc.poll() is not None and not self._reader.is_alive()):
-                    pytest.fail(f"no line matching {rx.pattern!r}; output:\n" + self.output)
-                self._cond.wait(min(left, 0.5))
-
-    def ctrl_c(self) -> None:
-        os.killpg(self.proc.pid, signal.SIGINT)
-
-    def finish(self, timeout_s: float = 30) -> int:
-        try:
-            code = self.proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-            pytest.fail("procgraph run did not stop; output:\n" + self.output)
-        self._reader.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return code
 
 
 @pytest.fixture

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -14,6 +11,7 @@ from procgraph.agents.camera import CameraAgent, SyntheticPartCamera
 from procgraph.agents.camera.sources import FrameSource, Grab, SourceError
 from procgraph.agents.messages import Frame, Preview
 
+from pgtest_util import wait_for
 from procgraph.testing import AgentHarness
 
 
@@ -57,24 +55,8 @@ class ScriptedCamera(CameraAgent):
         return self.source
 
 
-@contextmanager
-def running(harness: AgentHarness) -> Iterator[AgentHarness]:
-    thread = threading.Thread(target=harness.agent.run, daemon=True)
-    with harness:
-        thread.start()
-        try:
-            yield harness
-        finally:
-            harness.agent.stop()
-            thread.join(10)
-    assert not thread.is_alive()
 
 
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
 
 
 def _frames(h: AgentHarness) -> list[Any]:
@@ -86,8 +68,8 @@ def test_reopens_after_open_and_grab_failures() -> None:
                                            grab_failures=(3, 5))
     h = AgentHarness(ScriptedCamera, {"count": 6, "preview_width": 0})
     t0 = time.monotonic()
-    with running(h):
-        wait_until(lambda: len(_frames(h)) == 6)
+    with h.running():
+        wait_for(lambda: len(_frames(h)) == 6)
         assert time.monotonic() - t0 >= 0.45  # one backoff of 0.5 s after the failed open
     src = ScriptedCamera.source
     frames: list[Frame] = _frames(h)
@@ -101,9 +83,9 @@ def test_reopens_after_open_and_grab_failures() -> None:
 def test_fps_is_paced_by_the_rate_limiter() -> None:
     ScriptedCamera.source = ScriptedSource(np.zeros((4, 6), np.uint8), "Mono8")
     h = AgentHarness(ScriptedCamera, {"fps": 25, "count": 6, "preview_width": 0})
-    with running(h):
+    with h.running():
         t0 = time.monotonic()
-        wait_until(lambda: len(_frames(h)) == 6)
+        wait_for(lambda: len(_frames(h)) == 6)
         elapsed = time.monotonic() - t0
     assert 0.15 <= elapsed < 2.0  # 5 periods of 40 ms, not as fast as the source
 
@@ -112,8 +94,8 @@ def test_previews_follow_the_pixel_format() -> None:
     mono12 = np.full((60, 80), 2048, np.uint16)
     ScriptedCamera.source = ScriptedSource(mono12, "Mono12")
     h = AgentHarness(ScriptedCamera, {"count": 1, "preview_width": 40})
-    with running(h):
-        wait_until(lambda: len(h.sent["preview"]) == 1)
+    with h.running():
+        wait_for(lambda: len(h.sent["preview"]) == 1)
     (pv,) = h.sent["preview"]
     assert isinstance(pv, Preview) and pv.scale == 0.5
     assert pv.image.shape == (30, 40) and pv.image.dtype == np.uint8
@@ -123,8 +105,8 @@ def test_previews_follow_the_pixel_format() -> None:
     mosaic[0::2, 0::2] = 200  # a red scene under an RGGB filter
     ScriptedCamera.source = ScriptedSource(mosaic, "BayerRG8")
     h = AgentHarness(ScriptedCamera, {"count": 1, "preview_width": 40})
-    with running(h):
-        wait_until(lambda: len(h.sent["preview"]) == 1)
+    with h.running():
+        wait_for(lambda: len(h.sent["preview"]) == 1)
     b, g, r = (int(v) for v in h.sent["preview"][0].image[15, 20])
     assert r > 150 and g < 40 and b < 40, (b, g, r)
 
@@ -143,8 +125,8 @@ class HookCamera(CameraAgent):
 
 def test_the_older_hook_api_still_works() -> None:
     h = AgentHarness(HookCamera, {"count": 3, "preview_width": 0})
-    with running(h):
-        wait_until(lambda: len(_frames(h)) == 3)
+    with h.running():
+        wait_for(lambda: len(_frames(h)) == 3)
     frames = _frames(h)
     assert [f.key for f in frames] == ["k1", "k2", "k3"]
     assert all(f.truth == "ok" and f.capture_ns == 1234 for f in frames)
@@ -154,17 +136,17 @@ def test_the_older_hook_api_still_works() -> None:
 def test_synthetic_camera_resumes_from_its_state() -> None:
     params = {"rate_hz": 200, "count": 3, "preview_width": 0, "seed": 5}
     first = AgentHarness(SyntheticPartCamera, params)
-    with running(first):
-        wait_until(lambda: len(_frames(first)) == 3)
+    with first.running():
+        wait_for(lambda: len(_frames(first)) == 3)
     assert first.state.get("next_seq") == 3
     again = AgentHarness(SyntheticPartCamera, {**params, "count": 5}, state=first.state)
-    with running(again):
-        wait_until(lambda: len(_frames(again)) == 2)
+    with again.running():
+        wait_for(lambda: len(_frames(again)) == 2)
     assert [f.key for f in _frames(first) + _frames(again)] == [f"part-{i}" for i in range(5)]
     # the same part from a camera that never restarted: byte for byte the same image
     fresh = AgentHarness(SyntheticPartCamera, {**params, "count": 5})
-    with running(fresh):
-        wait_until(lambda: len(_frames(fresh)) == 5)
+    with fresh.running():
+        wait_for(lambda: len(_frames(fresh)) == 5)
     assert np.array_equal(_frames(fresh)[4].image, _frames(again)[1].image)
     assert {f.truth for f in _frames(fresh)} <= {"ok", "scratch", "dent", "chip"}
 
@@ -173,8 +155,8 @@ def test_synthetic_camera_resumes_from_its_state() -> None:
 def test_synthetic_pixel_formats(channels: int) -> None:
     h = AgentHarness(SyntheticPartCamera, {"rate_hz": 200, "count": 1, "channels": channels,
                                            "size": (64, 48), "preview_width": 24})
-    with running(h):
-        wait_until(lambda: len(h.sent["preview"]) == 1)
+    with h.running():
+        wait_for(lambda: len(h.sent["preview"]) == 1)
     (frame,) = _frames(h)
     assert frame.pixel_format == ("Mono8" if channels == 1 else "BGR8")
     assert frame.image.shape == ((64, 48) if channels == 1 else (64, 48, 3))

@@ -4,10 +4,7 @@ key by construction, a stale trigger is skipped, the counter survives a restart.
 from __future__ import annotations
 
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -21,27 +18,6 @@ from procgraph import codec
 from procgraph.testing import AgentHarness
 
 
-@contextmanager
-def running(harness: AgentHarness) -> Iterator[AgentHarness]:
-    """Run a source agent's run() in a thread inside the harness."""
-    thread = threading.Thread(target=harness.agent.run, daemon=True)
-    with harness:
-        thread.start()
-        try:
-            yield harness
-        finally:
-            harness.agent.stop()
-            thread.join(10)
-    assert not thread.is_alive()
-
-
-def wait_until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.005)
-
-
 def triggers(h: AgentHarness) -> list[Trigger]:
     return [t for t in h.sent["triggers"] if isinstance(t, Trigger)]
 
@@ -52,8 +28,8 @@ def frames(h: AgentHarness) -> list[Frame]:
 
 def test_trigger_counts_parts_and_resumes_from_its_state() -> None:
     first = AgentHarness(PartTrigger, {"rate_hz": 200, "count": 3})
-    with running(first):
-        wait_until(lambda: len(triggers(first)) == 3)
+    with first.running():
+        wait_for(lambda: len(triggers(first)) == 3)
         time.sleep(0.05)  # count reached: nothing more
     assert [(t.key, t.seq) for t in triggers(first)] == [(f"part-{i}", i) for i in range(3)]
     assert first.state.get("next_seq") == 3
@@ -61,15 +37,15 @@ def test_trigger_counts_parts_and_resumes_from_its_state() -> None:
     assert stamps == sorted(stamps) and stamps[-1] - stamps[0] >= 8_000_000  # 200/s paced
     again = AgentHarness(PartTrigger, {"rate_hz": 200, "count": 5, "key_format": "p{seq}"},
                          state=first.state)
-    with running(again):
-        wait_until(lambda: len(triggers(again)) == 2)
+    with again.running():
+        wait_for(lambda: len(triggers(again)) == 2)
     assert [t.key for t in triggers(again)] == ["p3", "p4"]
 
 
 def test_wait_for_without_a_broker_triggers_anyway(caplog: pytest.LogCaptureFixture) -> None:
     h = AgentHarness(PartTrigger, {"rate_hz": 200, "count": 1, "wait_for": ["cam"]})
-    with running(h):
-        wait_until(lambda: len(triggers(h)) == 1)
+    with h.running():
+        wait_for(lambda: len(triggers(h)) == 1)
     assert "no broker: not waiting for cam" in caplog.text
 
 
@@ -96,8 +72,8 @@ def test_triggered_cameras_share_the_key_and_the_part() -> None:
     free = AgentHarness(SyntheticPartCamera, {**params, "camera": "front", "rate_hz": 500,
                                               "count": 10})
     free.state.put("next_seq", 9)
-    with running(free):
-        wait_until(lambda: len(frames(free)) == 1)
+    with free.running():
+        wait_for(lambda: len(frames(free)) == 1)
     assert np.array_equal(frames(free)[0].image, f[2].image)
     assert frames(free)[0].truth == f[2].truth
 
