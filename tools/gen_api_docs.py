@@ -39,6 +39,8 @@ MODULES = (
     "procgraph.errors",
     "procgraph.settings",
     "procgraph.testing",
+    "procgraph.safetext",
+    "procgraph.imageheader",
 )
 
 HEADER = """\
