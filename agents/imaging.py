@@ -39,6 +39,8 @@ import cv2
 import numpy as np
 
 from procgraph import ProcgraphError
+from procgraph.errors import CodecError
+from procgraph.imageheader import MAX_IMAGE_BYTES, image_dims
 
 __all__ = [
     "PIXEL_FORMATS", "ColorOrder", "ImageFormatError", "PixelFormat", "bit_depth", "channels",
@@ -400,7 +402,17 @@ def encode_jpeg(image: np.ndarray, quality: int = 85) -> bytes:
 
 
 def decode_jpeg(data: bytes) -> np.ndarray:
-    """Decode JPEG bytes into grey ``(H, W)`` or BGR ``(H, W, 3)`` uint8."""
+    """Decode JPEG bytes into grey ``(H, W)`` or BGR ``(H, W, 3)`` uint8.
+
+    The size in the JPEG's header is checked first: an image that would decode to more than
+    ``procgraph.imageheader.MAX_IMAGE_BYTES`` is refused before anything is decompressed.
+    """
+    try:
+        h, w, c, _ = image_dims(data)  # header only: nothing decompressed yet
+    except CodecError as exc:
+        raise ImageFormatError(f"not a JPEG image: {exc}") from exc
+    if h * w * max(c, 3) > MAX_IMAGE_BYTES:
+        raise ImageFormatError(f"a JPEG of {w}x{h} is over {MAX_IMAGE_BYTES} bytes decoded")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if img is None:
         raise ImageFormatError("not a JPEG image OpenCV can decode")

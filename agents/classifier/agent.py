@@ -10,9 +10,10 @@ docs/agents/classifier.md.
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 import numpy as np
 from procgraph.agents.classifier.follow import REGISTRY_PREFIX, RegistryModel
@@ -23,9 +24,11 @@ from procgraph.agents.classifier.session import (
     to_probs,
 )
 from procgraph.agents.messages import Frame, ModelInfo, Verdict
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from procgraph import Agent, Input, Output
+from procgraph.registry import ModelRegistryError, check_model_file, read_model_file
+from procgraph.safetext import printable
 
 
 class OnnxClassifier(Agent):
@@ -64,6 +67,35 @@ class OnnxClassifier(Agent):
         providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
         intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
         poll_s: float = Field(0.5, gt=0, description="registry check period (registry:NAME)")
+
+        @field_validator("model")
+        @classmethod
+        def _model(cls, v: str, info: ValidationInfo) -> str:
+            """A model file must be a regular ONNX file of sane size (registry: is not a file).
+
+            Absolute paths are checked always; relative ones when the graph's folder is in
+            the validation context (``{"graph_dir": ...}``), else at setup. A path that does
+            not exist is left to setup, so a graph can be validated or deployed on a machine
+            without its models; one that exists must be a model.
+            """
+            if v.startswith(REGISTRY_PREFIX):
+                if not v[len(REGISTRY_PREFIX):]:
+                    raise ValueError("registry: needs a model name, e.g. registry:parts-front")
+                return v
+            path = Path(v).expanduser()
+            context: Any = info.context
+            if not path.is_absolute():
+                graph_dir = context.get("graph_dir") if isinstance(context, dict) else None
+                if graph_dir is None:
+                    return v
+                path = Path(graph_dir) / path
+            if not os.path.lexists(path):
+                return v
+            try:
+                check_model_file(path)
+            except ModelRegistryError as exc:
+                raise ValueError(str(exc)) from None
+            return v
 
         @field_validator("roi")
         @classmethod
@@ -130,10 +162,10 @@ class OnnxClassifier(Agent):
             self._model = self._registry_model.start()
         else:
             path = self.context.resolve_path(p.model)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise RuntimeError(f"cannot read model {path}: {exc.strerror or exc}") from None
+            try:  # a regular ONNX file of sane size: never /dev/zero or /etc/passwd
+                data = read_model_file(path)
+            except ModelRegistryError as exc:
+                raise RuntimeError(str(exc)) from None
             digest = hashlib.sha256(data).hexdigest()
             info = ModelInfo(name=p.model_name or Path(p.model).stem,
                              version=p.model_version or digest[:12], sha256=digest)
@@ -144,6 +176,24 @@ class OnnxClassifier(Agent):
             m.info.name, m.info.version, m.info.sha256[:12], ",".join(self._providers),
             m.input_name, m.layout, m.color, m.size[0], m.size[1], np.dtype(m.dtype).name,
             m.output_name)
+
+    @classmethod
+    def check_model(cls, params: OnnxClassifier.Params, data: bytes) -> None:
+        """Raise ValueError unless a classifier with ``params`` can run the model ``data``.
+
+        Loads it on the CPU, works out its input from the params (size, color, layout,
+        dtype, input/output names), runs it once on a blank image and checks that its output
+        has one column per label. ``procgraph model push --graph G`` calls it.
+        """
+        info = ModelInfo(name="pushed", version="check", sha256=hashlib.sha256(data).hexdigest())
+        try:
+            session = ModelSession.load(data, info, params.session_spec(),
+                                        ["CPUExecutionProvider"])
+            to_probs(session.warm_up(), 1, params.labels, params.softmax)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise ValueError(f"onnxruntime cannot run it: {printable(exc)}") from None
 
     def teardown(self) -> None:
         """Stop following the registry."""
@@ -185,6 +235,12 @@ class OnnxClassifier(Agent):
     def model_info(self) -> ModelInfo:
         """The model that classifies the next batch (the last one loaded)."""
         return self._model.info
+
+    @property
+    def model_problem(self) -> str | None:
+        """Why the model served is not the registry's current version (None: it is)."""
+        rm = self._registry_model
+        return rm.problem if rm is not None else None
 
     def _load(self, data: bytes, info: ModelInfo) -> ModelSession:
         return ModelSession.load(data, info, self._spec, self._providers)

@@ -211,14 +211,17 @@ class ModelSession:
             outs.append(np.asarray(out)[:n])
         return np.asarray(np.concatenate(outs))
 
-    def warm_up(self) -> None:
-        """Run once on a blank image: checks the spec end to end and allocates buffers."""
+    def warm_up(self) -> np.ndarray:
+        """Run once on a blank image: checks the spec end to end and allocates buffers.
+
+        Returns the model's output for that image (one frame).
+        """
         w, h = self.size
         c = 1 if self.color == "gray" else 3
         shape = {"NCHW": (1, c, h, w), "NHWC": (1, h, w, c), "NHW": (1, h, w)}[self.layout]
         x: np.ndarray = np.zeros(shape, dtype=self.dtype)
         try:
-            self.infer(x)
+            return self.infer(x)
         except Exception as exc:
             raise ValueError(f"model {self.info.name} v{self.info.version} rejects an input "
                              f"of shape {list(shape)} {np.dtype(self.dtype).name}: {exc}; check "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import threading
 import time
 from typing import ClassVar, Literal
@@ -10,14 +11,45 @@ from urllib.parse import quote
 
 from procgraph.agents.hmi.app import create_app
 from procgraph.agents.hmi.health import LineHealthReader
-from procgraph.agents.hmi.state import LiveState
+from procgraph.agents.hmi.server import MAX_CONNECTIONS, raise_nofile, server_config
+from procgraph.agents.hmi.state import MAX_CAMERAS, PREVIEW_BYTES, LiveState
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
 from pydantic import Field, field_validator, model_validator
 
 from procgraph import Agent, Input
 from procgraph.errors import BrokerUnavailable, ProcgraphError
+from procgraph.safetext import printable
 
 HEALTH_PERIOD_S = 1.0
+#: the shortest token accepted
+MIN_TOKEN_CHARS = 16
+
+
+#: a value that is only a reference to a variable, left for the machine that runs the line
+#: (``procgraph deploy -e 'HMI_TOKEN=${HMI_TOKEN}'`` validates the graph with it)
+_PLACEHOLDER = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(:?-[^}]*)?\}")
+
+
+def check_token(token: str, placeholder_ok: bool = True) -> str:
+    """``token`` if it is usable as the HMI's token, else ValueError saying what is wrong.
+
+    With ``placeholder_ok``, an unexpanded ``${VAR}`` passes (it is checked where it is
+    expanded: the agent checks its token again when it starts).
+    """
+    if placeholder_ok and _PLACEHOLDER.fullmatch(token):
+        return token
+    if len(token) < MIN_TOKEN_CHARS:
+        raise ValueError(f"token is {len(token)} characters long; use at least "
+                         f"{MIN_TOKEN_CHARS} characters (e.g. from `openssl rand -hex 16`)")
+    if any(ch.isspace() or not ch.isprintable() for ch in token):
+        raise ValueError("token holds spaces or control characters; use letters, digits and "
+                         "punctuation (e.g. from `openssl rand -hex 16`)")
+    return token
+
+
+def masked_token(token: str) -> str:
+    """The token as logs show it: its first two characters and its length."""
+    return f"{token[:2]}\u2026({len(token)} chars)"
 
 
 def is_loopback(host: str) -> bool:
@@ -46,14 +78,22 @@ class HmiAgent(Agent):
 
         host: str = Field("127.0.0.1", description="address to bind; loopback unless a token")
         port: int = Field(8080, ge=0, le=65535, description="TCP port (0: any free port)")
-        token: str | None = Field(None, description="required as ?token= or Bearer header")
+        token: str | None = Field(None, description="access token (at least 16 characters): "
+                                  "open the page once with ?token=, or send a Bearer header")
         title: str = Field("Inspection line", description="heading of the page")
         defects_kept: int = Field(12, ge=1, le=200, description="rejects shown as thumbnails")
+        max_cameras: int = Field(MAX_CAMERAS, ge=1, le=1024,
+                                 description="cameras kept; the one heard from longest ago "
+                                 "is forgotten first")
+        preview_mib: int = Field(PREVIEW_BYTES >> 20, ge=1, le=4096,
+                                 description="MiB of pictures kept, previews and JPEGs")
+        max_connections: int = Field(MAX_CONNECTIONS, ge=8, le=16384,
+                                     description="HTTP connections open at once")
 
         @field_validator("token")
         @classmethod
-        def _empty_is_none(cls, v: str | None) -> str | None:
-            return v or None
+        def _token_rules(cls, v: str | None) -> str | None:
+            return check_token(v) if v else None
 
         @model_validator(mode="after")
         def _token_outside_loopback(self) -> HmiAgent.Params:
@@ -78,11 +118,13 @@ class HmiAgent(Agent):
         p = self.params
         if p.token is None and not is_loopback(p.host):  # Params are usually validated
             raise ValueError(f"refusing to serve on {p.host!r} without a token")
-        self.live = LiveState(p.title, self.context.graph, p.defects_kept)
+        if p.token is not None:
+            check_token(p.token, placeholder_ok=False)
+        self.live = LiveState(p.title, self.context.graph, p.defects_kept, p.max_cameras,
+                              p.preview_mib << 20)
         app = create_app(self.live, p.token)
-        config = uvicorn.Config(app, host=p.host, port=p.port, log_level="warning",
-                                access_log=False, lifespan="off", timeout_graceful_shutdown=2)
-        self.server = uvicorn.Server(config)
+        raise_nofile()
+        self.server = uvicorn.Server(server_config(app, p.host, p.port, p.max_connections))
         self._server_thread = threading.Thread(target=self.server.run, name="hmi-http",
                                                daemon=True)
         self._server_thread.start()
@@ -90,7 +132,7 @@ class HmiAgent(Agent):
         self._poll_stop = threading.Event()
         self._poller = threading.Thread(target=self._poll_health, name="hmi-health", daemon=True)
         self._poller.start()
-        self.log.info("HMI at %s", self.url)
+        self.log.info("HMI at %s", self.masked_url)
 
     def _wait_started(self, timeout_s: float = 10.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -113,11 +155,17 @@ class HmiAgent(Agent):
 
     @property
     def url(self) -> str:
-        """The page's address, with the token if one is set."""
+        """The page's address, with the token if one is set (a secret: do not log it)."""
         host = self.params.host
         shown = f"[{host}]" if ":" in host else host
         qs = f"?token={quote(self.params.token, safe='')}" if self.params.token else ""
         return f"http://{shown}:{self.port}/{qs}"
+
+    @property
+    def masked_url(self) -> str:
+        """The page's address as logs show it: ``?token=ab…(32 chars)``."""
+        token = self.params.token
+        return self.url.split("?")[0] + (f"?token={masked_token(token)}" if token else "")
 
     def teardown(self) -> None:
         """Stop the poller and the web server."""
@@ -160,7 +208,7 @@ class HmiAgent(Agent):
                 continue
             except Exception as exc:  # never let the health table take the page down
                 if not failing:
-                    self.log.warning("health poll failed: %r", exc)
+                    self.log.warning("health poll failed: %s", printable(repr(exc)))
                 failing = True
                 continue
             failing = False

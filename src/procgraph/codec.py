@@ -3,6 +3,13 @@
 See docs/wire-format.md. Field ``h`` holds UTF-8 JSON (envelope, scalar fields, array
 descriptors); field ``a:<name>`` holds the raw bytes of array ``<name>``. Nothing is pickled
 and nothing is evaluated.
+
+The reader is strict, since anyone who can write to the broker can write an entry: the header
+is at most :data:`MAX_HEADER_BYTES`, UTF-8 only (no UTF-16/32, no lone surrogates, also not as
+``\\ud800`` escapes), integers have at most :data:`MAX_INT_DIGITS` digits, there is no NaN or
+infinity, the envelope and ``data`` values must have their field's JSON type (``"1"`` or
+``true`` is not an int), and a PNG/JPEG header must match the declared shape before the image
+is decoded (:mod:`procgraph.imageheader`). Whatever fails raises :class:`CodecError`.
 """
 
 from __future__ import annotations
@@ -11,14 +18,17 @@ import json
 import math
 import re
 from collections.abc import Mapping
+from functools import cache
 from typing import Any, Protocol
 
 import numpy as np
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
 from procgraph.constants import ARRAY_FIELD_PREFIX, HEADER_FIELD, WIRE_VERSION
 from procgraph.errors import CodecError
+from procgraph.imageheader import check_image
 from procgraph.message import Message, known_type
+from procgraph.safetext import printable
 
 ENCODINGS = ("raw", "jpeg", "png")
 _ALLOWED_DTYPE_KINDS = frozenset("biuf")
@@ -28,6 +38,16 @@ _PLAIN = frozenset({int, float, str, bool, type(None)})
 _DTYPE = re.compile(r"^[<>|=]?(?:[biuf][1248]|bool|u?int(?:8|16|32|64)|float(?:16|32|64))$")
 #: an upper bound on any declared array size (elements), far above any real frame
 _MAX_ELEMENTS = 2**40
+#: the largest header (field ``h``) a reader accepts, in bytes: bulk data belongs in arrays
+MAX_HEADER_BYTES = 4 * 1024 * 1024
+#: the most digits of an integer in a header (Python's own limit, 4300, would raise ValueError)
+MAX_INT_DIGITS = 1000
+#: envelope integers (``ts_ns``, a hop's ``in_ns``/``out_ns``/``replica``) lie in 0..2**63-1
+_MAX_NS = 2**63 - 1
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+#: a long digit run or a 3-digit exponent: only then are numbers parsed one by one, checked
+_SUSPECT_NUMBER = re.compile(rf"\d{{{MAX_INT_DIGITS + 1}}}|[eE][+-]?\d{{3}}")
+_ENVELOPE = ("id", "key", "ts_ns", "trace")
 
 Fields = dict[bytes, bytes | memoryview]
 
@@ -145,31 +165,82 @@ def encode(
         text = json.dumps(header, separators=(",", ":"), allow_nan=False)
     except ValueError as exc:
         raise CodecError(
-            f"{cls.__name__}: NaN or infinity in a scalar field cannot travel as JSON; "
-            "use None, or put the values in a numpy array field"
+            f"{cls.__name__}: NaN or infinity (or an integer of over 4300 digits) in a scalar"
+            " field cannot travel as JSON; use None, or put the values in a numpy array field"
         ) from exc
     fields[HEADER_FIELD] = text.encode()
     # the header goes first so a reader can inspect it without the payloads
     return {HEADER_FIELD: fields.pop(HEADER_FIELD), **fields}
 
 
+def _show(value: Any) -> str:
+    """A value from an entry, quoted for an error message (escaped and capped)."""
+    return printable(value if isinstance(value, str) else repr(value), 80)
+
+
+def _parse_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise CodecError(f"header has an integer of {len(text)} digits (at most {MAX_INT_DIGITS})")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise CodecError(f"header has a number out of range: {_show(text)}")
+    return value
+
+
+def _parse_constant(text: str) -> float:
+    raise CodecError(f"header has {text}: not JSON (NaN and infinities cannot travel)")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    if isinstance(value, str):
+        return any("\ud800" <= ch <= "\udfff" for ch in value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def read_header(fields: Mapping[bytes, bytes]) -> dict[str, Any]:
     """Parse and check the JSON header of an entry, without touching the arrays."""
+    return _read_header(fields)[0]
+
+
+def _read_header(fields: Mapping[bytes, bytes]) -> tuple[dict[str, Any], str]:
+    """The header as a dict and as the JSON text it was parsed from."""
     raw = fields.get(HEADER_FIELD)
     if raw is None:
         raise CodecError(f"entry has no {HEADER_FIELD.decode()!r} field: not a procgraph message")
+    if len(raw) > MAX_HEADER_BYTES:
+        raise CodecError(f"header is {len(raw)} bytes, over the limit of {MAX_HEADER_BYTES}; "
+                         "the sender must put bulk data in array fields")
     try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CodecError(f"header is not valid UTF-8 JSON: {exc!r}") from exc
+        text = bytes(raw).decode("utf-8")  # strict: json.loads(bytes) would take UTF-16/32
+    except UnicodeDecodeError as exc:
+        raise CodecError(f"header is not UTF-8 (byte {exc.start}: {exc.reason})") from exc
+    try:
+        if _SUSPECT_NUMBER.search(text):
+            header = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                                parse_constant=_parse_constant)
+        else:  # the common case, at the speed of plain json.loads
+            header = json.loads(text, parse_constant=_parse_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CodecError(f"header is not valid JSON: {_show(str(exc))}") from exc
+    if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(header):
+        raise CodecError("header has a lone surrogate (\\ud800-\\udfff escape): not Unicode text")
     if not isinstance(header, dict):
         raise CodecError("header must be a JSON object")
     version = header.get("v")
     if type(version) is not int or version != WIRE_VERSION:
         raise CodecError(
-            f"wire format version {header.get('v')!r} is not supported (this is v{WIRE_VERSION})"
+            f"wire format version {_show(header.get('v'))} is not supported"
+            f" (this is v{WIRE_VERSION})"
         )
-    return header
+    return header, text
 
 
 def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.ndarray:
@@ -177,11 +248,12 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
         raise CodecError(f"array {name!r}: descriptor must be an object")
     dtype_str, shape_list = desc.get("dtype"), desc.get("shape")
     if not isinstance(dtype_str, str) or not _DTYPE.match(dtype_str):
-        raise CodecError(f"array {name!r}: unsupported dtype {dtype_str!r}")
+        raise CodecError(f"array {_show(name)}: unsupported dtype {_show(dtype_str)}")
     if not isinstance(shape_list, list) or not all(
         type(d) is int and 0 <= d <= _MAX_ELEMENTS for d in shape_list
     ):
-        raise CodecError(f"array {name!r}: shape must be a list of ints >= 0, got {shape_list!r}")
+        raise CodecError(
+            f"array {_show(name)}: shape must be a list of ints >= 0, got {_show(shape_list)}")
     try:
         dtype = np.dtype(dtype_str)
     except TypeError as exc:  # well-formed but meaningless, e.g. "f1"
@@ -192,15 +264,20 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
         # arrays too: (0, 2**31, 2**31) holds nothing but cannot be created
         raise CodecError(f"array {name!r}: unsupported dtype {dtype} or shape {shape}")
     encoding = desc.get("encoding", "raw")
+    if encoding not in ENCODINGS:
+        raise CodecError(
+            f"array {name!r}: unknown encoding {_show(encoding)}; expected one of {ENCODINGS}")
     if "ref" in desc:
-        ref = str(desc["ref"])
+        ref = desc["ref"]
+        if not isinstance(ref, str):
+            raise CodecError(f"array {name!r}: ref must be a string, got {_show(ref)}")
         store = _stores.get(ref.split(":", 1)[0])
         if store is None:
-            raise CodecError(f"array {name!r}: no payload store for reference {ref!r} here")
+            raise CodecError(f"array {name!r}: no payload store for reference {_show(ref)} here")
         try:
             payload: bytes = store.get(ref)
         except KeyError as exc:
-            raise CodecError(f"array {name!r}: payload {ref!r} is gone") from exc
+            raise CodecError(f"array {name!r}: payload {_show(ref)} is gone") from exc
     else:
         got = fields.get((ARRAY_FIELD_PREFIX + name).encode())
         if got is None:
@@ -217,6 +294,10 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
         import cv2
 
         try:
+            check_image(payload, shape, dtype, encoding)  # before anything is decompressed
+        except CodecError as exc:
+            raise CodecError(f"array {name!r}: {exc}") from exc
+        try:
             arr = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_UNCHANGED)
         except cv2.error as exc:
             raise CodecError(f"array {name!r}: {encoding} payload does not decode") from exc
@@ -225,12 +306,47 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
                 f"array {name!r}: {encoding} payload does not decode to {dtype} {shape}"
             )
         return arr
-    raise CodecError(f"array {name!r}: unknown encoding {encoding!r}; expected one of {ENCODINGS}")
+    raise CodecError(f"array {name!r}: unknown encoding {_show(encoding)}")
+
+
+@cache
+def _wire_model(cls: type[Message]) -> type[BaseModel]:
+    """The header's envelope and ``data`` of ``cls``, validated strictly from JSON text."""
+    config = ConfigDict(extra="ignore", arbitrary_types_allowed=True)
+    fields = cls.model_fields
+    scalars: dict[str, Any] = {n: (f.annotation, f) for n, f in fields.items()
+                               if n in cls.scalar_fields}
+    data = create_model(f"{cls.__name__}WireData", __config__=config, **scalars)
+    envelope: dict[str, Any] = {n: (fields[n].annotation, fields[n]) for n in _ENVELOPE}
+    return create_model(f"{cls.__name__}Wire", __config__=config,
+                        data=(data | None, None), **envelope)
+
+
+def _check_envelope(values: Mapping[str, Any]) -> None:
+    """Envelope integers in range (pydantic has already checked their JSON types)."""
+    ts_ns = values.get("ts_ns", 0)
+    if type(ts_ns) is int and not 0 <= ts_ns <= _MAX_NS:
+        raise CodecError(f"ts_ns {_show(ts_ns)} is out of range (0 to 2**63-1)")
+    trace = values.get("trace", [])
+    for hop in trace if isinstance(trace, list) else []:
+        for key in ("replica", "in_ns", "out_ns"):
+            got = hop.get(key, 0) if isinstance(hop, dict) else 0
+            if type(got) is int and not 0 <= got <= _MAX_NS:
+                raise CodecError(f"trace {key} {_show(got)} is out of range (0 to 2**63-1)")
+
+
+def _invalid(exc: ValidationError, target: type[Message], sent_type: Any) -> CodecError:
+    first = exc.errors()[0]
+    where = ".".join(printable(p, 40) for p in first["loc"])
+    return CodecError(
+        f"entry does not validate as {target.type_label()}: {where}: {printable(first['msg'])}"
+        f" ({exc.error_count()} error(s); sender type {_show(sent_type)})"
+    )
 
 
 def decode(fields: Mapping[bytes, bytes], cls: type[Message]) -> Message:
     """Turn stream-entry fields back into a message of type ``cls`` (or a known subclass)."""
-    header = read_header(fields)
+    header, text = _read_header(fields)
     target = cls
     sent_type = header.get("type")
     known = known_type(sent_type) if isinstance(sent_type, str) else None
@@ -241,18 +357,18 @@ def decode(fields: Mapping[bytes, bytes], cls: type[Message]) -> Message:
     if not isinstance(data, dict) or not isinstance(arrays, dict):
         raise CodecError("header 'data' and 'arrays' must be JSON objects")
     values: dict[str, Any] = {k: v for k, v in data.items() if k in target.scalar_fields}
+    for name in _ENVELOPE:
+        if name in header:
+            values[name] = header[name]
+    try:  # strict JSON types first: no "1" or true for an int
+        _wire_model(target).model_validate_json(text, strict=True)
+    except ValidationError as exc:
+        raise _invalid(exc, target, sent_type) from exc
+    _check_envelope(values)
     for name, desc in arrays.items():
         if name in target.array_fields:
             values[name] = _decode_array(name, desc, fields)
-    for name in ("id", "key", "ts_ns", "trace"):
-        if name in header:
-            values[name] = header[name]
     try:
         return target.model_validate(values)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise CodecError(
-            f"entry does not validate as {target.type_label()}: {where}: {first['msg']}"
-            f" ({exc.error_count()} error(s); sender type {sent_type!r})"
-        ) from exc
+        raise _invalid(exc, target, sent_type) from exc

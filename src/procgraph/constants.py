@@ -30,6 +30,8 @@ RESTARTS_ENV = "PROCGRAPH_RESTARTS"
 REDIS_ENV = "PROCGRAPH_REDIS"
 #: the replica index where an orchestrator gives it (a Kubernetes StatefulSet ordinal)
 REPLICA_ENV = "PROCGRAPH_REPLICA"
+#: seconds an agent module's import may take before loading a graph gives up on it
+IMPORT_TIMEOUT_ENV = "PROCGRAPH_IMPORT_TIMEOUT_S"
 #: the XDG base directory under which each graph's state folder lives by default
 XDG_STATE_ENV = "XDG_STATE_HOME"
 
@@ -46,6 +48,11 @@ HEARTBEAT_TTL_PERIODS = 5
 def stream_key(graph: str, agent: str, port: str) -> str:
     """Default stream key of an output port."""
     return f"{KEY_PREFIX}:{graph}:{agent}:{port}"
+
+
+def probe_key(token: str) -> str:
+    """A throwaway stream that probes how the broker counts stream reads (deleted after)."""
+    return f"{KEY_PREFIX}:probe:{token}"
 
 
 def dead_letter_key(stream: str) -> str:

@@ -7,6 +7,13 @@ in the agent image (deploy/Dockerfile); every ``embedded`` broker becomes a Valk
 container; ``redis://`` brokers are used as they are. An agent that listens on ``params.port``
 says so with its class's ``serves`` ("public": published; "internal": reachable inside the
 deployment only); ``DeployOptions.publish`` publishes others.
+
+Secrets are never written inline: an ``--env`` variable whose name says it is one (PASSWORD,
+TOKEN, SECRET, KEY, AUTH, CRED) or whose value carries a URL password, and
+``PROCGRAPH_BROKERS`` when a broker URL carries credentials, go to one env file (Compose,
+``env_file:``) or one Secret (Kubernetes, ``envFrom: secretRef``) that the services refer to
+and that the CLI writes apart, mode 0600 (:func:`secret_env`, :func:`compose_env_file`,
+:func:`k8s_secret`). A value that only refers to the shell (``${VAR}``) stays inline.
 """
 
 from __future__ import annotations
@@ -24,13 +31,16 @@ import yaml
 from procgraph.constants import BROKERS_ENV, REPLICA_ENV
 from procgraph.errors import DeployError
 from procgraph.graph import EMBEDDED, AgentPlan, GraphPlan, agent_class
+from procgraph.redact import redact
 
 GRAPH_DIR = "/app/graphs"  # relative paths in the graph (../models/x.onnx) resolve in /app
 BROKER_PORT = 6379
 AGENT_UID = 10001  # the non-root user of deploy/Dockerfile
 _RESTART_COMPOSE = {"always": "unless-stopped", "on-failure": "on-failure", "never": "no"}
 _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-
+#: variable names that hold secrets: their values go to the env file / Secret
+SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|AUTH|CRED", re.I)
+_SHELL_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$")
 
 
 @dataclass(frozen=True)
@@ -48,6 +58,7 @@ class DeployOptions:
     service_type: str = "ClusterIP"  # Kubernetes Service type for published ports
     graph_source: str = "graph.yaml"  # Compose only: bind-mount source, relative to the file
     command: str = ""  # the command line that generated the output (shown in the header)
+    env_file: str = "procgraph.env"  # Compose only: the secrets' env file, relative to the file
 
 
 def dns_name(name: str) -> str:
@@ -66,8 +77,11 @@ def broker_host(broker: str) -> str:
 
 def broker_urls(plan: GraphPlan) -> dict[str, str]:
     """URL of every broker as seen from inside the deployment (value of PROCGRAPH_BROKERS)."""
+    from procgraph.brokers import with_credentials
+
     return {name: f"redis://{broker_host(name)}:{BROKER_PORT}" if spec.url == EMBEDDED
-            else spec.url for name, spec in plan.brokers.items()}
+            else with_credentials(spec.url, spec.password, spec.username)
+            for name, spec in plan.brokers.items()}
 
 
 def _check_names(plan: GraphPlan) -> None:
@@ -150,10 +164,60 @@ def _broker_args(opts: DeployOptions) -> list[str]:
     return [server, "--save", "", "--appendonly", "no"]  # streams are working data: no disk
 
 
-def _agent_env(plan: GraphPlan, opts: DeployOptions) -> dict[str, str]:
+def is_secret(name: str, value: str) -> bool:
+    """Whether variable ``name=value`` holds a secret (kept out of the manifests)."""
+    if _SHELL_REF.match(value):
+        return False  # ${VAR}: the value comes from the shell at `compose up`
+    return bool(SECRET_NAME.search(name)) or redact(value) != value
+
+
+def _all_env(plan: GraphPlan, opts: DeployOptions) -> dict[str, str]:
+    for name, spec in plan.brokers.items():
+        if spec.url == EMBEDDED and spec.password is not None:
+            raise DeployError(f"broker {name}: an embedded broker with a password is not "
+                              "generated yet: run the broker yourself (requirepass) and give "
+                              "its url and password: ${VAR} in the graph")
     env = {BROKERS_ENV: json.dumps(broker_urls(plan)), "PYTHONUNBUFFERED": "1"}
     env.update(sorted(opts.env.items()))
     return env
+
+
+def secret_env(plan: GraphPlan, opts: DeployOptions) -> dict[str, str]:
+    """The agents' variables that are secrets (see :func:`is_secret`)."""
+    return {k: v for k, v in _all_env(plan, opts).items() if is_secret(k, v)}
+
+
+def _agent_env(plan: GraphPlan, opts: DeployOptions) -> dict[str, str]:
+    """The agents' variables that may be written inline."""
+    return {k: v for k, v in _all_env(plan, opts).items() if not is_secret(k, v)}
+
+
+def secret_name(plan: GraphPlan) -> str:
+    """Name of the Kubernetes Secret that holds the agents' secret variables."""
+    return f"{dns_name(plan.name)}-env"
+
+
+def compose_env_file(plan: GraphPlan, opts: DeployOptions) -> str | None:
+    """The env file of the secrets (``NAME='value'`` lines, taken literally), or None."""
+    found = secret_env(plan, opts)
+    if not found:
+        return None
+    lines = ["# procgraph secrets: keep this file out of version control (mode 0600)"]
+    for key, value in found.items():
+        if "'" in value or "\n" in value or "\r" in value:
+            raise DeployError(f"--env {key}: a secret value with a quote or a line break "
+                              "cannot be written to a Compose env file")
+        lines.append(f"{key}='{value}'")
+    return "\n".join(lines) + "\n"
+
+
+def k8s_secret(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any] | None:
+    """The Secret of the agents' secret variables (``stringData``), or None."""
+    found = secret_env(plan, opts)
+    if not found:
+        return None
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": _meta(secret_name(plan), opts, _labels(plan)), "stringData": found}
 
 
 def _graph_path(opts: DeployOptions) -> str:
@@ -187,6 +251,7 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
         }
     embedded = {n for n, s in plan.brokers.items() if s.url == EMBEDDED}
     env = _agent_env(plan, opts)
+    secret = bool(secret_env(plan, opts))
     mount = {"type": "bind", "source": opts.graph_source, "target": _graph_path(opts),
              "read_only": True}
     for a in plan.agents.values():
@@ -199,6 +264,7 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
                 "image": opts.image,
                 "command": ["agent", _graph_path(opts), a.name, str(i)],
                 "environment": dict(env),
+                **({"env_file": [opts.env_file]} if secret else {}),
                 "volumes": [dict(mount)],
                 "restart": _RESTART_COMPOSE[a.restart],
                 "stop_grace_period": "15s",
@@ -263,11 +329,13 @@ def _agent_objects(plan: GraphPlan, a: AgentPlan, opts: DeployOptions,
     env: list[dict[str, Any]] = [
         {"name": REPLICA_ENV, "valueFrom": {"fieldRef": {"fieldPath": index}}}]
     env += [{"name": k, "value": v} for k, v in _agent_env(plan, opts).items()]
+    secret = ({"envFrom": [{"secretRef": {"name": secret_name(plan)}}]}
+              if secret_env(plan, opts) else {})
     container: dict[str, Any] = {
         "name": "agent", "image": opts.image, "imagePullPolicy": "IfNotPresent",
         # Kubernetes expands $(VAR) in args: no shell needed for the replica index.
         "args": ["agent", _graph_path(opts), a.name, f"$({REPLICA_ENV})"],
-        "env": env,
+        "env": env, **secret,
         "volumeMounts": [{"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True}],
         "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
         "securityContext": {"allowPrivilegeEscalation": False,
@@ -314,7 +382,8 @@ def _agent_objects(plan: GraphPlan, a: AgentPlan, opts: DeployOptions,
 def k8s_manifests(plan: GraphPlan, opts: DeployOptions) -> list[dict[str, Any]]:
     """Kubernetes objects: [Namespace], graph ConfigMap, brokers, one StatefulSet per agent.
 
-    A StatefulSet gives each pod a stable ordinal, which is the agent's replica index.
+    A StatefulSet gives each pod a stable ordinal, which is the agent's replica index. The
+    Secret the agents refer to (:func:`k8s_secret`) is not among them: it is written apart.
     """
     _check_names(plan)
     docs: list[dict[str, Any]] = []
@@ -356,7 +425,7 @@ def _dump(doc: Any) -> str:
 
 def _header(plan: GraphPlan, opts: DeployOptions, notes: list[str]) -> str:
     lines = [f"Generated by procgraph from graph {plan.name!r}: regenerate, do not edit.",
-             *([f"  {opts.command}"] if opts.command else []),
+             *([f"  {redact(opts.command)}"] if opts.command else []),
              f"graph sha256: {hashlib.sha256(opts.graph_text.encode()).hexdigest()}",
              *(f"warning: {n}" for n in notes)]
     return "".join(f"# {line}\n" for line in lines)
@@ -373,3 +442,12 @@ def render_k8s(plan: GraphPlan, opts: DeployOptions) -> str:
     docs = k8s_manifests(plan, opts)
     body = "---\n".join(_dump(d) for d in docs)
     return _header(plan, opts, warnings(plan, opts, "k8s")) + "---\n" + body
+
+
+def render_k8s_secret(plan: GraphPlan, opts: DeployOptions) -> str | None:
+    """The Secret as YAML text (to write apart, mode 0600), or None when there is none."""
+    doc = k8s_secret(plan, opts)
+    if doc is None:
+        return None
+    note = ("# procgraph secrets: apply with kubectl apply -f, keep out of version control\n")
+    return note + "---\n" + _dump(doc)

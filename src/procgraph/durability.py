@@ -28,6 +28,7 @@ import redis
 from procgraph.constants import EMBEDDED, XDG_STATE_ENV, epoch_key
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.health import add_line_counter
+from procgraph.redact import redact_url
 
 if TYPE_CHECKING:
     from procgraph.graph import GraphPlan
@@ -181,9 +182,9 @@ def lost_line(watch: BrokerWatch, how: str) -> str:
         where = f"embedded, AOF in {watch.data_dir}"
     elif watch.node is not None:
         fix = f"see the supervisor log on node {watch.node!r} (keep its persistence on)"
-        where = f"embedded on node {watch.node!r}, {watch.url}"
+        where = f"embedded on node {watch.node!r}, {redact_url(watch.url)}"
     else:
         fix = "turn on that server's persistence (appendonly yes) or use an embedded broker"
-        where = watch.url
+        where = redact_url(watch.url)
     return (f"data lost: broker {watch.name!r} ({where}) {how}: {what}; {fix}; counted as "
             f"{DATA_LOST_COUNTER}")

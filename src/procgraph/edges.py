@@ -33,7 +33,8 @@ from typing import Any
 import redis
 from pydantic import BaseModel, Field
 
-from procgraph.errors import broker_unavailable_as
+from procgraph.constants import probe_key
+from procgraph.errors import BrokerRefused, broker_unavailable_as
 
 #: suffix of the hash holding each group's ``<group>:read`` and ``<group>:base`` counters
 EDGES_SUFFIX = ":edges"
@@ -141,26 +142,40 @@ def _server_key(client: redis.Redis) -> str:
 def reads_as_position(client: redis.Redis) -> bool:
     """Whether this broker's ``entries-read`` jumps over trimmed entries (Valkey) or not.
 
-    Probed once per server with a throwaway stream of ~300 entries, then cached.
+    Probed once per server with a throwaway stream of ~300 entries, then cached. A client
+    whose ACL forbids writing the probe (a read-only viewer) goes by the server's name in
+    HELLO instead (Valkey counts positions, Redis up to 8.0 does not).
     """
     key = _server_key(client)
     if key not in _position_kind:
-        probe = f"pg:probe:{uuid.uuid4().hex}"
-        with broker_unavailable_as("probe stream counters"):
-            try:
-                client.xgroup_create(probe, "g", id="$", mkstream=True)
-                client.xadd(probe, {"i": 0})
-                client.xreadgroup("g", "c", {probe: ">"}, count=1)
-                pipe = client.pipeline(transaction=False)
-                for i in range(300):
-                    pipe.xadd(probe, {"i": i}, maxlen=1, approximate=True)
-                pipe.execute()
-                client.xreadgroup("g", "c", {probe: ">"}, count=1)
-                info = client.xinfo_groups(probe)[0]
-            finally:
-                client.delete(probe)
-        _position_kind[key] = int(info.get("entries-read") or 0) > 2
+        try:
+            _position_kind[key] = _probe_position(client)
+        except (BrokerRefused, redis.exceptions.NoPermissionError):
+            with broker_unavailable_as("ask the broker's name"):
+                hello = client.execute_command("HELLO")  # type: ignore[no-untyped-call]
+            server = hello.get(b"server", hello.get("server")) if isinstance(hello, dict) else (
+                dict(zip(hello[::2], hello[1::2], strict=False)).get(b"server"))
+            _position_kind[key] = server in (b"valkey", "valkey")
     return _position_kind[key]
+
+
+def _probe_position(client: redis.Redis) -> bool:
+    """Whether ``entries-read`` jumped over 300 trimmed entries of a throwaway stream."""
+    probe = probe_key(uuid.uuid4().hex)
+    with broker_unavailable_as("probe stream counters"):
+        try:
+            client.xgroup_create(probe, "g", id="$", mkstream=True)
+            client.xadd(probe, {"i": 0})
+            client.xreadgroup("g", "c", {probe: ">"}, count=1)
+            pipe = client.pipeline(transaction=False)
+            for i in range(300):
+                pipe.xadd(probe, {"i": i}, maxlen=1, approximate=True)
+            pipe.execute()
+            client.xreadgroup("g", "c", {probe: ">"}, count=1)
+            info = client.xinfo_groups(probe)[0]
+        finally:
+            client.delete(probe)
+    return int(info.get("entries-read") or 0) > 2
 
 
 def _unread(client: redis.Redis, stream: str, info: dict[str, Any], group: dict[str, Any],

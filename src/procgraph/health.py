@@ -37,6 +37,7 @@ from procgraph.edges import create_group_counted as create_group_counted
 from procgraph.edges import edge_stats as edge_stats
 from procgraph.edges import edges_key as edges_key
 from procgraph.errors import BrokerUnavailable, broker_unavailable_as
+from procgraph.redact import redact_url
 
 if TYPE_CHECKING:
     from procgraph.graph import GraphPlan
@@ -257,7 +258,8 @@ def check_line(
                                         [(a.name, i) for i in indexes])
             except BrokerUnavailable as exc:
                 raise BrokerUnavailable(f"cannot reach broker {a.broker!r} at "
-                                        f"{urls[a.broker]}: {exc.__cause__}") from exc
+                                        f"{redact_url(urls[a.broker])}: {exc.__cause__}"
+                                        ) from exc
             for i in indexes:
                 found = (a.name, i) in beats
                 (result.alive if found else result.missing).append(f"{a.name}[{i}]")
@@ -315,7 +317,7 @@ def read_line_counters(client: redis.Redis, graph: str) -> dict[str, int]:
         raw = client.hgetall(line_counters_key(graph))
     out: dict[str, int] = {}
     for k, v in raw.items():
-        name = k.decode() if isinstance(k, bytes) else str(k)
+        name = k.decode("utf-8", "backslashreplace") if isinstance(k, bytes) else str(k)
         try:
             out[name] = int(v)
         except (TypeError, ValueError):

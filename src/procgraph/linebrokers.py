@@ -17,12 +17,19 @@ from collections.abc import Callable
 
 import redis
 
-from procgraph.brokers import EmbeddedBroker, resolve_broker_urls
+from procgraph.brokers import (
+    EmbeddedBroker,
+    is_loopback,
+    password_file,
+    resolve_broker_urls,
+    stored_password,
+)
 from procgraph.constants import EMBEDDED
 from procgraph.durability import EpochWatch, broker_data_dir
-from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
+from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable, refusal, refused
 from procgraph.graph import BrokerSpec, GraphPlan
 from procgraph.guard import BROKER, Guard
+from procgraph.redact import redact_url
 
 _DOWN: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.RedisError)
 
@@ -59,7 +66,8 @@ class LineBrokers:
     def start(self) -> None:
         """Start embedded brokers this node owns; resolve every broker's URL; mark each broker
         with the line's epoch (procgraph.durability) so that a later data loss is noticed."""
-        self.urls = resolve_broker_urls(self.plan, self.redis_url, start=self._start_broker)
+        self.urls = resolve_broker_urls(self.plan, self.redis_url, start=self._start_broker,
+                                        state_dir=self.state_dir)
         for name, url in self.urls.items():
             owned = self.brokers.get(name)
             durable = owned is not None and owned.persistent
@@ -81,7 +89,13 @@ class LineBrokers:
             return None
         data_dir = broker_data_dir(self.plan, name, self.state_dir)
         fsync = spec.persistence.appendfsync if spec.persistence is not None else "everysec"
-        broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind, data_dir, fsync)
+        password, kept = spec.password, ""
+        if password is None and not is_loopback(spec.host):
+            password = stored_password(self.plan.name, name, self.state_dir, create=True)
+            kept = (f"; it listens on {spec.host}: password generated in "
+                    f"{password_file(self.plan.name, name, self.state_dir)}")
+        broker = EmbeddedBroker(spec.host, spec.port, self.broker_kind, data_dir, fsync,
+                                password=password)
         try:
             broker.start()
         except BaseException:
@@ -89,8 +103,8 @@ class LineBrokers:
             raise
         self.brokers[name] = broker
         keeps = f"AOF {fsync} in {data_dir}" if data_dir else "in memory: persistence none"
-        self._say(f"broker {name!r}: embedded {self.broker_kind} at {broker.url} "
-                 f"({keeps})")
+        self._say(f"broker {name!r}: embedded {self.broker_kind} at {broker.shown_url} "
+                  f"({keeps}{kept})")
         return broker.url
 
     def check(self) -> None:
@@ -142,18 +156,23 @@ class LineBrokers:
                 try:
                     if self.client(name).ping():
                         break
-                except _DOWN:
-                    pass
+                except _DOWN as exc:
+                    reason = refusal(exc)
+                    if reason is not None:
+                        raise refused(f"broker {name!r} of graph {self.plan.name!r} at "
+                                      f"{url}", reason) from None
                 if not said:
                     said = True
-                    self._say(f"waiting for broker {name!r} at {url} (up to {timeout_s:g}s)")
+                    self._say(f"waiting for broker {name!r} at {redact_url(url)} "
+                              f"(up to {timeout_s:g}s)")
                 if stopping.is_set() and stop_reason() != "duration":
                     raise InterruptedError(f"stopped while waiting for broker {name!r}")
                 if time.monotonic() >= deadline or stopping.is_set():
                     waited = ("before --duration ran out" if stopping.is_set()
                               else f"within --connect-timeout {timeout_s:g}s")
                     raise BrokerUnavailable(
-                        f"cannot reach broker {name!r} of graph {self.plan.name!r} at {url} "
+                        f"cannot reach broker {name!r} of graph {self.plan.name!r} at "
+                        f"{redact_url(url)} "
                         f"{waited}: is a Redis/Valkey server running and listening there? "
                         "Check --redis / $PROCGRAPH_REDIS or the broker's url in "
                         f"{self.plan.file}, and the network or firewall in between")

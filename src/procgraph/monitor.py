@@ -5,7 +5,8 @@ heartbeats the replicas publish (alive replicas, restarts, counts, p50 latency, 
 by backpressure, entries reclaimed from dead replicas), the edges of the input streams
 (:func:`procgraph.health.edge_stats`: lag, pending, entries dropped by ``latest`` trimming),
 the dead-letter streams and the line counters (e.g. ``broker_data_lost``). Rates come from
-count changes between two snapshots.
+count changes between two snapshots. Text read from a broker (line counter names, error
+texts) comes escaped and capped by :func:`procgraph.safetext.printable`.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from procgraph.health import (
     read_heartbeats,
     read_line_counters,
 )
+from procgraph.redact import redact, redact_url
+from procgraph.safetext import printable
 
 
 @dataclass
@@ -83,7 +86,8 @@ class LineMonitor:
                     client.ping()
             except BrokerUnavailable as exc:
                 raise BrokerUnavailable(
-                    f"cannot reach broker {name!r} at {self.urls[name]}: {exc.__cause__}"
+                    f"cannot reach broker {name!r} at {redact_url(self.urls[name])}: "
+                    f"{printable(redact(str(exc.__cause__)))}"
                 ) from exc
 
     def _port_totals(self, agent: str, beats: list[Heartbeat], port: str, inputs: bool
@@ -128,10 +132,14 @@ class LineMonitor:
         return rows
 
     def line_counters(self) -> dict[str, int]:
-        """The line counters of the graph (e.g. ``broker_data_lost``), summed over brokers."""
+        """The line counters of the graph (e.g. ``broker_data_lost``), summed over brokers.
+
+        Their names are read from the broker, so they come escaped and capped (printable).
+        """
         out: dict[str, int] = {}
         for client in self.clients.values():
-            for name, value in read_line_counters(client, self.plan.name).items():
+            for raw, value in read_line_counters(client, self.plan.name).items():
+                name = printable(raw, 100)
                 out[name] = out.get(name, 0) + value
         return out
 

@@ -67,6 +67,12 @@ class Output(Generic[M]):
     Each output port is one Redis stream, capped at ``maxlen`` entries and about
     ``max_mb`` megabytes (whichever is smaller). ``encoding`` maps array fields to
     ``raw``/``jpeg``/``png`` (``quality`` for jpeg).
+
+    ``send`` raises :class:`~procgraph.errors.MessageTooLarge` for a message that can never
+    be written: one over ``max_mb`` in all, or with an array over the broker's
+    ``proto-max-bulk-len`` (512 MiB by default). It is not sent and never resent: in a
+    source the exception reaches ``run()``; in a handler the input is retried, then
+    dead-lettered with that reason.
     """
 
     def __init__(

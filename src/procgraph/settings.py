@@ -23,6 +23,9 @@ class Settings(BaseSettings):
     restarts: int = Field(0, ge=0, description="restarts of this replica so far")
     redis: str | None = Field(None, description="URL of the embedded broker, for tools")
     replica: int | None = Field(None, ge=0, description="replica index from an orchestrator")
+    import_timeout_s: float | None = Field(
+        None, gt=0, description="seconds an agent module's import may take "
+        "(unset: procgraph.graph.imports.IMPORT_TIMEOUT_S, 30)")
 
 
 def load_settings() -> Settings:

@@ -22,7 +22,7 @@ from typing import IO
 import redis
 
 from procgraph.brokers import EmbeddedBroker
-from procgraph.console import Console, install_stop_signals
+from procgraph.console import Console, install_stop_signals, read_lines
 from procgraph.constants import (
     BROKERS_ENV,
     RESTARTS_ENV,
@@ -178,9 +178,10 @@ class Supervisor:
         replica.pump.start()
 
     def _pump(self, replica: Replica, proc: subprocess.Popen[bytes], colour: int) -> None:
+        """Forward a replica's output, each line escaped and capped (console.read_lines)."""
         assert proc.stdout is not None
-        for raw in proc.stdout:
-            self.say(replica.name, raw.decode(errors="replace").rstrip(), colour)
+        for line in read_lines(proc.stdout):
+            self.say(replica.name, line, colour)
         proc.stdout.close()
 
     def create_groups(self) -> None:

@@ -39,7 +39,7 @@ def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """The synthetic line under the supervisor; yields the HMI URL (with its token)."""
     port = free_port()
     monkeypatch.setenv("PROCGRAPH_HMI_PORT", str(port))
-    monkeypatch.setenv("PROCGRAPH_HMI_TOKEN", "line3-token")
+    monkeypatch.setenv("PROCGRAPH_HMI_TOKEN", "line3-token-0123456789")
     monkeypatch.setenv("PROCGRAPH_PLC_PORT", str(free_port()))
     plan = load_graph(HERE / "hmi_graph.yaml")
     log = (tmp_path / "supervisor.log").open("w")
@@ -56,7 +56,7 @@ def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
     try:
         wait_until(up, 20, "the HMI to answer /healthz")
-        yield f"{base}/?token=line3-token"
+        yield f"{base}/?token=line3-token-0123456789"
     finally:
         sup.stopping.set()
         runner.join(timeout=20)

@@ -34,7 +34,7 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = ROOT / "models" / "parts-front.onnx"  # the line's own classifier model
 SEED = 9
-ITEMS = 600
+ITEMS = 2000
 FRAMES = 150
 #: a dead-letter reason is at most this long (the cap plus the "...[cut, N in all]" note)
 REASON_MAX = 400
@@ -135,14 +135,16 @@ def malformed(valid: dict[bytes, bytes], rng: random.Random, image: bool) -> Ite
             "dtype": "|u1", "shape": [8, 8], "encoding": "png"}}}), b"a:image": b"\x89PNG junk"}
     # random damage: a cut header is never JSON; a 0xff byte is never UTF-8
     raw = valid[b"h"]
-    for _ in range(40):
+    for _ in range(400):
         yield "truncated", {**valid, b"h": raw[:rng.randrange(1, len(raw) - 1)]}
         at = rng.randrange(len(raw))
         yield "0xff inserted", {**valid, b"h": raw[:at] + b"\xff" + raw[at:]}
         field = rng.choice(["v", "id", "key", "ts_ns", "trace", "data", "arrays"])
-        wrong = rng.choice([[], {}, 1.5, None, [1], {"a": 1}]) if field != "key" else 7
-        if field in ("data", "arrays") and wrong == {}:
-            wrong = 3
+        # of the wrong JSON type for that field (an empty trace, or an array descriptor for
+        # a name the type does not have, is a valid message)
+        wrong = rng.choice({"key": [7], "trace": [{}, 1.5, None, [1]],
+                            "data": [[], 1.5, None, [1]], "arrays": [[], 1.5, None, [1]]}.get(
+            field, [[], {}, 1.5, None, [1], {"a": 1}]))
         yield f"wrong type {field}", with_header(valid, {**h, field: wrong})
 
 

@@ -24,3 +24,23 @@ def tiny_model(value: float) -> bytes:
     model.ir_version = 8
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
+
+def padded_model(value: float, size: int) -> bytes:
+    """A valid model like :func:`tiny_model` of about ``size`` bytes (a long doc_string)."""
+    model = onnx.load_model_from_string(tiny_model(value))
+    model.doc_string = "x" * max(0, size - len(tiny_model(value)))
+    return bytes(model.SerializeToString())
+
+
+def garbage_0x08(size: int = 4096, seed: int = 9) -> list[bytes]:
+    """``size`` bytes starting with 0x08 (what an ONNX file starts with) that are no model:
+    random bytes, and bytes laid out like a ModelProto (ir_version, a graph field) whose
+    graph is random."""
+    rng = np.random.default_rng(seed)
+    random = b"\x08" + rng.integers(0, 256, size - 1, dtype=np.uint8).tobytes()
+    body = size - 5  # 08 08 3a <2-byte length> <body>
+    shaped = bytes([0x08, 0x08, 0x3A, 0x80 | (body & 0x7F), body >> 7]) + \
+        rng.integers(0, 256, body, dtype=np.uint8).tobytes()
+    assert len(random) == len(shaped) == size
+    return [random, shaped]

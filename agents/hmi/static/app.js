@@ -3,13 +3,12 @@
 (() => {
   "use strict";
 
-  const token = new URLSearchParams(location.search).get("token");
   const STALE_MS = 3000;
 
-  /** Absolute URL of a relative path, carrying the token and extra query parameters. */
+  /** Absolute URL of a relative path with extra query parameters. The token is never in a
+   * URL: the server moved it to an HttpOnly cookie that the browser sends by itself. */
   function url(path, extra) {
     const u = new URL(path, document.baseURI);
-    if (token) u.searchParams.set("token", token);
     for (const [k, v] of Object.entries(extra || {})) u.searchParams.set(k, String(v));
     return u.href;
   }
@@ -112,7 +111,8 @@
     tile.loading = true;
     tile.shown = tile.wanted;
     tile.pending = tile.latest;
-    tile.img.src = url(`camera/${encodeURIComponent(tile.name)}.jpg`, { v: tile.wanted });
+    // the server gives the address: a camera name may hold "/" or a lone surrogate
+    tile.img.src = url(tile.latest.image, { v: tile.wanted });
   }
 
   function footItem(label, value) {

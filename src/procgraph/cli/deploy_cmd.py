@@ -10,7 +10,15 @@ from typing import Annotated
 import typer
 
 from procgraph.cli.common import fail
-from procgraph.deploy import DeployOptions, render_compose, render_k8s
+from procgraph.deploy import (
+    DeployOptions,
+    compose_env_file,
+    dns_name,
+    is_secret,
+    render_compose,
+    render_k8s,
+    render_k8s_secret,
+)
 from procgraph.errors import ProcgraphError
 from procgraph.graph import GraphPlan, load_graph
 
@@ -28,6 +36,9 @@ EnvOpt = Annotated[list[str] | None, typer.Option(
 PublishOpt = Annotated[list[str] | None, typer.Option(
     help="AGENT: also publish this agent's params.port (the HMI is published already)")]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="write here (default: stdout)")]
+SecretsOpt = Annotated[Path | None, typer.Option(
+    "--secrets-out", help="where the secret variables go, mode 0600 (default: beside --out, "
+    "else in the current folder)")]
 
 
 def _env(items: list[str] | None) -> dict[str, str]:
@@ -64,6 +75,38 @@ def _write(text: str, out: Path | None) -> None:
         typer.secho(f"wrote {out}", err=True)
 
 
+def _env_options(values: dict[str, str]) -> list[str]:
+    """``--env=NAME=VALUE`` for the header, a secret's value masked."""
+    return [f"--env={k}={'***' if is_secret(k, v) else v}" for k, v in values.items()]
+
+
+def _label(plan: GraphPlan) -> str:
+    try:
+        return dns_name(plan.name)
+    except ProcgraphError as exc:
+        raise fail(str(exc)) from None
+
+
+def _secret_path(given: Path | None, out: Path | None, default: str, suffix: str) -> Path:
+    if given is not None:
+        return given
+    if out is not None:
+        return out.with_name(out.stem + suffix)
+    return Path(default)
+
+
+def _write_secret(text: str | None, path: Path) -> None:
+    """Write the secrets apart, readable by this user only (0600)."""
+    if text is None:
+        return
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
+    typer.secho(f"wrote the secrets to {path} (mode 0600; keep it out of version control)",
+                err=True)
+
+
 def compose(
     file: GraphArg,
     image: ImageOpt = "procgraph:0.1",
@@ -74,26 +117,36 @@ def compose(
         help="graph path for the bind mount, relative to the Compose file "
         "(default: computed from --out, else from the current folder)")] = None,
     out: OutOpt = None,
+    secrets_out: SecretsOpt = None,
 ) -> None:
-    """Compose file: one service per embedded broker and per agent replica."""
+    """Compose file: one service per embedded broker and per agent replica.
+
+    Secret variables go to an env file (mode 0600) that the services name in ``env_file``.
+    """
     values = _env(env)
     plan, text = _prepare(file, values)
+    base = out.resolve().parent if out is not None else Path.cwd()
     if graph_source is None:
-        base = out.resolve().parent if out is not None else Path.cwd()
         graph_source = os.path.relpath(file.resolve(), base)
         if not graph_source.startswith("."):
             graph_source = f"./{graph_source}"
+    secrets = _secret_path(secrets_out, out, f"procgraph-{_label(plan)}.env", ".env")
+    env_file = os.path.relpath(secrets.resolve(), base)
+    env_file = env_file if env_file.startswith(".") else f"./{env_file}"
     options = ["--image", image, "--broker-image", broker_image]
-    options += [f"--env={k}={v}" for k, v in values.items()]
+    options += _env_options(values)
     options += [f"--publish={p}" for p in publish or []]
     options += ["--graph-source", graph_source]
     opts = DeployOptions(graph_text=text, graph_file=file.name, image=image,
                          broker_image=broker_image, env=values, publish=tuple(publish or ()),
-                         graph_source=graph_source, command=_command("compose", file, options))
+                         graph_source=graph_source, command=_command("compose", file, options),
+                         env_file=env_file)
     try:
-        _write(render_compose(plan, opts), out)
+        rendered, secret = render_compose(plan, opts), compose_env_file(plan, opts)
     except ProcgraphError as exc:
         raise fail(str(exc)) from None
+    _write_secret(secret, secrets)
+    _write(rendered, out)
 
 
 def k8s(
@@ -111,15 +164,20 @@ def k8s(
         help="Service type of published ports: ClusterIP, NodePort or LoadBalancer")
     ] = "ClusterIP",
     out: OutOpt = None,
+    secrets_out: SecretsOpt = None,
 ) -> None:
-    """Kubernetes manifests: graph ConfigMap, brokers, one StatefulSet per agent."""
+    """Kubernetes manifests: graph ConfigMap, brokers, one StatefulSet per agent.
+
+    Secret variables go to a Secret written apart (mode 0600) that the agents name in
+    ``envFrom``; apply it first.
+    """
     if service_type not in ("ClusterIP", "NodePort", "LoadBalancer"):
         raise fail(f"--service-type {service_type!r}: use ClusterIP, NodePort or LoadBalancer")
     values = _env(env)
     plan, text = _prepare(file, values)
     options = ["--image", image, "--broker-image", broker_image]
     options += ["--namespace", namespace] if namespace else []
-    options += [f"--env={k}={v}" for k, v in values.items()]
+    options += _env_options(values)
     options += [f"--publish={p}" for p in publish or []]
     if node_label != "kubernetes.io/hostname":
         options += ["--node-label", node_label]
@@ -130,9 +188,12 @@ def k8s(
                          namespace=namespace, node_label=node_label, service_type=service_type,
                          command=_command("k8s", file, options))
     try:
-        _write(render_k8s(plan, opts), out)
+        rendered, secret = render_k8s(plan, opts), render_k8s_secret(plan, opts)
     except ProcgraphError as exc:
         raise fail(str(exc)) from None
+    _write_secret(secret, _secret_path(secrets_out, out, f"{_label(plan)}-secret.yaml",
+                                       ".secret.yaml"))
+    _write(rendered, out)
 
 
 deploy_app.command()(compose)

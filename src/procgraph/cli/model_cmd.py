@@ -5,14 +5,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
 from procgraph.cli.common import fail
+from procgraph.redact import redact_url
 
 if TYPE_CHECKING:
     from procgraph.registry import ModelRegistry
+    from procgraph.registry.store import ModelCheck, Progress
 
 T = TypeVar("T")
 
@@ -41,13 +43,15 @@ def _run(url: str, action: str, fn: Callable[[ModelRegistry], T]) -> T:
     """Call ``fn`` with a registry on ``url``; known errors exit 1 with a message."""
     from redis import RedisError
 
-    from procgraph.errors import BrokerUnavailable, ProcgraphError
+    from procgraph.errors import BrokerError, BrokerUnavailable, ProcgraphError
     from procgraph.registry import ModelRegistry
 
     try:
         registry = ModelRegistry.connect(url)
     except BrokerUnavailable as exc:
         raise fail(f"cannot reach the broker at {url}: {exc}") from None
+    except BrokerError as exc:  # BrokerRefused: a wrong password, an untrusted certificate
+        raise fail(str(exc)) from None
     try:
         return fn(registry)
     except ProcgraphError as exc:
@@ -59,9 +63,59 @@ def _run(url: str, action: str, fn: Callable[[ModelRegistry], T]) -> T:
 
 
 def _size(n: int) -> str:
-    if n < 1024:
-        return f"{n} B"
-    return f"{n / 1024:.1f} KiB" if n < 1024**2 else f"{n / 1024**2:.1f} MiB"
+    from procgraph.registry.check import size_text
+
+    return size_text(n)
+
+
+def _agent_checks(graph: Path, agent: str | None, name: str) -> ModelCheck:
+    """``check(data)`` running ``check_model`` of the agent(s) of ``graph`` that take NAME."""
+    from procgraph.cli.common import load_or_exit
+    from procgraph.graph import agent_class
+
+    plan = load_or_exit(graph)
+    if agent is not None and agent not in plan.agents:
+        raise fail(f"{graph}: no agent {agent!r}; agents: {', '.join(plan.agents)}")
+    wanted = f"registry:{name}"
+    chosen = [agent] if agent is not None else [
+        a for a, ap in plan.agents.items() if ap.params.get("model") == wanted]
+    if not chosen:
+        raise fail(f"{graph}: no agent follows {wanted}: name one with --agent")
+    checks: list[tuple[str, Callable[[Any, bytes], object], Any]] = []
+    for a in chosen:
+        cls = agent_class(plan, a)
+        checker = getattr(cls, "check_model", None)
+        if not callable(checker):
+            raise fail(f"{graph}: agent {a!r} ({plan.agents[a].class_path}) cannot check a "
+                       "model (its class has no check_model): drop --graph/--agent")
+        checks.append((a, checker, cls.Params.model_validate(plan.agents[a].params)))
+
+    def check(data: bytes) -> None:
+        for a, checker, params in checks:
+            try:
+                checker(params, data)
+            except ValueError as exc:
+                raise ValueError(f"agent {a!r} of {graph}: {exc}") from None
+
+    return check
+
+
+def _progress(name: str) -> Progress:
+    """A bytes-sent line on stderr for pushes of several chunks: the first chunk, then at
+    most one a second, then the last."""
+    last: list[float] = []
+
+    def report(sent: int, total: int) -> None:
+        now = time.monotonic()
+        if sent >= total and not last:
+            return  # sent in one chunk: no progress to show
+        if sent < total and last and now - last[0] < 1.0:
+            return
+        last[:] = [now]
+        typer.echo(f"{name}: {_size(sent)} of {_size(total)} sent "
+                   f"({100 * sent // total}%)", err=True)
+
+    return report
 
 
 @model_app.command("push")
@@ -70,12 +124,27 @@ def push(
     file: Annotated[Path, typer.Argument(help="ONNX file")],
     version: Annotated[str | None, typer.Option(
         "--version", help="version label (default: next integer)")] = None,
+    graph: Annotated[Path | None, typer.Option(
+        "--graph", help="check the model against the agents of this graph that follow "
+        "registry:NAME (or --agent)", show_default=False)] = None,
+    agent: Annotated[str | None, typer.Option(
+        "--agent", help="with --graph: check against this agent's params",
+        show_default=False)] = None,
+    new_signature: Annotated[bool, typer.Option(
+        "--new-signature", help="accept inputs/outputs unlike the current version's")] = False,
     redis_url: RedisOption = None,
 ) -> None:
-    """Store FILE as a new version of NAME and make it current (classifiers swap to it)."""
+    """Check FILE (onnxruntime loads it; it fits the broker; it suits the agents), then store
+    it as a new version of NAME and make it current (classifiers swap to it)."""
     if not file.is_file():
-        raise fail(f"no such file: {file}")
-    rec = _run(_url(redis_url), f"push {name}", lambda r: r.push(name, file, version))
+        raise fail(f"no such file: {file}" if not file.exists() else
+                   f"{file} is not a regular file: give an .onnx file")
+    if agent is not None and graph is None:
+        raise fail("--agent needs --graph GRAPH.yaml (the graph the agent is in)")
+    check = _agent_checks(graph, agent, name) if graph is not None else None
+    rec = _run(_url(redis_url), f"push {name}", lambda r: r.push(
+        name, file, version, check=check, new_signature=new_signature,
+        progress=_progress(name)))
     typer.echo(f"{rec.name}: version {rec.version} is current "
                f"(sha256 {rec.sha256[:12]}, {_size(rec.size)})")
 
@@ -96,7 +165,7 @@ def list_(
             raise fail(f"no model {name!r} in the registry at {url}")
         typer.echo("the registry is empty")
         return
-    table = Table(title=f"models at {url}")
+    table = Table(title=f"models at {redact_url(url)}")
     for col in ("name", "version", "current", "sha256", "size", "pushed"):
         table.add_column(col, justify="right" if col == "size" else "left")
     for rec in records:
@@ -109,10 +178,14 @@ def list_(
 @model_app.command("rollback")
 def rollback(
     name: Annotated[str, typer.Argument(help="model name")],
+    to: Annotated[str | None, typer.Option(
+        "--to", help="the version to make current (default: the one before the current)",
+        show_default=False)] = None,
     redis_url: RedisOption = None,
 ) -> None:
-    """Make the version before the current one current again (classifiers swap back)."""
-    rec = _run(_url(redis_url), f"rollback {name}", lambda r: r.rollback(name))
+    """Make VERSION (--to), or the version before the current one, current again
+    (classifiers swap back)."""
+    rec = _run(_url(redis_url), f"rollback {name}", lambda r: r.rollback(name, to))
     typer.echo(f"{rec.name}: version {rec.version} is current again "
                f"(sha256 {rec.sha256[:12]})")
 

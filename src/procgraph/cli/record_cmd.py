@@ -21,8 +21,14 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from procgraph.cli.common import broker_urls, fail, load_or_exit, redis_url_or_env
-from procgraph.errors import BrokerUnavailable, RecordingError
+from procgraph.cli.common import (
+    broker_urls,
+    fail,
+    load_or_exit,
+    ping_or_exit,
+    redis_url_or_env,
+)
+from procgraph.errors import BrokerError, RecordingError
 from procgraph.recording import Recorder, RecordingWriter, check_file, graph_streams, replay
 
 
@@ -70,9 +76,10 @@ def record(
     """Record stream entries to a file (read-only: agents lose nothing); Ctrl-C stops."""
     redis_url = redis_url_or_env(redis_url)
     by_url = streams_to_record(sources, redis_url)
+    ping_or_exit({url: url for url in by_url})
     try:
         recorder = Recorder(by_url, from_start)
-    except BrokerUnavailable as exc:
+    except BrokerError as exc:
         raise fail(f"cannot reach the broker: {exc}") from None
     streams = recorder.streams
     deadline = None if duration is None else time.monotonic() + duration
@@ -95,7 +102,7 @@ def record(
                                info=f"{writer.count:,} entries, {writer.bytes / 1e6:,.1f} MB")
             except KeyboardInterrupt:
                 pass
-            except BrokerUnavailable as exc:
+            except BrokerError as exc:
                 raise fail(f"lost the broker after {writer.count} entries (file kept): {exc}"
                            ) from None
     finally:
@@ -124,11 +131,8 @@ def replay_cmd(
         reader = check_file(file)  # the whole file is checked before anything is written
     except RecordingError as exc:
         raise fail(str(exc)) from None
+    ping_or_exit({url: url})
     client = redis.Redis.from_url(url, socket_connect_timeout=1.0, socket_timeout=5.0)
-    try:
-        client.ping()
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
-        raise fail(f"cannot reach {url}: {exc}") from None
     written = 0
     with _progress() as bar:
         task = bar.add_task(f"replaying {file.name}", total=reader.size, info="")
@@ -138,7 +142,7 @@ def replay_cmd(
                 bar.update(task, completed=reader.position(), info=f"{written:,} entries")
         except KeyboardInterrupt:
             pass
-        except (BrokerUnavailable, RecordingError) as exc:  # the file changed since checked
+        except (BrokerError, RecordingError) as exc:  # the file changed since checked
             raise fail(str(exc)) from None
         finally:
             client.close()

@@ -8,9 +8,10 @@ from typing import Annotated
 
 import typer
 
-from procgraph.cli.common import fail, load_or_exit
+from procgraph.cli.common import fail, load_or_exit, redis_url_or_env
 from procgraph.console import STOP_SIGNALS
 from procgraph.errors import ProcgraphError
+from procgraph.redact import redact_url
 from procgraph.supervisor import CONNECT_TIMEOUT_S, Supervisor
 
 
@@ -19,7 +20,9 @@ def run(
     duration: Annotated[float | None, typer.Option(help="stop after SECONDS")] = None,
     node: Annotated[str | None, typer.Option(help="start only agents placed on NODE")] = None,
     redis: Annotated[str | None, typer.Option(
-        "--redis", help="use this redis:// URL for every embedded broker")] = None,
+        "--redis", help="use this redis:// URL for every embedded broker (default: "
+        "$PROCGRAPH_REDIS; a URL with a password belongs there: every user can read a "
+        "command line)")] = None,
     broker_kind: Annotated[str, typer.Option(
         "--broker-kind", help="embedded server: valkey (wheel) or redis (redis-server)")
     ] = "valkey",
@@ -36,7 +39,11 @@ def run(
     refused while this one runs.
     """
     plan = load_or_exit(file)
-    sup = Supervisor(plan, node=node, redis_url=redis, broker_kind=broker_kind,
+    if redis is not None and redact_url(redis) != redis:
+        typer.secho("warning: --redis carries a password, which every user of this machine "
+                    "can read in ps: set $PROCGRAPH_REDIS instead (run reads it when --redis "
+                    "is not given)", fg=typer.colors.YELLOW, err=True)
+    sup = Supervisor(plan, node=node, redis_url=redis_url_or_env(redis), broker_kind=broker_kind,
                      state_dir=state_dir)
     sup.handle_signals()
     try:

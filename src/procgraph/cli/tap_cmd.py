@@ -3,32 +3,52 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 import typer
 
-from procgraph.cli.common import redis_url_or_env
+from procgraph.cli.common import ping_or_exit, redis_url_or_env
 from procgraph.codec import read_header
+from procgraph.errors import CodecError
+from procgraph.redact import redact, redact_url
+from procgraph.safetext import printable
 
 DEFAULT_URL = "redis://127.0.0.1:6379"
+#: the cap of a printed data or arrays field, in characters
+FIELD_LIMIT = 300
 
 
-def describe(entry_id: bytes, fields: dict[bytes, bytes]) -> str:
-    """One line per entry: id, type, key and scalar fields; arrays as dtype+shape."""
+def _describe_message(fields: Mapping[bytes, bytes]) -> str:
+    """``type key=... data [arrays]`` of a procgraph message; CodecError when it is not one."""
+    h = read_header(fields)
+    arrays = h.get("arrays", {})
+    if not isinstance(arrays, dict):
+        raise CodecError(f"'arrays' must be an object, got {type(arrays).__name__}")
+    shapes: dict[str, str] = {}
+    for name, desc in arrays.items():
+        if not isinstance(desc, dict):
+            raise CodecError(f"array {name!r}: descriptor must be an object")
+        shapes[name] = f"{desc.get('dtype')}{desc.get('shape')}"
+    data = printable(json.dumps(h.get("data", {}), separators=(",", ":")), FIELD_LIMIT)
+    text = f"{printable(h.get('type'), 100)} key={printable(repr(h.get('key')), 200)} {data}"
+    return f"{text} {printable(json.dumps(shapes), FIELD_LIMIT)}" if shapes else text
+
+
+def describe(entry_id: bytes, fields: Mapping[bytes, bytes]) -> str:
+    """One line per entry: id, type, key and scalar fields; arrays as dtype+shape.
+
+    An entry that is not a readable procgraph message shows as
+    ``<id> <undecodable: reason>``; ``dead:*`` fields follow either way. Everything that
+    comes from the entry is escaped and capped (:func:`procgraph.safetext.printable`).
+    """
     try:
-        h = read_header(fields)
-    except Exception as exc:
-        return f"{entry_id.decode()} <not a procgraph message: {exc}>"
-    arrays = {k: f"{v.get('dtype')}{v.get('shape')}" for k, v in h.get("arrays", {}).items()}
-    data = json.dumps(h.get("data", {}), separators=(",", ":"))
-    if len(data) > 300:
-        data = data[:297] + "..."
-    extra = "".join(
-        f" {k.decode()}={v.decode(errors='replace')}"
-        for k, v in fields.items() if k.startswith(b"dead:")
-    )
-    return (f"{entry_id.decode()} {h.get('type')} key={h.get('key')!r} {data}"
-            f"{' ' + json.dumps(arrays) if arrays else ''}{extra}")
+        body = _describe_message(fields)
+    except Exception as exc:  # any malformed entry is shown as such, never ends tap
+        body = f"<undecodable: {printable(exc)}>"
+    dead = "".join(f" {printable(k, 100)}={printable(v)}"
+                   for k, v in fields.items() if k.startswith(b"dead:"))
+    return f"{printable(entry_id, 100)} {body}{dead}"
 
 
 def tap(
@@ -44,6 +64,7 @@ def tap(
     import redis
 
     redis_url = redis_url_or_env(redis_url) or DEFAULT_URL
+    ping_or_exit({redis_url: redis_url})  # unreachable, wrong password, untrusted TLS: exit 1
     client = redis.Redis.from_url(redis_url)
     last: bytes | str = "0-0"
     seen = 0
@@ -61,7 +82,14 @@ def tap(
                     if 0 < count <= seen:
                         return
     except redis.ConnectionError as exc:
-        typer.secho(f"error: cannot reach {redis_url}: {exc}", fg="red", err=True)
+        typer.secho(f"error: cannot reach {redact_url(redis_url)}: {printable(redact(str(exc)))}",
+                    fg="red", err=True)
+        raise typer.Exit(1) from None
+    except redis.ResponseError as exc:
+        fix = ("; fix: name a stream key (`procgraph graph` lists them)"
+               if str(exc).startswith("WRONGTYPE") else "")
+        typer.secho(f"error: cannot read stream {printable(stream)!r}: "
+                    f"{printable(redact(str(exc)))}{fix}", fg="red", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         pass

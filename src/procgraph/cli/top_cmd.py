@@ -13,12 +13,14 @@ from typing import Annotated
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from procgraph.cli.common import broker_urls, fail, load_or_exit
-from procgraph.errors import BrokerUnavailable
+from procgraph.cli.common import broker_urls, fail, load_or_exit, ping_or_exit
+from procgraph.errors import BrokerError, BrokerUnavailable
 from procgraph.graph import GraphPlan
 from procgraph.monitor import LineMonitor, Row
+from procgraph.redact import redact
 
 
 def _num(value: float | None, fmt: str = "{:,.0f}") -> str:
@@ -29,7 +31,8 @@ def _counters_note(counters: dict[str, int] | None, plain: bool) -> str:
     if not counters:
         return ""
     text = "line counters: " + ", ".join(f"{k}={v:,}" for k, v in sorted(counters.items()))
-    return text if plain else f"[red]{text}[/red]"
+    # names come from the broker: drawn as text, never read as rich markup ("[/foo]")
+    return escape(text) if plain else f"[red]{escape(text)}[/red]"
 
 
 def _alarm(value: int | None, plain: bool) -> str:
@@ -78,10 +81,12 @@ def top(
 ) -> None:
     """Show rate, lag, pending, dead letters, drops, reclaims, latency and restarts per port."""
     plan = load_or_exit(file)
-    with LineMonitor(plan, broker_urls(plan, redis_url)) as monitor:
+    urls = broker_urls(plan, redis_url)
+    ping_or_exit(urls)  # a wrong password or TLS certificate: one error line, no retrying
+    with LineMonitor(plan, urls) as monitor:
         try:
             monitor.ping()
-        except BrokerUnavailable as exc:
+        except BrokerError as exc:
             raise fail(str(exc)) from None
         try:
             if once:
@@ -90,7 +95,7 @@ def top(
                                      counters=monitor.line_counters()))
                 return
             _live(plan, monitor, interval)
-        except BrokerUnavailable as exc:
+        except BrokerError as exc:
             raise fail(f"lost the broker: {exc}") from None
 
 
@@ -107,7 +112,7 @@ def _live(plan: GraphPlan, sampler: LineMonitor, interval: float) -> None:
                     rows, counters = sampler.sample(), sampler.line_counters()
                     text = note
                 except BrokerUnavailable as exc:
-                    text = f"[red]broker unreachable: {exc}; retrying[/red]"
+                    text = f"[red]broker unreachable: {escape(redact(str(exc)))}; retrying[/red]"
                 live.update(render(plan, rows, text, counters=counters), refresh=True)
     except KeyboardInterrupt:
         pass

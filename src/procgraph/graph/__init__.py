@@ -7,11 +7,11 @@ The schema of the file is in :mod:`procgraph.graph.spec`, the compiled plan in
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
-import sys
+import shlex
 import types
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,13 @@ from procgraph.agent import Agent
 from procgraph.codec import ENCODINGS
 from procgraph.constants import EMBEDDED, stream_key
 from procgraph.errors import GraphError
+from procgraph.graph.imports import (
+    ImportTimeout,
+    add_graph_dir,
+    import_module,
+    import_timeout_s,
+    shadowed_modules,
+)
 from procgraph.graph.plan import AgentPlan, GraphPlan, InputPlan, OutputPlan
 from procgraph.graph.spec import (
     AgentSpec,
@@ -30,6 +37,7 @@ from procgraph.graph.spec import (
     OutputSpec,
     PersistenceSpec,
 )
+from procgraph.safetext import printable
 from procgraph.yamlmarks import Marked, Path_, load_marked
 
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
@@ -42,21 +50,38 @@ __all__ = [
 
 
 def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
-    """Import ``module:Class`` and check it is an Agent subclass."""
+    """Import ``module:Class`` and check it is an Agent subclass.
+
+    A module that fails to import in any way (an exception, ``sys.exit()``, or no end
+    within :func:`~procgraph.graph.imports.import_timeout_s` seconds) raises GraphError
+    naming the module; only Ctrl-C (KeyboardInterrupt) goes through.
+    """
     module_name, sep, attr = path.partition(":")
     if not sep or not module_name or not attr:
         raise where.error(at, f"{path!r} is not an import path", "write it as module:ClassName")
+    folder = shlex.quote(str(Path(where.file).resolve().parent))
+    see = f"run  cd {folder} && python -c 'import {module_name}'  to see what it does"
     try:
-        module = importlib.import_module(module_name)
+        module = import_module(module_name, import_timeout_s())
+    except ImportTimeout as exc:
+        raise where.error(at, f"importing {module_name!r} did not finish within "
+                          f"{exc.timeout_s:g} s (it was at {exc.at})",
+                          f"make the module import quickly (connect, load and wait in the "
+                          f"agent's setup, not at import); {see}") from None
     except ImportError as exc:
         raise where.error(
             at,
-            f"cannot import module {module_name!r}: {exc}",
+            f"cannot import module {module_name!r}: {printable(exc)}",
             "put the module beside the graph file or on PYTHONPATH, or fix the name",
         ) from exc
-    except Exception as exc:
-        raise where.error(at, f"importing {module_name!r} failed: {exc!r}",
-                          f"run  python -c 'import {module_name}'  to see the traceback") from exc
+    except SystemExit as exc:
+        raise where.error(at, f"importing {module_name!r} called sys.exit({exc.code!r})",
+                          f"a module must not exit when imported; {see}") from None
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        raise where.error(at, f"importing {module_name!r} failed: {printable(repr(exc))}",
+                          f"{see} and its traceback") from exc
     cls = getattr(module, attr, None)
     if cls is None:
         names = sorted(n for n, v in vars(module).items() if isinstance(v, type)
@@ -72,9 +97,7 @@ def import_agent(path: str, where: Marked, at: Path_) -> type[Agent]:
 def agent_class(plan: GraphPlan, agent: str) -> type[Agent]:
     """The Agent class that agent ``agent`` of a validated graph names, imported as
     :func:`load_graph` does (modules beside the graph file are importable)."""
-    graph_dir = str(plan.graph_dir)
-    if graph_dir not in sys.path:
-        sys.path.insert(0, graph_dir)
+    add_graph_dir(plan.graph_dir)
     where = Marked(Path(plan.file), None, {})
     return import_agent(plan.agents[agent].class_path, where, ("agents", agent, "class"))
 
@@ -137,8 +160,14 @@ def _edges(value: str | EdgeSpec | list[str | EdgeSpec]) -> list[EdgeSpec]:
     return [EdgeSpec(**{"from": i}) if isinstance(i, str) else i for i in items]
 
 
-def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan:
-    """Load, validate and compile a graph file; raise GraphError saying what to fix."""
+def load_graph(file: str | Path, env: dict[str, str] | None = None,
+               warn: Callable[[str], None] | None = None) -> GraphPlan:
+    """Load, validate and compile a graph file; raise GraphError saying what to fix.
+
+    The graph's folder is appended to ``sys.path`` (installed modules win over files beside
+    the graph); ``warn`` gets one line per module there that an installed one hides (by
+    default a warning of the ``procgraph.graph`` logger).
+    """
     path = Path(file)
     marked = load_marked(path, env)
     if not isinstance(marked.data, dict):
@@ -151,9 +180,7 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
     if not _NAME.match(spec.name):
         raise marked.error(("name",), f"{spec.name!r} is not a valid name",
                            "use letters, digits, '-' and '_' (it is part of stream keys)")
-    graph_dir = str(path.resolve().parent)
-    if graph_dir not in sys.path:
-        sys.path.insert(0, graph_dir)
+    add_graph_dir(path.resolve().parent, warn=warn)
 
     classes: dict[str, type[Agent]] = {}
     for name, a in spec.agents.items():
@@ -175,7 +202,8 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None) -> GraphPlan
     for name, a in spec.agents.items():
         cls = classes[name]
         try:
-            params[name] = cls.Params.model_validate(a.params).model_dump(mode="json")
+            params[name] = cls.Params.model_validate(
+                a.params, context={"graph_dir": path.resolve().parent}).model_dump(mode="json")
         except ValidationError as exc:
             raise _pydantic_error(marked, exc, ("agents", name, "params"),
                                   f"{path}: params of agent {name!r} ({a.class_}) are not valid",
@@ -278,4 +306,4 @@ def graph_json_schema() -> dict[str, Any]:
 
 
 __all__ = ["EMBEDDED", "ENCODINGS", "GraphPlan", "GraphSpec", "agent_class", "graph_json_schema",
-           "load_graph"]
+           "load_graph", "shadowed_modules"]

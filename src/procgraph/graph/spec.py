@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -12,6 +13,7 @@ from procgraph.constants import (
     DEFAULT_MAX_DELIVERIES,
     EMBEDDED,
 )
+from procgraph.redact import redact_url
 
 
 class _Strict(BaseModel):
@@ -25,8 +27,39 @@ class PersistenceSpec(_Strict):
         "when the AOF reaches the disk: every second, every write, or when the OS flushes"))
 
 
+class TlsSpec(_Strict):
+    """How a client reaches a ``rediss://`` broker: the CA to trust, a client certificate.
+
+    Paths are relative to the graph file's folder. ``insecure: true`` turns certificate
+    checks off (``ssl_cert_reqs=none``): anyone in the path can then read and forge traffic.
+    """
+
+    ca: str | None = Field(None, description="PEM file of the CA(s) that signed the broker's "
+                           "certificate (default: the system's CAs)")
+    cert: str | None = Field(None, description="PEM client certificate (when the broker "
+                             "asks for one: tls-auth-clients)")
+    key: str | None = Field(None, description="PEM private key of the client certificate")
+    insecure: bool = Field(False, description="do not check the broker's certificate")
+
+    @model_validator(mode="after")
+    def _pair(self) -> TlsSpec:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("tls.cert and tls.key go together: give both or neither")
+        return self
+
+
+#: URL query options that turn a rediss:// broker's certificate check off
+_INSECURE_QUERY = {"ssl_cert_reqs": ("none", "optional"), "ssl_check_hostname": ("false", "0",
+                                                                             "no", "n", "f")}
+
+
 class BrokerSpec(_Strict):
-    """A named Redis-protocol server; ``embedded`` means the supervisor starts Valkey."""
+    """A named Redis-protocol server; ``embedded`` means the supervisor starts Valkey.
+
+    ``password`` (write ``${VAR}`` to keep it out of the file) and ``username`` are sent to
+    the broker by every client of the line; an embedded broker is started with that password.
+    ``tls`` applies to ``rediss://`` brokers (the bundled Valkey has no TLS).
+    """
 
     url: str = EMBEDDED
     node: str | None = Field(None, description="node that starts an embedded broker")
@@ -36,6 +69,12 @@ class BrokerSpec(_Strict):
         "an embedded broker's AOF {appendfsync: everysec|always|no}, or 'none' (in memory)"))
     data_dir: str | None = Field(None, description="an embedded broker's data folder (default "
                                  "<state folder>/brokers/<name>; relative to the graph file)")
+    password: str | None = Field(None, min_length=1, description=(
+        "the broker's password (write ${VAR}); an embedded broker not on loopback without one "
+        "gets a generated password kept in the state folder"))
+    username: str | None = Field(None, min_length=1, description="ACL user (default: default)")
+    tls: TlsSpec | None = Field(None, description="{ca, cert, key, insecure} for a rediss:// "
+                                "broker; paths relative to the graph file")
 
     @field_validator("url")
     @classmethod
@@ -59,10 +98,33 @@ class BrokerSpec(_Strict):
                            ("data_dir", self.data_dir is not None)):
             if given and self.url != EMBEDDED:
                 raise ValueError(f"{key} applies to an embedded broker only; for a server at "
-                                 f"{self.url} turn on its own persistence (appendonly yes)")
+                                 f"{redact_url(self.url)} turn on its own persistence "
+                                 "(appendonly yes)")
         if self.data_dir is not None and self.persistence is None:
             raise ValueError("data_dir is set but persistence is 'none': remove one of them")
+        self._check_secrets()
         return self
+
+    def _check_secrets(self) -> None:
+        parts = urlsplit(self.url) if self.url != EMBEDDED else None
+        if parts is not None and parts.password and self.password is not None:
+            raise ValueError("the password is given twice (in url and in password): keep "
+                             "password: ${VAR} and take it out of the URL")
+        if self.url == EMBEDDED and self.username is not None:
+            raise ValueError("username applies to a server at a redis:// url; an embedded "
+                             "broker has the default user only (give password:)")
+        if self.tls is not None and (parts is None or parts.scheme != "rediss"):
+            where = "the bundled Valkey has no TLS: run a TLS broker and give its" \
+                if parts is None else "tls needs a"
+            raise ValueError(f"{where} rediss://host:port url")
+        query = parse_qs(parts.query) if parts is not None else {}
+        for key, values in _INSECURE_QUERY.items():
+            if any(v.lower() in values for v in query.get(key, [])) and not (
+                    self.tls is not None and self.tls.insecure):
+                raise ValueError(f"{key}={query[key][0]} turns the broker's certificate check "
+                                 "off: anyone in between can read and forge messages. Give "
+                                 "the broker's CA (tls: {ca: ca.pem}) or, knowingly, set "
+                                 "tls: {insecure: true}")
 
 
 class EdgeSpec(_Strict):

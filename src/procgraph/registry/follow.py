@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any
 
 from procgraph.constants import model_channel
 from procgraph.errors import TRANSIENT_ERRORS, ModelRegistryError
-from procgraph.registry.store import ModelChanged, ModelRecord
+from procgraph.registry.records import ModelChanged, ModelRecord
+from procgraph.safetext import printable
 
 if TYPE_CHECKING:
     from procgraph.registry.store import ModelRegistry
@@ -153,7 +154,7 @@ class ModelFollower:
         except ModelRegistryError as exc:
             self._failed.add((rec.version, rec.sha256))
             log.error("model %s v%s cannot be fetched: %s; skipping it", rec.name, rec.version,
-                      exc)
+                      printable(exc))
             return
         try:
             self._on_change(rec, data)

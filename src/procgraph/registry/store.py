@@ -1,18 +1,19 @@
-"""The registry itself: records, the "model changed" event, and ModelRegistry's calls.
+"""The registry itself: ModelRegistry's calls (push, rollback, reads, follow).
 
 Layout and event format: see the package docstring (procgraph.registry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import re
+import secrets
+import stat
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis
 
@@ -29,6 +30,17 @@ from procgraph.errors import (
     ModelRegistryError,
     broker_unavailable_as,
 )
+from procgraph.redact import redact_url
+from procgraph.registry.check import (
+    MAX_MODEL_BYTES,
+    ModelSignature,
+    inspect_model,
+    read_model_file,
+    size_text,
+)
+from procgraph.registry.records import ModelChanged, ModelRecord, event_json, parse_record
+from procgraph.safetext import printable
+from procgraph.transport.limits import max_bulk_bytes
 
 if TYPE_CHECKING:
     from procgraph.registry.follow import ModelFollower
@@ -36,85 +48,14 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _CURRENT = "current"
 _META = "meta:"
+#: bytes sent per command while a model is uploaded (progress is reported per chunk)
+CHUNK_BYTES = 4 * 1024 * 1024
+_UPLOAD_TTL_S = 3600  # an interrupted push leaves its partial upload for at most this long
 
-
-@dataclass(frozen=True)
-class ModelRecord:
-    """One version of a model in the registry (without its bytes)."""
-
-    name: str
-    version: str
-    sha256: str
-    size: int
-    pushed: float  # seconds since the epoch
-    current: bool = False
-
-    def to_json(self) -> str:
-        """The stored JSON form (``current`` is not stored: it lives in its own field)."""
-        data = asdict(self)
-        data.pop("current")
-        return json.dumps(data, separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class ModelChanged:
-    """The typed "model changed" event: the current version of ``name`` is now ``version``."""
-
-    event: Literal["push", "rollback"]
-    name: str
-    version: str
-    sha256: str
-
-    def to_json(self) -> str:
-        """The published JSON form."""
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def parse(cls, raw: bytes | str) -> ModelChanged:
-        """Parse a published event strictly; ValueError says what is wrong with it."""
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ValueError(f"not JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        fields = ("event", "name", "version", "sha256")
-        if set(data) != set(fields):
-            raise ValueError(f"fields {sorted(data)}, expected {sorted(fields)}")
-        if not all(isinstance(data[f], str) and data[f] for f in fields):
-            raise ValueError("every field must be a non-empty string")
-        if data["event"] not in ("push", "rollback"):
-            raise ValueError(f"unknown event {data['event']!r}")
-        return cls(event=data["event"], name=data["name"], version=data["version"],
-                   sha256=data["sha256"])
-
-
-def check_onnx_bytes(data: bytes, what: str = "model") -> None:
-    """Raise ModelRegistryError unless ``data`` looks like an ONNX model.
-
-    With the ``onnx`` package installed the bytes must parse as a ModelProto with a graph
-    that has outputs; without it, the bytes must at least start like one (an ONNX file
-    begins with its ``ir_version`` field, protobuf tag 0x08).
-    """
-    if not data:
-        raise ModelRegistryError(f"{what} is empty: expected an ONNX file")
-    try:
-        import onnx
-    except ImportError:
-        if data[:1] != b"\x08":
-            raise ModelRegistryError(
-                f"{what} is not an ONNX model (it does not start with an ir_version field)"
-            ) from None
-        return
-    try:
-        proto = onnx.load_model_from_string(data)
-    except Exception as exc:
-        raise ModelRegistryError(f"{what} is not an ONNX model: {exc}") from None
-    if proto.ir_version <= 0 or not proto.graph.output:
-        raise ModelRegistryError(
-            f"{what} is not an ONNX model: no ir_version or no graph outputs "
-            "(export it with torch.onnx.export, tf2onnx or skl2onnx)"
-        )
+#: ``progress(sent_bytes, total_bytes)``, called after each chunk of a push
+Progress = Callable[[int, int], object]
+#: ``check(data)`` raises (ValueError, ModelRegistryError) when a model does not suit a user
+ModelCheck = Callable[[bytes], object]
 
 
 def _check_name(value: str, what: str) -> str:
@@ -143,7 +84,7 @@ class ModelRegistry:
             client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s,
                                           socket_timeout=30)
         except ValueError as exc:
-            raise BrokerUnavailable(f"bad broker URL {url!r}: {exc}") from None
+            raise BrokerUnavailable(f"bad broker URL {redact_url(url)!r}: {exc}") from None
         with broker_unavailable_as(f"model registry at {url}"):
             client.ping()
         return cls(client)
@@ -154,27 +95,112 @@ class ModelRegistry:
 
     # -- writes ---------------------------------------------------------------------------
     def push(
-        self, name: str, path_or_bytes: str | Path | bytes, version: str | None = None
+        self,
+        name: str,
+        path_or_bytes: str | Path | bytes,
+        version: str | None = None,
+        *,
+        check: ModelCheck | None = None,
+        new_signature: bool = False,
+        progress: Progress | None = None,
     ) -> ModelRecord:
-        """Store a new version of ``name``, make it current and publish the event.
+        """Check a model, store it as a new version of ``name``, make it current, publish.
+
+        Before anything is stored: the size is checked against the broker's limit for one
+        value (``proto-max-bulk-len``, see :meth:`max_model_bytes`), onnxruntime must load
+        the bytes (:func:`procgraph.registry.check.inspect_model`), ``check(data)`` (e.g. an
+        agent's ``check_model``) must not raise, and the inputs and outputs must be those of
+        the current version unless ``new_signature``. The bytes then go up in chunks of
+        :data:`CHUNK_BYTES` (``progress(sent, total)`` after each) into a temporary key that
+        the transaction renames: a failed push stores nothing and is never resent.
 
         ``version`` defaults to the next integer after the highest integer version so far
         ("1", "2", ...). Pushing a version that exists already is an error.
         """
         _check_name(name, "model name")
-        if isinstance(path_or_bytes, bytes):
-            data, what = path_or_bytes, f"model {name!r}"
-        else:
-            path = Path(path_or_bytes)
-            try:
-                data = path.read_bytes()
-            except OSError as exc:
-                raise ModelRegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
-            what = str(path)
-        check_onnx_bytes(data, what)
         if version is not None:
             _check_name(version, "version")
+        limit = self.max_model_bytes()
+        if isinstance(path_or_bytes, bytes):
+            data, what = path_or_bytes, f"model {name!r}"
+            if len(data) > limit:
+                raise self._too_large(what, len(data), limit)
+        else:
+            path = Path(path_or_bytes)
+            what = str(path)
+            try:
+                st = path.stat()
+            except OSError as exc:
+                raise ModelRegistryError(f"cannot read {path}: {exc.strerror or exc}") from None
+            if stat.S_ISREG(st.st_mode) and st.st_size > limit:
+                raise self._too_large(what, st.st_size, limit)
+            data = read_model_file(path, limit)
+        signature = inspect_model(data, what)
+        if check is not None:
+            try:
+                check(data)
+            except (ValueError, ModelRegistryError) as exc:
+                raise ModelRegistryError(f"{what} does not suit its agent: {exc}") from None
+        current = self.current(name)
+        if current is not None and current.signature is not None and not new_signature:
+            diff = signature.differences(current.signature)
+            if diff:
+                raise ModelRegistryError(
+                    f"{what} does not take and give what version {current.version!r} of "
+                    f"{name!r} does: {'; '.join(diff)}. Agents following {name!r} would "
+                    "refuse it: push it under another name, or pass --new-signature once "
+                    "their params match it"
+                )
+        if version is not None and version in self.versions(name):
+            raise ModelRegistryError(
+                f"model {name!r} already has version {version!r}; pick another --version")
         digest = hashlib.sha256(data).hexdigest()
+        upload = _upload_key(name)
+        try:
+            self._upload(upload, data, progress)
+            return self._commit(name, version, upload, digest, len(data), signature)
+        finally:  # renamed away on success; on failure dropped now (or it expires)
+            with contextlib.suppress(redis.RedisError):
+                self.client.delete(upload)
+
+    def max_model_bytes(self) -> int:
+        """The largest model this broker takes: its ``proto-max-bulk-len`` (one value)."""
+        with broker_unavailable_as("read the broker's limits"):
+            return min(max_bulk_bytes(self.client), MAX_MODEL_BYTES)
+
+    def _too_large(self, what: str, size: int, limit: int) -> ModelRegistryError:
+        return ModelRegistryError(
+            f"{what} is {size_text(size)}, over the {size_text(limit)} this broker takes in "
+            "one value (its proto-max-bulk-len): raise it (proto-max-bulk-len in the "
+            "broker's config, e.g. 2gb) or push a smaller model"
+        )
+
+    def _upload(self, key: str, data: bytes, progress: Progress | None) -> None:
+        """Send ``data`` into ``key`` chunk by chunk (SET, then APPENDs), with an expiry."""
+        view = memoryview(data)
+        total = len(data)
+        with broker_unavailable_as(f"upload to {key}"):
+            for start in range(0, total, CHUNK_BYTES):
+                chunk = view[start:start + CHUNK_BYTES]
+                pipe = self.client.pipeline(transaction=False)
+                if start == 0:
+                    pipe.set(key, bytes(chunk), ex=_UPLOAD_TTL_S)
+                else:
+                    pipe.append(key, bytes(chunk))
+                    pipe.expire(key, _UPLOAD_TTL_S)
+                try:
+                    pipe.execute()
+                except redis.ResponseError as exc:
+                    raise ModelRegistryError(
+                        f"the broker refused the upload after {size_text(start)} of "
+                        f"{size_text(total)}: {printable(exc)}"
+                    ) from None
+                if progress is not None:
+                    progress(min(start + CHUNK_BYTES, total), total)
+
+    def _commit(self, name: str, version: str | None, upload: str, digest: str, size: int,
+                signature: ModelSignature) -> ModelRecord:
+        """The transaction that turns an upload into the current version."""
         key, versions_key = model_key(name), model_versions_key(name)
         record: ModelRecord | None = None
 
@@ -186,21 +212,30 @@ class ModelRegistry:
                 raise ModelRegistryError(
                     f"model {name!r} already has version {chosen!r}; pick another --version"
                 )
-            record = ModelRecord(name, chosen, digest, len(data), time.time(), current=True)
+            if pipe.strlen(upload) != size:
+                raise ModelRegistryError(
+                    f"the upload of model {name!r} is incomplete (it expired or was changed): "
+                    "push it again")
+            record = ModelRecord(name, chosen, digest, size, time.time(), current=True,
+                                 signature=signature)
             pipe.multi()
-            pipe.set(model_blob_key(name, chosen), data)
+            pipe.rename(upload, model_blob_key(name, chosen))
+            pipe.persist(model_blob_key(name, chosen))
             pipe.hset(key, mapping={_META + chosen: record.to_json(), _CURRENT: chosen})
             pipe.rpush(versions_key, chosen)
             pipe.sadd(model_index_key(), name)
-            pipe.publish(model_channel(name), _event("push", record))
+            pipe.publish(model_channel(name), event_json("push", record))
 
         with broker_unavailable_as(f"push model {name!r}"):
-            self.client.transaction(txn, key, versions_key)
+            self.client.transaction(txn, key, versions_key, upload)
         assert record is not None
         return record
 
-    def rollback(self, name: str) -> ModelRecord:
-        """Make the version before the current one current again; publish the event."""
+    def rollback(self, name: str, to: str | None = None) -> ModelRecord:
+        """Make version ``to`` (default: the one before the current one) current again.
+
+        Publishes the event; agents following ``name`` swap to it.
+        """
         key, versions_key = model_key(name), model_versions_key(name)
         record: ModelRecord | None = None
 
@@ -211,20 +246,33 @@ class ModelRegistry:
                 raise ModelRegistryError(f"no model {name!r} in the registry")
             raw = pipe.hget(key, _CURRENT)
             current = _text(raw) if raw is not None else versions[-1]
-            index = versions.index(current) if current in versions else len(versions) - 1
-            if index == 0:
-                raise ModelRegistryError(
-                    f"model {name!r} is at its first version {current!r}: "
-                    "there is nothing to roll back to"
-                )
-            previous = versions[index - 1]
-            meta = pipe.hget(key, _META + previous)
+            if to is not None:
+                if to not in versions:
+                    raise ModelRegistryError(
+                        f"model {name!r} has no version {to!r}; versions: "
+                        f"{', '.join(versions[-20:])}")
+                if to == current:
+                    raise ModelRegistryError(f"version {to!r} of {name!r} is current already")
+                target = to
+            else:
+                index = versions.index(current) if current in versions else len(versions) - 1
+                if index == 0:
+                    raise ModelRegistryError(
+                        f"model {name!r} is at its first version {current!r}: "
+                        "there is nothing to roll back to"
+                    )
+                target = versions[index - 1]
+            meta = pipe.hget(key, _META + target)
             if meta is None:
-                raise ModelRegistryError(f"model {name!r}: version {previous!r} has no record")
-            record = _record(name, meta, current=True)
+                raise ModelRegistryError(f"model {name!r}: version {target!r} has no record")
+            if not pipe.exists(model_blob_key(name, target)):
+                raise ModelRegistryError(
+                    f"model {name!r} version {target!r}: its bytes are missing; "
+                    "roll back to another version")
+            record = parse_record(name, meta, current=True)
             pipe.multi()
-            pipe.hset(key, _CURRENT, previous)
-            pipe.publish(model_channel(name), _event("rollback", record))
+            pipe.hset(key, _CURRENT, target)
+            pipe.publish(model_channel(name), event_json("rollback", record))
 
         with broker_unavailable_as(f"roll back model {name!r}"):
             self.client.transaction(txn, key, versions_key)
@@ -253,7 +301,7 @@ class ModelRegistry:
             for v in self.versions(model):
                 meta = fields.get((_META + v).encode())
                 if meta is not None:
-                    out.append(_record(model, meta, current=v == current_text))
+                    out.append(parse_record(model, meta, current=v == current_text))
         return out
 
     def record(self, name: str, version: str) -> ModelRecord:
@@ -262,7 +310,7 @@ class ModelRegistry:
             current, meta = self.client.hmget(model_key(name), [_CURRENT, _META + version])
         if meta is None:
             raise ModelRegistryError(f"model {name!r} has no version {version!r}")
-        return _record(name, meta, current=current is not None and _text(current) == version)
+        return parse_record(name, meta, current=current is not None and _text(current) == version)
 
     def current(self, name: str) -> ModelRecord | None:
         """The current version of ``name``, or None if the model was never pushed."""
@@ -318,22 +366,16 @@ def _next_version(existing: list[str]) -> str:
     return str(max(numbers, default=0) + 1)
 
 
-def _record(name: str, meta: bytes | str, current: bool) -> ModelRecord:
-    data = json.loads(meta)
-    return ModelRecord(
-        name=name, version=str(data["version"]), sha256=str(data["sha256"]),
-        size=int(data["size"]), pushed=float(data["pushed"]), current=current,
-    )
-
-
-def _event(kind: Literal["push", "rollback"], rec: ModelRecord) -> str:
-    return ModelChanged(event=kind, name=rec.name, version=rec.version,
-                        sha256=rec.sha256).to_json()
+def _upload_key(name: str) -> str:
+    """A fresh temporary key for the bytes of one push (renamed to the blob at commit)."""
+    return f"{model_key(name)}:upload:{secrets.token_hex(8)}"
 
 
 __all__ = [
+    "CHUNK_BYTES",
     "ModelChanged",
+    "ModelCheck",
     "ModelRecord",
     "ModelRegistry",
-    "check_onnx_bytes",
+    "Progress",
 ]

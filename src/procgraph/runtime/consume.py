@@ -1,13 +1,14 @@
 """The consume loop of an agent with inputs: prefetch, decode, batch, handle, retry, ack.
 
-Per entry read: decode it (an entry that does not decode is dead-lettered), group it into
-the port's batch (``batch``/``max_wait_ms``), call the handler, write what it sent, flush the
-agent state, then queue the ack (:mod:`procgraph.delivery.acks`). A handler that raises is
-retried with backoff up to ``max_deliveries`` times (a failed batch then one entry at a
-time), and the entry is dead-lettered after that. The entries of dead peers are claimed,
-and this replica's own are kept from being claimed while it lives
-(:mod:`procgraph.delivery.claims`); a restart first waits for its own heartbeat, then
-re-handles this replica's own pending entries (:mod:`procgraph.delivery.recovery`).
+Per entry read: decode it (any exception from decoding dead-letters the entry and never ends
+the process), group it into the port's batch (``batch``/``max_wait_ms``), call the handler,
+write what it sent, flush the agent state, then queue the ack
+(:mod:`procgraph.delivery.acks`). A handler that raises is retried with backoff up to
+``max_deliveries`` times (a failed batch then one entry at a time), and the entry is
+dead-lettered after that. The entries of dead peers are claimed, and this replica's own are
+kept from being claimed while it lives (:mod:`procgraph.delivery.claims`); a restart first
+waits for its own heartbeat, then re-handles this replica's own pending entries
+(:mod:`procgraph.delivery.recovery`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from procgraph.delivery.recovery import recover_own_pending
 from procgraph.errors import BrokerUnavailable, CodecError
 from procgraph.health import read_heartbeats
 from procgraph.message import Message
+from procgraph.safetext import printable
 from procgraph.transport.reader import Entry, GroupReader
 from procgraph.transport.retry import Backoff, retry
 
@@ -226,9 +228,12 @@ class Consumer:
             in_ns = time.time_ns()
             try:
                 msg = codec.decode(entry[1], spec.type)
-            except CodecError as exc:
-                log.warning("dead-lettering entry %s of %s: %s", entry[0].decode(), stream, exc)
-                dead_letter(reader, stream, entry, f"decode: {exc}", self.consumer)
+            except Exception as exc:  # any failure is the entry's: never fatal
+                reason = f"decode: {exc}" if isinstance(exc, CodecError) else (
+                    f"decode: {type(exc).__name__}: {exc}")
+                log.warning("dead-lettering entry %s of %s: %s", entry[0].decode(), stream,
+                            printable(reason))
+                dead_letter(reader, stream, entry, reason, self.consumer)
                 self.r.stats_in[port].dead += 1
                 continue
             item = _Pending(reader, stream, entry, msg, in_ns)

@@ -16,7 +16,9 @@ class Outbox:
     Inside a handler call (between :meth:`begin` and :meth:`commit`) the entries are
     collected and written together when the handler returns, before its input is acked;
     :meth:`discard` drops those of a failed attempt. A source's sends go through a
-    :class:`~procgraph.delivery.sendbuffer.SendBuffer` once one is attached.
+    :class:`~procgraph.delivery.sendbuffer.SendBuffer` once one is attached. A message too
+    large for its stream or broker raises :class:`~procgraph.errors.MessageTooLarge` here, in
+    ``send()``, before it is collected or buffered: it is never sent, nor resent.
     """
 
     def __init__(self, writers: Mapping[str, StreamWriter],
@@ -29,6 +31,7 @@ class Outbox:
     def deliver(self, port: str, msg: Message) -> None:
         """Encode ``msg`` for output ``port`` and send, collect or buffer it."""
         fields = codec.encode(msg, self.encodings[port])
+        self.writers[port].check_size(fields, f"output {port!r}")
         if self._collect is not None:  # inside a handler: sent together when it returns
             self._collect.setdefault(port, []).append(fields)
         elif self.buffer is not None:

@@ -10,7 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from procgraph.errors import TRANSIENT_ERRORS
+from redis.exceptions import NoPermissionError
+
+from procgraph.errors import TRANSIENT_ERRORS, refusal, refused
+from procgraph.redact import redact
 
 log = logging.getLogger("procgraph.transport")
 T = TypeVar("T")
@@ -47,7 +50,9 @@ def retry(
 
     Only connection errors are retried; ``on_reconnect`` runs before each retry (e.g. to
     re-create consumer groups lost with a restarted broker). Raises InterruptedError when
-    ``stop`` is set while waiting.
+    ``stop`` is set while waiting, and :class:`procgraph.errors.BrokerRefused` at once for a
+    wrong password, an untrusted TLS certificate (redis-py calls both connection errors, but
+    waiting cannot fix them) or a command the broker's ACL forbids (NOPERM).
     """
     backoff = Backoff()
     failures = 0
@@ -57,12 +62,17 @@ def retry(
             if failures:
                 log.warning("%s: broker is back after %d failed attempt(s)", what, failures)
             return result
+        except NoPermissionError as exc:  # the ACL forbids it: waiting cannot fix that
+            raise refused(what, refusal(exc) or str(exc)) from exc
         except TRANSIENT as exc:
+            reason = refusal(exc)
+            if reason is not None:
+                raise refused(what, reason) from exc
             failures += 1
             delay = backoff.next_delay()
             if failures == 1 or failures % 20 == 0:
                 log.warning("%s: broker unreachable (%s); retrying every <= %.1fs",
-                            what, exc, delay)
+                            what, redact(str(exc)), delay)
             if stop is not None:
                 if stop.wait(delay):
                     raise InterruptedError(what) from exc

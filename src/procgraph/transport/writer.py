@@ -3,6 +3,11 @@
 A stream is capped at ``maxlen`` entries and about ``max_bytes`` (whichever is smaller, sized
 from the largest entry). Latest-only streams are trimmed with ``XADD MAXLEN ~``; streams with
 lossless readers go through :class:`procgraph.delivery.backpressure.LosslessGate`.
+
+Before anything is sent, :meth:`StreamWriter.check_size` refuses an entry that can never be
+written: a field over the broker's ``proto-max-bulk-len`` (the broker would drop the
+connection, and the entry would be resent forever as "broker unreachable"), or an entry over
+the stream's whole byte cap ``max_bytes``. It raises :class:`~procgraph.errors.MessageTooLarge`.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from typing import Any
 import redis
 
 from procgraph.delivery.backpressure import LosslessGate
+from procgraph.errors import MessageTooLarge
+from procgraph.transport.limits import max_bulk_bytes
 from procgraph.transport.retry import retry
 
 Fields = Mapping[bytes, bytes | memoryview]
@@ -49,6 +56,7 @@ class StreamWriter:
         self.config = config
         self.stop = stop
         self._cap = config.maxlen
+        self._max_bulk: int | None = None
         self.gate: LosslessGate | None = None
         if config.lossless_groups:
             self.gate = LosslessGate(client, config.stream, config.lossless_groups, stop,
@@ -62,6 +70,34 @@ class StreamWriter:
     def _cap_for(self, nbytes: int) -> int:
         by_bytes = max(2, self.config.max_bytes // max(nbytes, 1))
         return max(1, min(self.config.maxlen, by_bytes))
+
+    def check_size(self, fields: Fields, what: str = "") -> None:
+        """Raise MessageTooLarge if the entry can never be written to this stream.
+
+        A field must be at most the broker's ``proto-max-bulk-len`` and the whole entry at
+        most the stream's byte cap (``max_bytes``, the port's ``max_mb``). ``what`` names the
+        sender in the message (e.g. ``output 'frames'``).
+        """
+        sizes = {k: len(v) if isinstance(v, bytes) else v.nbytes for k, v in fields.items()}
+        total = sum(sizes.values()) + sum(len(k) for k in sizes)
+        name, biggest = max(sizes.items(), key=lambda kv: kv[1])
+        where = f"{what} (stream {self.config.stream})" if what else (
+            f"stream {self.config.stream}")
+        if total > self.config.max_bytes:
+            raise MessageTooLarge(
+                f"{where}: a message of {total} bytes is over the stream's cap of"
+                f" {self.config.max_bytes} bytes (max_mb); it is not sent. Send smaller"
+                " arrays (crop, or encoding: jpeg/png) or raise the port's max_mb")
+        if self._max_bulk is None:  # asked once per writer
+            self._max_bulk = retry(lambda: max_bulk_bytes(self.client),
+                                   "CONFIG GET proto-max-bulk-len", self.stop)
+        limit = self._max_bulk
+        if biggest > limit:
+            raise MessageTooLarge(
+                f"{where}: field {name.decode(errors='replace')} of {biggest} bytes is over the"
+                f" broker's proto-max-bulk-len of {limit} bytes; it is not sent. Send smaller"
+                " arrays (crop, split, or encoding: jpeg/png) or raise proto-max-bulk-len on"
+                " the broker")
 
     def send(self, fields: Fields) -> bytes:
         """Append one entry; returns its id. Waits (lossless) or trims (latest)."""
@@ -87,7 +123,9 @@ class StreamWriter:
         retry(send, f"XADD {self.config.stream}", self.stop, on_reconnect=self._on_reconnect)
 
     def _prepare(self, batch: list[Fields]) -> None:
-        """Size the cap from the largest entry; for lossless readers, make room first."""
+        """Check sizes, size the cap from the largest entry; for lossless, make room first."""
+        for fields in batch:
+            self.check_size(fields)
         nbytes = max(
             sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
         )

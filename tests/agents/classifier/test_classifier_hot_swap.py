@@ -75,7 +75,8 @@ def test_a_version_that_fails_to_load_is_skipped(broker: EmbeddedBroker,
     try:
         with AgentHarness(OnnxClassifier, {"model": "registry:parts", "poll_s": 0.1,
                                            "color": "gray"}, ctx) as h:
-            reg.push("parts", make_model(channels=3))  # a colour model: rejected by a gray agent
+            # a colour model (other inputs: new_signature), rejected by a gray agent
+            reg.push("parts", make_model(channels=3), new_signature=True)
             deadline = time.monotonic() + 10
             while not any("cannot load model parts v2" in r.getMessage()
                           for r in caplog.records):
@@ -83,7 +84,7 @@ def test_a_version_that_fails_to_load_is_skipped(broker: EmbeddedBroker,
                 time.sleep(0.05)
             h.feed("frames", [frame(img, i) for i in range(4)])
             assert {v.model.version for v in h.sent["verdicts"]} == {"1"}  # type: ignore
-            reg.push("parts", constant_model(3.0))
+            reg.push("parts", constant_model(3.0), new_signature=True)  # gray again
             deadline = time.monotonic() + 10
             while h.sent["verdicts"][-1].model.version != "3":  # type: ignore[attr-defined]
                 assert time.monotonic() < deadline, "the agent never took version 3"

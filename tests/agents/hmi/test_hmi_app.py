@@ -11,6 +11,7 @@ import pytest
 import uvicorn
 from hmi_messages import decodes, outcome, preview, verdict
 from procgraph.agents.hmi.app import create_app
+from procgraph.agents.hmi.server import server_config
 from procgraph.agents.hmi.state import LiveState
 
 from pgtest_util import wait_for as wait_until
@@ -18,9 +19,9 @@ from pgtest_util import wait_for as wait_until
 
 @contextlib.contextmanager
 def serve(state: LiveState, token: str | None) -> Iterator[httpx.Client]:
-    """The app on a real uvicorn server (loopback, free port); yields a client for it."""
-    server = uvicorn.Server(uvicorn.Config(create_app(state, token), host="127.0.0.1", port=0,
-                                           log_level="warning", lifespan="off"))
+    """The app on a real uvicorn server as the agent configures it (loopback, free port);
+    yields a client for it."""
+    server = uvicorn.Server(server_config(create_app(state, token), "127.0.0.1", 0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
@@ -56,9 +57,9 @@ def test_token_is_required_except_for_healthz(token_client: httpx.Client) -> Non
     assert c.get("/api/state", headers={"Authorization": "Bearer s3cret/+"}).status_code == 200
     r = c.get("/camera/front.jpg", params={"token": "s3cret/+"})
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
-    page = c.get("/", params={"token": "s3cret/+"})
+    page = c.get("/", params={"token": "s3cret/+"}, follow_redirects=True)  # to a cookie
     assert page.status_code == 200
-    assert "static/app.js?token=s3cret%2F%2B" in page.text, "the page passes the token on"
+    assert "static/app.js\"" in page.text and "s3cret" not in page.text, "no token in the page"
     assert "T &amp; &lt;b&gt;" in page.text, "the title is escaped"
     assert c.get("/static/app.css", params={"token": "s3cret/+"}).status_code == 200
 

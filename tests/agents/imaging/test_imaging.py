@@ -258,3 +258,12 @@ def test_jpeg_round_trip() -> None:
         encode_jpeg(np.zeros((4, 4), np.uint16))
     with pytest.raises(ImageFormatError, match="not a JPEG"):
         decode_jpeg(b"nope")
+
+
+def test_item04_jpeg_bomb_is_refused_before_decoding() -> None:
+    """Issue 9 item 4: a small JPEG whose header claims 30000x30000 is not decoded."""
+    data = bytearray(encode_jpeg(np.zeros((8, 8), np.uint8)))
+    at = data.index(b"\xff\xc0")  # SOF0: length(2) precision(1) height(2) width(2)
+    data[at + 5:at + 9] = (30000).to_bytes(2, "big") * 2
+    with pytest.raises(ImageFormatError, match="30000x30000 is over"):
+        decode_jpeg(bytes(data))
