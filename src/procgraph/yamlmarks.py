@@ -14,6 +14,7 @@ import codecs
 import importlib
 import os
 import re
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def read_text(file: Path) -> str:
     first byte that is not UTF-8 text (a NUL byte counts: it is how UTF-16 looks).
     """
     try:
+        if not stat.S_ISREG(os.stat(file).st_mode):  # a fifo or a device would block or flood
+            raise GraphError(f"{file}: not a regular file"
+                             "\n  fix: give the path of a graph YAML file")
         with file.open("rb") as f:
             data = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:

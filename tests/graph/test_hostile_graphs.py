@@ -6,6 +6,7 @@ limit, and checks that it ends with one ``error:`` line and one ``fix:`` line, n
 
 from __future__ import annotations
 
+import os
 import resource
 import shutil
 import subprocess
@@ -163,6 +164,12 @@ def _nested(gdir: Path) -> Path:
     return file
 
 
+def _fifo(gdir: Path) -> Path:
+    file = gdir / "fifo.yaml"
+    os.mkfifo(file)  # opening it for reading would wait for a writer forever
+    return file
+
+
 def _module_graph(gdir: Path, source: str) -> Path:
     (gdir / "pgt_hostile_mod.py").write_text(source)
     file = gdir / "graph.yaml"
@@ -183,10 +190,11 @@ def _hangs_at_import(gdir: Path) -> Path:
     (_utf16, ("utf16.yaml:1:", "not UTF-8 text (byte 0)", "UTF-16")),
     (_utf16_without_bom, ("utf16le.yaml:1:", "not UTF-8 text (byte 1)", "UTF-16")),
     (_nested, ("nested.yaml:4:", "nested too deep (limit")),
+    (_fifo, ("fifo.yaml", "not a regular file")),
     (_exits_at_import, ("graph.yaml:3:", "'pgt_hostile_mod'", "sys.exit(3)")),
     (_hangs_at_import, ("graph.yaml:3:", "'pgt_hostile_mod'", f"{IMPORT_TIMEOUT_S:g} s",
                         "pgt_hostile_mod.py:")),
-], ids=["latin-1", "utf-16", "utf-16-no-bom", "nested-10^5", "sys.exit(3)", "hangs"])
+], ids=["latin-1", "utf-16", "utf-16-no-bom", "nested-10^5", "fifo", "sys.exit(3)", "hangs"])
 def test_item08_unreadable_files_and_bad_imports_say_what_to_fix(
         gdir: Path, make: Callable[[Path], Path], needles: tuple[str, ...]) -> None:
     """Issue 9 item 8: bad encodings, deep nesting, sys.exit(3) and a hang at import."""

@@ -218,7 +218,7 @@ def test_acl_refusal_stops_run_with_one_error_line(
     errors = [ln for ln in run.stderr.splitlines() if ln.startswith("error:")]
     assert run.returncode == 1, run.stdout + run.stderr
     assert "Traceback" not in run.stdout + run.stderr, run.stderr[-2000:]
-    assert len(errors) == 1 and "not allowed by the broker's ACL" in errors[0] and "eval" in errors[0], (
-        run.stderr)
+    assert len(errors) == 1, run.stderr
+    assert "not allowed by the broker's ACL" in errors[0] and "eval" in errors[0], errors
     assert "fix: grant the user" in errors[0] and LINE_PW not in run.stdout + run.stderr
     assert took < 10, f"run took {took:.1f}s: the refusal was retried"
