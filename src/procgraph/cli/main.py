@@ -6,13 +6,17 @@ import typer
 
 from procgraph.cli import (
     agent_cmd,
+    audit_cmd,
     check_cmd,
     deploy_cmd,
     graph_cmd,
+    info_cmd,
     model_cmd,
     new_cmd,
     record_cmd,
     run_cmd,
+    runs_cmd,
+    streams_cmd,
     tap_cmd,
     top_cmd,
     validate_cmd,
@@ -26,8 +30,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     add_completion=False,
 )
-for module in (validate_cmd, graph_cmd, run_cmd, tap_cmd, top_cmd, check_cmd, record_cmd,
-               model_cmd, deploy_cmd, new_cmd, agent_cmd):
+for module in (validate_cmd, graph_cmd, run_cmd, runs_cmd, tap_cmd, streams_cmd, top_cmd,
+               check_cmd, audit_cmd, record_cmd, model_cmd, info_cmd, deploy_cmd, new_cmd,
+               agent_cmd):
     module.register(app)
 load_plugins(app)  # commands of installed packages (procgraph.commands entry points)
 
