@@ -89,6 +89,11 @@ class HmiAgent(Agent):
                                  description="MiB of pictures kept, previews and JPEGs")
         max_connections: int = Field(MAX_CONNECTIONS, ge=8, le=16384,
                                      description="HTTP connections open at once")
+        yield_target_pct: float = Field(95.0, ge=0, le=100,
+                                        description="yield target (%): the yield shows "
+                                        "green at or above it, amber within 5 points, else red")
+        plc_agent: str = Field("plc", description="the PLC writer agent, whose heartbeat and "
+                               "backlog tell the PLC link state")
 
         @field_validator("token")
         @classmethod
@@ -121,7 +126,7 @@ class HmiAgent(Agent):
         if p.token is not None:
             check_token(p.token, placeholder_ok=False)
         self.live = LiveState(p.title, self.context.graph, p.defects_kept, p.max_cameras,
-                              p.preview_mib << 20)
+                              p.preview_mib << 20, p.yield_target_pct, p.plc_agent)
         app = create_app(self.live, p.token)
         raise_nofile()
         self.server = uvicorn.Server(server_config(app, p.host, p.port, p.max_connections))

@@ -4,7 +4,7 @@ Routes: ``/`` (the page), ``/static/*`` (its CSS and JS), ``/api/state`` (JSON s
 ``/events`` (Server-Sent Events pushing snapshots when something changed, at most
 ``1 / EVENT_PERIOD_S`` times a second), ``/camera/{name}.jpg`` (latest annotated preview),
 ``/defect/{i}.jpg`` (thumbnail of the i-th most recent reject, or of the one
-with ``?uid=`` while it is kept) and ``/healthz``.
+with ``?uid=`` while it is kept), ``/favicon.ico`` and ``/healthz``.
 
 With a token, every route but ``/healthz`` needs the HMI's cookie, ``?token=...`` or
 ``Authorization: Bearer ...``. A browser opening ``/?token=...`` gets the cookie (HttpOnly,
@@ -39,7 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 STATIC_DIR = Path(__file__).parent / "static"
 EVENT_PERIOD_S = 0.15
 RESEND_S = 2.0
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/favicon.ico"})
 COOKIE = "procgraph_hmi"
 NO_STORE = {"Cache-Control": "no-store"}
 _SECURITY_HEADERS = [
@@ -167,6 +167,10 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True, "version": state.version}, headers=NO_STORE)
 
+    async def favicon(request: Request) -> Response:
+        return Response((STATIC_DIR / "favicon.svg").read_bytes(), media_type="image/svg+xml",
+                        headers={"Cache-Control": "max-age=86400"})
+
     async def camera(request: Request) -> Response:
         wanted = request.query_params.get("v", "")
         raw = request.scope.get("raw_path", b"").decode("latin-1")  # undecoded: %2F, %ED...
@@ -218,6 +222,7 @@ def create_app(state: LiveState, token: str | None) -> Starlette:
         Route("/api/state", api_state),
         Route("/events", events),
         Route("/healthz", healthz),
+        Route("/favicon.ico", favicon),
         Route("/camera/{name:path}.jpg", camera),
         Route("/defect/{index:int}.jpg", defect),
         Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

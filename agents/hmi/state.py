@@ -30,6 +30,7 @@ from urllib.parse import quote, unquote_to_bytes
 
 import numpy as np
 from procgraph.agents.hmi.draw import annotate, fit_bytes, jpeg, placeholder, thumbnail
+from procgraph.agents.hmi.events import EventLog, health_events
 from procgraph.agents.hmi.health import Beats, HealthTracker
 from procgraph.agents.messages import PartOutcome, Preview, Verdict
 
@@ -49,6 +50,30 @@ PREVIEW_BYTES = 64 << 20
 MAX_PREVIEW_BYTES = 4 << 20
 #: the most camera tiles on one reject thumbnail
 MAX_THUMB_TILES = 8
+#: end-to-end latencies kept (capture -> PLC written), for p50/p99
+LATENCIES = 512
+#: the PLC writer with a backlog and no write for this long: the PLC link is stalled
+PLC_STALL_S = 5.0
+#: a restart stays on the banner this long
+RESTART_BANNER_S = 120.0
+#: incomplete rejects counted on the banner over this window
+INCOMPLETE_BANNER_S = 60.0
+#: an agent further behind than this many entries is shown on the banner
+LAG_BANNER = 100
+
+
+def model_name(model: Any) -> str:
+    """``name version`` of a verdict's model."""
+    return f"{model.name} {model.version}"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q``-th percentile (nearest rank) of ``values``, None when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
 
 
 def camera_ref(name: str) -> str:
@@ -104,6 +129,7 @@ class _Camera:
     jpegs: OrderedDict[int, bytes] = field(default_factory=OrderedDict)
     ok: int = 0
     defective: int = 0
+    model: str = ""
 
     def show(self, shot: _Shot, verdict: Verdict | None, matched: bool, now: float) -> None:
         self.version += 1
@@ -154,9 +180,9 @@ class _Camera:
         return (len(recent) - 1) / span if span > 0 else 0.0
 
 
-def _rounded(value: float, digits: int) -> float | None:
-    """``value`` rounded, or None when it is NaN or infinite (JSON has no NaN)."""
-    return round(value, digits) if math.isfinite(value) else None
+def _rounded(value: float | None, digits: int) -> float | None:
+    """``value`` rounded, or None when it is None, NaN or infinite (JSON has no NaN)."""
+    return round(value, digits) if value is not None and math.isfinite(value) else None
 
 
 # -- the shared state -----------------------------------------------------------------------
@@ -169,6 +195,7 @@ class _Defect:
     at: float
     cameras: dict[str, dict[str, Any]]
     thumb: bytes
+    missing: list[str] = field(default_factory=list)
 
 
 class LiveState:
@@ -179,13 +206,20 @@ class LiveState:
 
     def __init__(self, title: str = "Inspection line", graph: str = "",
                  defects_kept: int = 12, max_cameras: int = MAX_CAMERAS,
-                 preview_bytes: int = PREVIEW_BYTES) -> None:
+                 preview_bytes: int = PREVIEW_BYTES, yield_target_pct: float = 95.0,
+                 plc_agent: str = "plc") -> None:
         if defects_kept < 1:
             raise ValueError(f"defects_kept must be >= 1, got {defects_kept}")
         if max_cameras < 1 or preview_bytes < 1:
             raise ValueError(f"max_cameras and preview_bytes must be >= 1, got {max_cameras} "
                              f"and {preview_bytes}")
         self.max_cameras = max_cameras
+        self.yield_target_pct = yield_target_pct
+        self.plc_agent = plc_agent
+        self.events = EventLog()
+        self._latencies: deque[float] = deque(maxlen=LATENCIES)
+        self._last_write: dict[str, Any] | None = None
+        self._plc_state = "unknown"
         self.preview_bytes = preview_bytes
         self._shot_uid = 0
         self.title = title
@@ -285,6 +319,12 @@ class LiveState:
         with self._lock:
             cam = self._camera(verdict.camera)
             cam.verdict_at = now
+            model = model_name(verdict.model)
+            if cam.model and model != cam.model:
+                self.events.add("warn", "model_changed", f"model changed on {verdict.camera}: "
+                                f"{cam.model} -> {model} (from part {verdict.key or verdict.seq})",
+                                now)
+            cam.model = model
             if cam.latest is None or verdict.capture_ns >= cam.latest.capture_ns:
                 cam.latest = verdict  # a late verdict of an old frame is not the latest
             for tag in (verdict.key, f"#{verdict.seq}"):
@@ -330,7 +370,21 @@ class LiveState:
             if outcome.reject:
                 self._counts["rejected"] += 1
             self._by_outcome[kind] = self._by_outcome.get(kind, 0) + 1
-            self._part_times.append(time.time())
+            now = time.time()
+            self._part_times.append(now)
+            if outcome.plc_written_ns is not None:
+                self._latencies.append((outcome.plc_written_ns - outcome.capture_ns) / 1e6)
+                self._last_write = {"key": outcome.key, "part_seq": outcome.part_seq,
+                                    "outcome": kind, "reject": outcome.reject,
+                                    "at": outcome.plc_written_ns / 1e9}
+            if kind == "incomplete":
+                missing = ", ".join(outcome.missing) or "a view"
+                ev = self.events.recent("incomplete", INCOMPLETE_BANNER_S, now)
+                n = ev[0].count + 1 if ev else 1
+                self.events.add("warn", "incomplete",
+                                f"{n} part{'s' if n > 1 else ''} rejected incomplete "
+                                f"(latest {outcome.key or outcome.part_seq}: {missing} missing)",
+                                now, merge="incomplete", subject=outcome.key)
             self._recent_parts.append({"key": outcome.key, "part_seq": outcome.part_seq,
                                        "outcome": kind})
             self._last_outcome = {
@@ -365,7 +419,9 @@ class LiveState:
         self._defects.appendleft(_Defect(
             uid=self._defect_uid, key=key, part_seq=part_seq, outcome=kind, at=time.time(),
             cameras={n: {"label": v.label, "score": _rounded(v.score, 3),
-                         "defective": v.defective} for n, v in verdicts.items()},
+                         "defective": v.defective, "model": model_name(v.model)}
+                     for n, v in verdicts.items()},
+            missing=list(missing or []),
             thumb=jpeg(thumb),
         ))
 
@@ -377,9 +433,75 @@ class LiveState:
         :func:`procgraph.health.group_lag` return.
         """
         with self._lock:
-            self._health = self._tracker.update(beats, lags, now)
-            self._health_at = time.time() if now is None else now
+            at = time.time() if now is None else now
+            rows = self._tracker.update(beats, lags, now)
+            for level, kind, text in health_events(self._health, rows):
+                self.events.add(level, kind, text, at)
+            self._health = rows
+            self._health_at = at
+            plc = self._plc_locked(at)
+            if plc["state"] != self._plc_state:
+                if plc["state"] in ("down", "stalled"):
+                    self.events.add("bad", "plc_down",
+                                    f"PLC link {plc['state']}: {plc['text']}", at)
+                elif self._plc_state in ("down", "stalled"):
+                    self.events.add("info", "plc_up", "PLC link back: parts are written again",
+                                    at)
+                self._plc_state = plc["state"]
             self._version += 1
+
+    def _plc_locked(self, now: float) -> dict[str, Any]:
+        """The PLC link as the HMI can tell it: the writer's heartbeat, its backlog and
+        the age of its last write (call with the lock)."""
+        row = next((r for r in self._health if r["agent"] == self.plc_agent), None)
+        last = dict(self._last_write) if self._last_write else None
+        age = round(now - last["at"], 1) if last else None
+        if last is not None:
+            last["age_s"] = age
+        backlog = (row.get("lag") or 0) + (row.get("pending") or 0) if row else 0
+        if row is None:
+            state, text = ("ok", "writing") if age is not None and age < PLC_STALL_S else (
+                "unknown", f"no heartbeat from agent {self.plc_agent!r}")
+        elif row["status"] == "down":
+            state, text = "down", f"PLC writer {self.plc_agent!r} has no heartbeat"
+        elif backlog and (age > PLC_STALL_S if age is not None
+                          else (row.get("uptime_s") or 0) > PLC_STALL_S):
+            since = "no part written yet" if age is None else f"last write {age:.0f}s ago"
+            state, text = "stalled", f"{backlog} parts waiting, {since}"
+        else:
+            state, text = "ok", "writing" if age is not None else "connected, no part yet"
+        return {"state": state, "text": text, "agent": self.plc_agent, "last_write": last,
+                "backlog": backlog}
+
+    def _alerts_locked(self, now: float) -> list[dict[str, str]]:
+        """What the degraded banner says (empty: the line is healthy)."""
+        alerts: list[dict[str, str]] = []
+        for row in self._health:
+            if row["status"] == "down":
+                alerts.append({"level": "bad", "text": f"{row['agent']} down"})
+            elif row["status"] == "degraded":
+                alerts.append({"level": "warn", "text": f"{row['agent']} degraded "
+                               f"({row['alive']}/{row['expected']} alive)"})
+            elif (row.get("lag") or 0) > LAG_BANNER:
+                alerts.append({"level": "warn", "text": f"{row['agent']} behind "
+                               f"({row['lag']} waiting)"})
+        for ev in self.events.recent("agent_restarted", RESTART_BANNER_S, now):
+            name = ev.text.split(" ", 1)[0]
+            if not any(a["text"].startswith(f"{name} restarted") for a in alerts):
+                alerts.append({"level": "warn", "text": f"{name} restarted "
+                               f"{now - ev.last_at:.0f}s ago"})
+        incomplete = self.events.recent("incomplete", INCOMPLETE_BANNER_S, now)
+        if incomplete:
+            n = incomplete[0].count
+            alerts.append({"level": "bad", "text": f"{n} part{'s' if n > 1 else ''} rejected "
+                           "incomplete"})
+        plc = self._plc_locked(now)
+        if plc["state"] in ("down", "stalled"):
+            alerts.append({"level": "bad", "text": f"PLC link {plc['state']}"})
+        if self._health_at and now - self._health_at > 5.0:
+            alerts.append({"level": "warn", "text": f"health data {now - self._health_at:.0f}s "
+                           "old"})
+        return alerts
 
     # -- readers (server side) ------------------------------------------------------------
     def camera_names(self) -> list[str]:
@@ -436,6 +558,7 @@ class LiveState:
         c: dict[str, Any] = dict(self._counts)
         parts = c["parts"]
         c["yield_pct"] = round(100.0 * c["ok"] / parts, 1) if parts else None
+        c["yield_target_pct"] = self.yield_target_pct
         recent = [t for t in self._part_times if now - t <= 60.0]
         span = min(60.0, now - self.started)
         c["parts_per_min"] = round(len(recent) * 60.0 / span, 1) if span >= 1.0 else 0.0
@@ -463,7 +586,7 @@ class LiveState:
                     "verdict": None if v is None or view is None else {
                         "label": v.label, "score": _rounded(v.score, 3),
                         "defective": v.defective, "seq": v.seq, "matched": view.matched,
-                        "model": f"{v.model.name} {v.model.version}",
+                        "model": model_name(v.model),
                         "inference_ms": _rounded(v.inference_ms, 2),
                     },
                     "ok": cam.ok,
@@ -472,7 +595,9 @@ class LiveState:
             defects = [{
                 "index": i, "uid": d.uid, "key": d.key, "part_seq": d.part_seq,
                 "outcome": d.outcome, "at": d.at, "cameras": d.cameras,
+                "missing": d.missing,
             } for i, d in enumerate(self._defects)]
+            lat = list(self._latencies)
             return {
                 "title": self.title,
                 "graph": self.graph,
@@ -485,5 +610,10 @@ class LiveState:
                 "defects": defects,
                 "health": [dict(row) for row in self._health],
                 "health_age_s": round(now - self._health_at, 1) if self._health_at else None,
+                "events": self.events.as_list(),
+                "alerts": self._alerts_locked(now),
+                "plc": self._plc_locked(now),
+                "latency": {"p50_ms": _rounded(percentile(lat, 50), 1),
+                            "p99_ms": _rounded(percentile(lat, 99), 1), "n": len(lat)},
             }
 

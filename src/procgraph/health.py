@@ -44,6 +44,9 @@ if TYPE_CHECKING:
 
 #: version of the heartbeat record; readers ignore records of other versions
 HEARTBEAT_VERSION = 1
+#: upper bounds (ms) of the optional latency histogram of an input port (+Inf implied)
+LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
+                                         5000, 10000)
 
 
 class InputHealth(BaseModel):
@@ -56,6 +59,10 @@ class InputHealth(BaseModel):
     dead: int = Field(0, description="entries moved to the dead-letter stream")
     latency_ms: float | None = Field(None, description="p50 creation -> handled, recent")
     reclaimed: int = Field(0, description="entries taken over from a dead replica (claims)")
+    latency_buckets: list[int] | None = Field(None, description=(
+        "optional: cumulative counts of creation -> handled latencies <= each bound of "
+        "LATENCY_BUCKETS_MS, then the total (+Inf), since the replica started"))
+    latency_sum_ms: float | None = Field(None, description="optional: sum of those latencies")
 
 
 class OutputHealth(BaseModel):
@@ -148,6 +155,23 @@ def parse_heartbeat(raw: bytes | str | None) -> Heartbeat | None:
     return beat if beat.v == HEARTBEAT_VERSION else None
 
 
+def heartbeat_keys(graph: str, replicas: Iterable[tuple[str, int]]) -> list[str]:
+    """The heartbeat keys of these ``(agent, replica)``: to MGET in a caller's own pipeline,
+    then :func:`parse_heartbeats` (the metrics collector reads everything in one)."""
+    return [heartbeat_key(graph, a, r) for a, r in replicas]
+
+
+def parse_heartbeats(values: Iterable[bytes | str | None], graph: str
+                     ) -> dict[tuple[str, int], Heartbeat]:
+    """The valid heartbeats of ``graph`` among raw MGET ``values``, by ``(agent, replica)``."""
+    out: dict[tuple[str, int], Heartbeat] = {}
+    for raw in values:
+        beat = parse_heartbeat(raw)
+        if beat is not None and beat.graph == graph:
+            out[(beat.agent, beat.replica)] = beat
+    return out
+
+
 def read_heartbeats(
     client: redis.Redis,
     graph: str,
@@ -162,14 +186,9 @@ def read_heartbeats(
         if replicas is None:
             keys = list(client.scan_iter(match=heartbeat_pattern(graph), count=500))
         else:
-            keys = [heartbeat_key(graph, a, r) for a, r in replicas]
+            keys = heartbeat_keys(graph, replicas)
         values = client.mget(keys) if keys else []
-    out: dict[tuple[str, int], Heartbeat] = {}
-    for raw in values:
-        beat = parse_heartbeat(raw)
-        if beat is not None and beat.graph == graph:
-            out[(beat.agent, beat.replica)] = beat
-    return out
+    return parse_heartbeats(values, graph)
 
 
 def line_streams(client: redis.Redis, graph: str) -> list[str]:

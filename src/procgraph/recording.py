@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import redis
 
+from procgraph.constants import HEADER_FIELD
 from procgraph.errors import (
     TRANSIENT_ERRORS,
     BrokerUnavailable,
@@ -376,3 +377,38 @@ def replay(reader: RecordingReader, client: redis.Redis, *, speed: float = 1.0,
 
 __all__ = ["FORMAT_VERSION", "MAGIC", "Record", "Recorder", "RecordingError", "RecordingReader",
            "RecordingWriter", "check_file", "entry_ms", "graph_streams", "read_all", "replay"]
+
+
+def describe_file(path: str | Path) -> dict[str, Any]:
+    """What a recording holds (read and checked to the end): its header, and per stream the
+    entries, message types, bytes and time span (``procgraph record --info``)."""
+    reader = RecordingReader(path)
+    streams: dict[str, dict[str, Any]] = {}
+    total = 0
+    try:
+        for rec in reader:
+            row = streams.setdefault(rec.stream, {"entries": 0, "bytes": 0, "types": {},
+                                                  "first_ms": rec.ts_ms, "last_ms": rec.ts_ms})
+            row["entries"] += 1
+            row["bytes"] += sum(len(k) + len(v) for k, v in rec.fields)
+            row["first_ms"] = min(row["first_ms"], rec.ts_ms)
+            row["last_ms"] = max(row["last_ms"], rec.ts_ms)
+            header = dict(rec.fields).get(HEADER_FIELD)
+            kind = "-"
+            if header is not None:
+                try:
+                    h = json.loads(header)
+                    kind = f"{h.get('type')}/v{h.get('type_version')}"
+                except (ValueError, AttributeError):
+                    kind = "<undecodable>"
+            row["types"][kind] = row["types"].get(kind, 0) + 1
+            total += 1
+    finally:
+        reader.close()
+    firsts = [r["first_ms"] for r in streams.values()]
+    lasts = [r["last_ms"] for r in streams.values()]
+    return {"file": str(path), "bytes": reader.size, "format_version": FORMAT_VERSION,
+            "header": reader.header, "entries": total,
+            "start_ms": min(firsts) if firsts else None,
+            "duration_s": (max(lasts) - min(firsts)) / 1000 if firsts else 0.0,
+            "streams": streams}

@@ -17,10 +17,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import IO
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import redis
 
+from procgraph import runs
 from procgraph.brokers import EmbeddedBroker
 from procgraph.console import Console, install_stop_signals, read_lines
 from procgraph.constants import (
@@ -36,6 +38,9 @@ from procgraph.guard import Guard
 from procgraph.health import clear_heartbeat, read_heartbeats
 from procgraph.lease import RENEW_EVERY_S, Holder, Lease, LocalLock
 from procgraph.linebrokers import LineBrokers
+
+if TYPE_CHECKING:
+    from procgraph.metrics import MetricsServer
 
 log = logging.getLogger("procgraph.supervisor")
 RESTART_MAX_S = 30.0
@@ -107,6 +112,11 @@ class Supervisor:
         self._next_renew = 0.0
         self._host = socket.gethostname()
         self._shut = False
+        #: the Prometheus endpoint (procgraph.metrics), once started
+        self.metrics: MetricsServer | None = None
+        #: this line's run record (procgraph.runs), written once the line is taken
+        self.run_record = runs.record_path(graph_state_dir(plan.name, state_dir), node)
+        self._record_written = False
 
     # -- output ---------------------------------------------------------------------------
     def say(self, prefix: str, line: str, colour_index: int = 0) -> None:
@@ -218,6 +228,7 @@ class Supervisor:
                             {name: self._client(name) for name in self.urls})
         self._lease.acquire()
         self._next_renew = time.monotonic() + RENEW_EVERY_S
+        self._write_run_record()
         self.create_groups()
         agents = self.plan.agents_on(self.node)
         if self.node is not None:
@@ -232,8 +243,57 @@ class Supervisor:
                 replica = Replica(agent, i)
                 self.replicas.append(replica)
                 self._spawn(replica)
+        self._start_metrics()
         self.say("supervisor", f"graph {self.plan.name!r}: {len(self.replicas)} replica(s) of "
                  f"{len(agents)} agent(s) started")
+        if self.metrics is not None:
+            self.say("supervisor", f"metrics at {self.metrics.url}")
+        self._set_run_state("started")
+
+    def _write_run_record(self) -> None:
+        """Write this line's run record (procgraph.runs); a failure only warns."""
+        try:
+            runs.write_record(
+                self.run_record, graph=self.plan.name,
+                file=str(Path(self.plan.file).resolve()), pid=os.getpid(), host=self._host,
+                node=self.node, started=time.time(), brokers=dict(self.urls),
+                hmi_url=runs.hmi_url(self.plan, self.node), metrics_url=None,
+                state="starting")
+            self._record_written = True
+        except OSError as exc:
+            self.say("supervisor", f"warning: cannot write the run record {self.run_record}: "
+                     f"{exc}; procgraph ps/stop will not find this line")
+
+    def _set_run_state(self, state: str) -> None:
+        if self._record_written:
+            with contextlib.suppress(OSError):
+                runs.update_record(self.run_record, state=state)
+
+    def _start_metrics(self) -> None:
+        """Serve the line's Prometheus metrics (graph ``metrics:``); a failure only warns."""
+        from procgraph.metrics import LineCollector, MetricsServer
+
+        spec = self.plan.metrics
+        if not spec.enabled or self.metrics is not None:
+            return
+        collector = LineCollector(
+            self.plan, {name: self._client(name) for name in self.urls},
+            lambda: {(r.agent.name, r.index): r.restarts for r in list(self.replicas)},
+            self.node)
+        try:
+            self.metrics = MetricsServer(collector, spec.host, spec.port)
+        except OSError as exc:
+            self.say("supervisor", f"warning: cannot serve metrics on {spec.host}:{spec.port}: "
+                     f"{exc.strerror or exc}; give another metrics: {{port: N}} in the graph")
+            return
+        if getattr(self, "_record_written", False):
+            with contextlib.suppress(OSError):
+                runs.update_record(self.run_record, metrics_url=self.metrics.url)
+
+    def _stop_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
+            self.metrics = None
 
     def _check_heartbeats(self) -> None:
         """Kill a running replica whose heartbeat was seen and then stopped (it hangs)."""
@@ -392,6 +452,8 @@ class Supervisor:
         if self._shut:
             return
         self._shut = True
+        self._stop_metrics()
+        self._set_run_state("stopping")
         thread = getattr(self, "_thread", None)
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -424,6 +486,8 @@ class Supervisor:
             broker.close()
             self.say("supervisor", f"broker {name!r} stopped")
         self.brokers.clear()
+        if self._record_written:
+            runs.remove_record(self.run_record)
         if self._lock is not None:
             self._lock.release()
         self.guard.close()

@@ -276,6 +276,9 @@ def _compose(file: Path, text: str) -> yaml.Node | None:
         mark = getattr(exc, "problem_mark", None)
         at = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        if "maximum nesting depth" in problem:  # libyaml >= 0.2.6 (PyYAML 6.0.4) stops first
+            raise GraphError(f"{file}{at}: nested too deep (limit {MAX_DEPTH})"
+                             "\n  fix: flatten the nesting") from exc
         raise GraphError(f"{file}{at}: not valid YAML: {printable(problem)}"
                          "\n  fix: check the indentation, colons, quotes and brackets there"
                          ) from exc

@@ -99,12 +99,12 @@ class SyntheticCamera(Agent):
                                   scale=1.0, key=key))
         if p.drop_every and n % p.drop_every == 0:
             return
-        score = 0.93 + 0.05 * ((n * 7) % 10) / 10
+        sure = 0.93 + 0.05 * ((n * 7) % 10) / 10
         label = "scratch" if defective else "ok"
+        score = sure if defective else 1 - sure  # P(defective), as the ONNX classifier's
         self.verdicts.send(Verdict(
             camera=p.camera, seq=seq, capture_ns=capture_ns, label=label, score=score,
-            defective=defective, scores={label: score, "ok" if defective else "scratch":
-                                         1 - score},
+            defective=defective, scores={"scratch": score, "ok": 1 - score},
             inference_ms=0.4, model=MODEL, truth=label, key=key,
         ))
 

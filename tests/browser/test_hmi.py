@@ -35,8 +35,14 @@ AGENTS = ("back_cam", "front_cam", "hmi", "join", "plc", "plc_sim")
 
 
 @pytest.fixture
-def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The synthetic line under the supervisor; yields the HMI URL (with its token)."""
+def line(running: tuple[str, Supervisor]) -> str:
+    """The HMI URL (with its token) of the synthetic line."""
+    return running[0]
+
+
+@pytest.fixture
+def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Supervisor]]:
+    """The synthetic line under the supervisor; yields the HMI URL and the supervisor."""
     port = free_port()
     monkeypatch.setenv("PROCGRAPH_HMI_PORT", str(port))
     monkeypatch.setenv("PROCGRAPH_HMI_TOKEN", "line3-token-0123456789")
@@ -56,7 +62,7 @@ def line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
     try:
         wait_until(up, 20, "the HMI to answer /healthz")
-        yield f"{base}/?token=line3-token-0123456789"
+        yield f"{base}/?token=line3-token-0123456789", sup
     finally:
         sup.stopping.set()
         runner.join(timeout=20)

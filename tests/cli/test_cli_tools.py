@@ -202,7 +202,7 @@ def test_new_agent_validates_tests_and_runs(tmp_path: Path, name: str, source: b
                            text=True, timeout=60)
     assert tests.returncode == 0, tests.stdout + tests.stderr
     assert "1 passed" in tests.stdout
-    ran = procgraph("run", f"{module}.yaml", "--duration", "3", cwd=proj)
+    ran = procgraph("run", f"{module}.yaml", "--duration", "6", cwd=proj)
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert f"{module}[0]" in ran.stdout
     assert "Traceback" not in ran.stdout

@@ -30,6 +30,9 @@
     return `${Math.floor(s / 86400)}d ${Math.floor((s % 86400) / 3600)}h`;
   }
   const pretty = (outcome) => String(outcome || "").replace(/_/g, " ");
+  /** The one numbering the page uses: the part key (the PLC's seq only where it is labelled). */
+  const partName = (p) => (p && p.key ? p.key : p && p.part_seq !== null && p.part_seq !== undefined ? `seq ${p.part_seq}` : "\u2013");
+  const clock = (t) => new Date(t * 1000).toLocaleTimeString([], { hour12: false });
   const outcomeClass = (o) => (o === "ok" ? "ok" : o === "incomplete" ? "warn" : "bad");
 
   // -- header ------------------------------------------------------------------------------
@@ -54,7 +57,7 @@
     if (!last) return;
     box.replaceChildren(
       document.createTextNode("Last part "),
-      el("b", "", last.part_seq !== null && last.part_seq !== undefined ? `#${last.part_seq}` : last.key),
+      el("b", "", partName(last)),
       el("span", `tag ${outcomeClass(last.outcome)}`, pretty(last.outcome).toUpperCase()),
     );
   }
@@ -73,7 +76,10 @@
     const y = c.yield_pct;
     $("k-yield").textContent = y === null || y === undefined ? "\u2013" : y.toFixed(1);
     $("yield-bar").style.width = `${y || 0}%`;
-    $("yield-box").dataset.level = y === null || y === undefined ? "" : y >= 95 ? "good" : y >= 90 ? "fair" : "poor";
+    const target = c.yield_target_pct;
+    $("k-target").textContent = `target ${fixed(target, 1)}%`;
+    $("yield-mark").style.left = `${target}%`;
+    $("yield-box").dataset.level = y === null || y === undefined ? "" : y >= target ? "good" : y >= target - 5 ? "fair" : "poor";
   }
 
   // -- cameras -----------------------------------------------------------------------------
@@ -127,7 +133,9 @@
     if (v) {
       const cls = v.defective ? "bad" : "ok";
       tile.badge.className = `badge ${cls}`;
-      tile.badge.textContent = `${String(v.label).toUpperCase()} ${fixed(v.score, 2)}${v.matched ? "" : " *"}`;
+      tile.badge.textContent = `${String(v.label).toUpperCase()} \u00b7 P(def) ${fixed(v.score, 2)}${v.matched ? "" : " *"}`;
+      tile.badge.title = v.matched ? "label and P(defective) of this picture"
+        : "* the newest verdict, of another picture";
       tile.root.dataset.state = cls;
     } else {
       tile.badge.className = "badge";
@@ -135,7 +143,7 @@
       tile.root.dataset.state = "";
     }
     tile.foot.replaceChildren(
-      footItem("seq", cam.seq === null ? "\u2013" : `#${cam.seq}`),
+      footItem("part", partName(cam)),
       footItem("fps", fixed(cam.fps, 1)),
       footItem("ok", fmt(cam.ok)),
       footItem("defective", fmt(cam.defective)),
@@ -185,14 +193,18 @@
         node = el("figure", "defect");
         if (!firstDefectRender) node.classList.add("fresh");
         const img = el("img");
-        img.alt = `reject ${d.key}`;
+        img.alt = `reject ${partName(d)}`;
         img.src = url(`defect/${d.index}.jpg`, { uid: d.uid });
         const cap = el("figcaption", "cap");
-        const what = el("b", "", pretty(d.outcome));
-        const when = el("span", "", new Date(d.at * 1000).toLocaleTimeString([], { hour12: false }));
-        const part = el("span", "", d.part_seq !== null && d.part_seq !== undefined ? `#${d.part_seq}` : d.key);
-        cap.append(part, what, when);
+        const head = el("div", "cap-head");
+        head.append(el("span", "part", partName(d)), el("b", "", pretty(d.outcome)), el("span", "", clock(d.at)));
+        cap.append(head, el("div", "reason", reasonOf(d)));
         node.append(img, cap);
+        node.tabIndex = 0;
+        node.title = "click to enlarge";
+        const open = () => enlarge(d, img.src);
+        node.addEventListener("click", open);
+        node.addEventListener("keydown", (e) => { if (e.key === "Enter") open(); });
         shownDefects.set(d.uid, node);
       }
       nodes.push(node);
@@ -202,6 +214,71 @@
     const current = [...strip.children];
     if (current.length !== nodes.length || current.some((n, i) => n !== nodes[i])) strip.replaceChildren(...nodes);
     firstDefectRender = false;
+  }
+
+  /** Why a part was rejected: the views that judged it defective (label, P(def), model) and
+   * the views missing. */
+  function reasonOf(d) {
+    const parts = [];
+    for (const [name, v] of Object.entries(d.cameras || {}).sort()) {
+      if (v.defective || (d.outcome || "").startsWith("defective") === false) {
+        parts.push(`${name}: ${v.label} P(def) ${fixed(v.score, 2)} \u00b7 ${v.model || "?"}`);
+      }
+    }
+    for (const m of d.missing || []) parts.push(`${m}: missing (no verdict in time)`);
+    return parts.join(" | ") || pretty(d.outcome);
+  }
+
+  function enlarge(d, src) {
+    const dlg = $("enlarge");
+    $("enlarge-img").src = src;
+    $("enlarge-text").replaceChildren(
+      el("div", "big", `${partName(d)} \u2014 ${pretty(d.outcome).toUpperCase()} at ${clock(d.at)}`),
+      el("div", "", reasonOf(d)),
+      el("div", "muted", d.part_seq !== null && d.part_seq !== undefined ? `PLC seq ${d.part_seq}` : "not written to the PLC"),
+    );
+    if (!dlg.open) dlg.showModal();
+  }
+
+  // -- banner, events, PLC, latency --------------------------------------------------------
+  function renderBanner(alerts) {
+    const b = $("banner");
+    b.hidden = !alerts.length;
+    if (!alerts.length) return;
+    b.dataset.level = alerts.some((a) => a.level === "bad") ? "bad" : "warn";
+    $("banner-text").textContent = alerts.map((a) => a.text).join(" \u00b7 ");
+  }
+
+  function renderEvents(events) {
+    const list = $("events");
+    $("event-count").textContent = events.length ? `(${events.length}, newest first)` : "";
+    if (!events.length) return;
+    list.replaceChildren(...events.slice(0, 50).map((e) => {
+      const li = el("li", `ev ${e.level}`);
+      li.dataset.kind = e.kind;
+      li.append(el("span", "t", clock(e.last_at)), el("span", "x", e.text + (e.count > 1 && e.kind !== "incomplete" ? ` (\u00d7${e.count})` : "")));
+      if (e.subjects && e.subjects.length && e.kind === "incomplete") li.append(el("span", "s", e.subjects.join(", ")));
+      return li;
+    }));
+  }
+
+  function renderPlc(plc) {
+    if (!plc) return;
+    const st = $("plc-state");
+    st.dataset.state = plc.state;
+    st.className = `state ${plc.state === "ok" ? "ok" : plc.state === "unknown" ? "warn" : "down"}`;
+    st.textContent = plc.state.toUpperCase();
+    $("plc-text").textContent = plc.text;
+    const w = plc.last_write;
+    $("plc-last").textContent = w
+      ? `Last write: ${partName(w)} \u2192 ${pretty(w.outcome)}${w.reject ? " (reject)" : ""}, PLC seq ${w.part_seq}, ${fixed(w.age_s, 1)} s ago (${clock(w.at)})`
+      : "No part written yet.";
+  }
+
+  function renderLatency(lat) {
+    if (!lat) return;
+    $("k-p50").textContent = lat.p50_ms === null ? "\u2013" : fixed(lat.p50_ms, lat.p50_ms < 100 ? 1 : 0);
+    $("k-p99").textContent = `p50 \u00b7 p99 ${fixed(lat.p99_ms, 1)} ms (last ${lat.n})`;
   }
 
   // -- health ------------------------------------------------------------------------------
@@ -246,8 +323,7 @@
     for (let i = 0; i < TREND_SLOTS; i++) {
       const p = i >= start ? parts[i - start] : null;
       cells[i].className = p ? outcomeClass(p.outcome) : "";
-      const name = p && p.part_seq !== null && p.part_seq !== undefined ? `#${p.part_seq}` : (p && p.key) || "";
-      cells[i].title = p ? `${name} ${pretty(p.outcome)}` : "";
+      cells[i].title = p ? `${partName(p)} ${pretty(p.outcome)}` : "";
     }
     $("trend-count").textContent = parts.length ? `(newest last, ${parts.length} shown)` : "";
   }
@@ -262,6 +338,10 @@
     renderDefects(s.defects);
     renderHealth(s.health, s.health_age_s);
     renderTrend(s.recent_parts || []);
+    renderBanner(s.alerts || []);
+    renderEvents(s.events || []);
+    renderPlc(s.plc);
+    renderLatency(s.latency);
   }
 
   function connect() {

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from procgraph.brokers import resolve_broker_urls
+from procgraph.constants import KEY_PREFIX
 from procgraph.errors import (
     BrokerError,
     BrokerUnavailable,
@@ -48,18 +49,81 @@ def redis_url_or_env(url: str | None) -> str | None:
     return url or load_settings().redis
 
 
+def running_brokers(graph: str, file: str | None = None) -> dict[str, str]:
+    """Broker URLs (name -> URL) of the running line of graph ``graph``, from its live run
+    records (:mod:`procgraph.runs`); a record of graph file ``file`` wins. Empty: none runs."""
+    from procgraph.runs import find_runs
+
+    records = [r for r in find_runs() if r.graph == graph]
+    if file is not None:
+        records.sort(key=lambda r: r.file != file)
+    found: dict[str, str] = {}
+    for record in reversed(records):  # the preferred record's URLs are applied last
+        found.update(record.brokers)
+    return found
+
+
 def broker_urls(plan: GraphPlan, override: str | None) -> dict[str, str]:
     """The URL of each broker of a graph, as a tool outside the supervisor reaches it.
 
     :func:`procgraph.brokers.resolve_broker_urls` with ``override`` (``--redis``, else
-    ``$PROCGRAPH_REDIS``) and the supervisor's ``$PROCGRAPH_BROKERS``; exits 1 saying what
-    to pass when a broker's URL cannot be known.
+    ``$PROCGRAPH_REDIS``), the supervisor's ``$PROCGRAPH_BROKERS`` and, for an embedded
+    broker neither names, the URL in the run record of the running line of this graph
+    (:func:`running_brokers`); exits 1 saying what to pass when a broker's URL cannot be
+    known.
     """
+    given = dict(load_settings().brokers or {})
+    url = redis_url_or_env(override)
+    if url is None:
+        for name, found in running_brokers(plan.name, plan.file).items():
+            given.setdefault(name, found)
     try:
-        return resolve_broker_urls(plan, redis_url_or_env(override),
-                                   given=load_settings().brokers)
+        return resolve_broker_urls(plan, url, given=given)
     except ProcgraphError as exc:
-        raise fail(str(exc)) from None
+        message = str(exc)
+        if url is None and "embedded on a free port" in message:
+            message += ", or start the line (procgraph run FILE, or run -d) so it can be found"
+        raise fail(message) from None
+
+
+def stream_broker_url(stream: str, override: str | None) -> str:
+    """The URL of the broker holding ``stream``, for ``tap`` and ``pub``.
+
+    ``override`` (``--redis``, else ``$PROCGRAPH_REDIS``) when given; else, for a stream
+    named ``pg:<graph>:...``, the broker of the running line of that graph (from its run
+    record: the broker of the output that writes the stream, else its first broker). Exits 1
+    saying to give --redis or start the line when neither is known.
+    """
+    url = redis_url_or_env(override)
+    if url:
+        return url
+    parts = stream.split(":")
+    if len(parts) < 3 or parts[0] != KEY_PREFIX or not parts[1]:
+        raise fail(f"{printable(stream, limit=200)!r} is not a stream of a line "
+                   f"({KEY_PREFIX}:<graph>:...): give --redis URL")
+    graph = parts[1]
+    from procgraph.runs import find_runs
+
+    records = [r for r in find_runs() if r.graph == graph and r.brokers]
+    if not records:
+        raise fail(f"no running line of graph {printable(graph, limit=100)!r} found on this "
+                   "machine: give --redis URL, or start the line (procgraph run FILE)")
+    record = records[-1]
+    return record.brokers.get(_stream_broker(record.file, stream) or "",
+                              next(iter(record.brokers.values())))
+
+
+def _stream_broker(file: str, stream: str) -> str | None:
+    """The broker of the output that writes ``stream`` in graph file ``file`` (None: unknown)."""
+    try:
+        plan = load_graph(Path(file), warn=lambda _line: None)
+    except (ProcgraphError, OSError, ValueError):
+        return None
+    for agent in plan.agents.values():
+        for out in agent.outputs:
+            if out.stream == stream:
+                return out.broker
+    return None
 
 
 def ping_or_exit(urls: Mapping[str, str]) -> None:

@@ -29,7 +29,14 @@ from procgraph.cli.common import (
     redis_url_or_env,
 )
 from procgraph.errors import BrokerError, RecordingError
-from procgraph.recording import Recorder, RecordingWriter, check_file, graph_streams, replay
+from procgraph.recording import (
+    Recorder,
+    RecordingWriter,
+    check_file,
+    describe_file,
+    graph_streams,
+    replay,
+)
 
 
 def _is_graph(arg: str) -> bool:
@@ -59,11 +66,46 @@ def _progress() -> Progress:
                     console=Console(stderr=True), transient=False)
 
 
+def print_info(file: Path, as_json: bool = False) -> None:
+    """Describe a recording: header, entries, time span, and per stream types and bytes."""
+    import datetime
+    import json
+
+    from procgraph.safetext import printable
+
+    try:
+        d = describe_file(file)
+    except RecordingError as exc:
+        raise fail(str(exc)) from None
+    if as_json:
+        typer.echo(json.dumps(d, indent=1, default=str))
+        return
+    h = d["header"]
+    created = h.get("created")
+    when = (datetime.datetime.fromtimestamp(created, datetime.UTC).isoformat(timespec="seconds")
+            if isinstance(created, int | float) else "?")
+    typer.echo(f"{file}: procgraph recording v{d['format_version']}, {d['bytes']:,} bytes, "
+               f"complete")
+    typer.echo(f"  created {when}, sources: {printable(json.dumps(h.get('sources', [])))}")
+    typer.echo(f"  {d['entries']:,} entries in {len(d['streams'])} stream(s) over "
+               f"{d['duration_s']:.1f} s")
+    for name, row in d["streams"].items():
+        span = (row["last_ms"] - row["first_ms"]) / 1000
+        rate = f", {(row['entries'] - 1) / span:.1f}/s" if span > 0 else ""
+        types = ", ".join(f"{printable(t, 80)} x{n}" for t, n in row["types"].items())
+        typer.echo(f"  {printable(name, 200)}: {row['entries']:,} entries, "
+                   f"{row['bytes']:,} bytes, {span:.1f} s{rate}; {types}")
+
+
 def record(
-    sources: Annotated[list[str], typer.Argument(
+    sources: Annotated[list[str] | None, typer.Argument(
         metavar="GRAPH_OR_STREAMS...",
-        help="graph YAML files (all their output streams) and/or stream keys")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="recording file to write")],
+        help="graph YAML files (all their output streams) and/or stream keys")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="recording file to write")
+                   ] = None,
+    info: Annotated[Path | None, typer.Option(
+        "--info", help="describe this recording file instead of recording")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="with --info: print JSON")] = False,
     redis_url: Annotated[str | None, typer.Option(
         "--redis", help="broker URL (for stream keys and a graph's embedded brokers; "
         "default: $PROCGRAPH_REDIS)")] = None,
@@ -73,7 +115,15 @@ def record(
     from_start: Annotated[bool, typer.Option(
         "--from-start", help="also record the entries already in the streams")] = False,
 ) -> None:
-    """Record stream entries to a file (read-only: agents lose nothing); Ctrl-C stops."""
+    """Record stream entries to a file (read-only: agents lose nothing); Ctrl-C stops.
+
+    ``record --info FILE`` describes a recording instead.
+    """
+    if info is not None:
+        print_info(info, json_out)
+        return
+    if not sources or out is None:
+        raise fail("give GRAPH_OR_STREAMS... and --out FILE (or --info FILE to describe one)")
     redis_url = redis_url_or_env(redis_url)
     by_url = streams_to_record(sources, redis_url)
     ping_or_exit({url: url for url in by_url})

@@ -2,17 +2,29 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from procgraph import runs
 from procgraph.cli.common import fail, load_or_exit, redis_url_or_env
 from procgraph.console import STOP_SIGNALS
+from procgraph.constants import REDIS_ENV
+from procgraph.durability import graph_state_dir
 from procgraph.errors import ProcgraphError
+from procgraph.graph import GraphPlan
 from procgraph.redact import redact_url
+from procgraph.safetext import printable
 from procgraph.supervisor import CONNECT_TIMEOUT_S, Supervisor
+
+#: how long ``run -d`` waits, beyond ``--connect-timeout``, for the line to be started
+DETACH_WAIT_S = 60.0
 
 
 def run(
@@ -32,6 +44,9 @@ def run(
     connect_timeout: Annotated[float, typer.Option(
         "--connect-timeout", help="give up after SECONDS when a broker cannot be reached "
         "at start")] = CONNECT_TIMEOUT_S,
+    detach: Annotated[bool, typer.Option(
+        "--detach", "-d", help="run in the background (own session, output to "
+        "<state folder>/run.log); returns once the line is started")] = False,
 ) -> None:
     """Validate the graph, start its brokers and agent replicas, restart what dies.
 
@@ -39,6 +54,18 @@ def run(
     refused while this one runs.
     """
     plan = load_or_exit(file)
+    if broker_kind not in ("valkey", "redis"):
+        raise fail(f"--broker-kind {broker_kind!r}: use valkey (the wheel's server) or redis "
+                   "(Debian's redis-server)")
+    nodes = {a.node for a in plan.agents.values() if a.node} | {
+        b.node for b in plan.brokers.values() if b.node}
+    if node is not None and node not in nodes:
+        raise fail(f"--node {node!r}: no agent or broker of graph {plan.name!r} is placed on it;"
+                   f" nodes: {', '.join(sorted(nodes)) or 'none (nothing has node:)'}")
+    if detach:
+        _detach(plan, file, duration=duration, node=node, redis=redis, broker_kind=broker_kind,
+                state_dir=state_dir, connect_timeout=connect_timeout)
+        return
     if redis is not None and redact_url(redis) != redis:
         typer.secho("warning: --redis carries a password, which every user of this machine "
                     "can read in ps: set $PROCGRAPH_REDIS instead (run reads it when --redis "
@@ -54,6 +81,76 @@ def run(
         for signum in STOP_SIGNALS:  # also not while the interpreter exits
             signal.signal(signum, signal.SIG_IGN)
     raise typer.Exit(code)
+
+
+def _detach(plan: GraphPlan, file: Path, *, duration: float | None, node: str | None,
+            redis: str | None, broker_kind: str, state_dir: Path | None,
+            connect_timeout: float) -> None:
+    """Start this run again in its own session, output to ``<state folder>/run.log``; wait
+    until its run record says it is started; print its pid, its log and how to stop it."""
+    folder = graph_state_dir(plan.name, state_dir)
+    record = runs.record_path(folder, node)
+    log_path = folder / "run.log"
+    cmd = [sys.executable, "-m", "procgraph", "run", str(file.resolve()),
+           "--broker-kind", broker_kind, "--connect-timeout", repr(connect_timeout)]
+    if duration is not None:
+        cmd += ["--duration", repr(duration)]
+    if node is not None:
+        cmd += ["--node", node]
+    if state_dir is not None:
+        cmd += ["--state-dir", str(folder)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    url = redis_url_or_env(redis)
+    if url is not None:
+        env[REDIS_ENV] = url  # through the environment: never on a command line
+    try:
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        raise fail(f"cannot write the log {log_path}: {exc}") from None
+    with os.fdopen(fd, "ab") as log:
+        log.write(f"--- procgraph run -d at {time.strftime('%Y-%m-%d %H:%M:%S %z')}\n"
+                  .encode())
+        log.flush()
+        start = log.tell()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + connect_timeout + DETACH_WAIT_S
+    found: runs.RunRecord | None = None
+    while time.monotonic() < deadline:
+        found = runs.RunRecord.load(record)
+        if found is not None and found.pid == proc.pid and found.state == "started":
+            break
+        if proc.poll() is not None:
+            raise fail(f"the line stopped while starting (exit code {proc.returncode}):\n"
+                       + _tail(log_path, start) + f"\n(full log: {log_path})")
+        time.sleep(0.1)
+    else:
+        raise fail(f"the line (pid {proc.pid}) is not started after "
+                   f"{connect_timeout + DETACH_WAIT_S:g}s; see its log {log_path}; "
+                   f"stop it with procgraph stop {plan.name}")
+    assert found is not None
+    typer.echo(f"graph {plan.name!r} runs in the background: pid {proc.pid}")
+    for name, broker_url in found.brokers.items():
+        typer.echo(f"  broker {name}: {redact_url(broker_url)}")
+    if found.hmi_url:
+        typer.echo(f"  HMI:    {redact_url(found.hmi_url)}")
+    if found.metrics_url:
+        typer.echo(f"  metrics: {redact_url(found.metrics_url)}")
+    typer.echo(f"  log:    {log_path}   (tail -f {log_path})")
+    typer.echo("  list:   procgraph ps")
+    typer.echo(f"  stop:   procgraph stop {plan.name}")
+
+
+def _tail(path: Path, start: int, lines: int = 20) -> str:
+    """The last ``lines`` lines written to ``path`` after byte ``start`` (escaped)."""
+    try:
+        with path.open("rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(printable(line, limit=500) for line in text.splitlines()[-lines:])
 
 
 def register(app: typer.Typer) -> None:

@@ -297,7 +297,8 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None,
             heartbeat_timeout_s=a.heartbeat_timeout_s, inputs=inputs,
             outputs=[outputs[(name, p)] for p in cls.outputs],
         )
-    return GraphPlan(name=spec.name, file=str(path), brokers=spec.brokers, agents=plans)
+    return GraphPlan(name=spec.name, file=str(path), brokers=spec.brokers, agents=plans,
+                     metrics=spec.metrics)
 
 
 def graph_json_schema() -> dict[str, Any]:

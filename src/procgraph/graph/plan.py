@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from procgraph.graph.spec import BrokerSpec, _Strict
+from pydantic import Field
+
+from procgraph.graph.spec import BrokerSpec, MetricsSpec, _Strict
 
 
 class InputPlan(_Strict):
@@ -59,6 +61,7 @@ class GraphPlan(_Strict):
     file: str
     brokers: dict[str, BrokerSpec]
     agents: dict[str, AgentPlan]
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec)
 
     @property
     def graph_dir(self) -> Path:

@@ -164,6 +164,19 @@ class AgentSpec(_Strict):
     heartbeat_timeout_s: float = Field(DEFAULT_HEARTBEAT_TIMEOUT_S, gt=0)
 
 
+class MetricsSpec(_Strict):
+    """Where the supervisor serves the line's Prometheus metrics (``/metrics``).
+
+    On by default, on loopback and a free port (the URL is in the start line and the run
+    record); ``enabled: false`` turns it off. Give ``host: 0.0.0.0`` and a fixed ``port`` for
+    a Prometheus on another machine: the metrics carry no secrets but do name streams.
+    """
+
+    enabled: bool = Field(True, description="serve metrics (default: on)")
+    host: str = Field("127.0.0.1", min_length=1, description="address to bind")
+    port: int = Field(0, ge=0, le=65535, description="TCP port (0: a free one)")
+
+
 class GraphSpec(_Strict):
     """The whole YAML file."""
 
@@ -171,3 +184,5 @@ class GraphSpec(_Strict):
     description: str = ""
     brokers: dict[str, BrokerSpec] = Field(default_factory=lambda: {"main": BrokerSpec()})
     agents: dict[str, AgentSpec]
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description=(
+        "the supervisor's Prometheus endpoint {enabled, host, port}"))

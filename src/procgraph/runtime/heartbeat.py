@@ -8,6 +8,7 @@ withheld, so it expires and the supervisor restarts the replica. A clean stop cl
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import os
@@ -23,10 +24,43 @@ import redis
 from procgraph.binding import AgentBinding
 from procgraph.constants import DEFAULT_HEARTBEAT_S
 from procgraph.errors import BrokerUnavailable
-from procgraph.health import Heartbeat, InputHealth, OutputHealth, write_heartbeat
+from procgraph.health import (
+    LATENCY_BUCKETS_MS,
+    Heartbeat,
+    InputHealth,
+    OutputHealth,
+    write_heartbeat,
+)
 from procgraph.settings import load_settings
 
 log = logging.getLogger("procgraph.runtime")
+
+
+class LatencyWindow(deque[float]):
+    """The recent latencies (ms, for the p50), and a histogram of all since the start.
+
+    Each ``append`` also counts the value in its bucket of
+    :data:`procgraph.health.LATENCY_BUCKETS_MS` (one bisect: cheap on the hot path).
+    """
+
+    def __init__(self, maxlen: int = 200) -> None:
+        super().__init__(maxlen=maxlen)
+        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.sum_ms = 0.0
+
+    def append(self, value: float) -> None:
+        """Keep ``value`` in the window and count it in the histogram."""
+        super().append(value)
+        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, value)] += 1
+        self.sum_ms += value
+
+    def cumulative(self) -> list[int]:
+        """Counts <= each bound, then the total (Prometheus' cumulative buckets)."""
+        out, total = [], 0
+        for n in self.buckets:
+            total += n
+            out.append(total)
+        return out
 
 
 @dataclass
@@ -37,14 +71,16 @@ class PortStats:
     errors: int = 0
     dead: int = 0
     reclaimed: int = 0
-    latency_ms: deque[float] = field(default_factory=lambda: deque(maxlen=200))
+    latency_ms: LatencyWindow = field(default_factory=LatencyWindow)
 
     def health(self) -> InputHealth:
-        """The port's counters for the heartbeat (latency: recent p50)."""
+        """The port's counters for the heartbeat (latency: recent p50, and a histogram)."""
         lat = sorted(self.latency_ms)
         p50 = lat[len(lat) // 2] if lat else None
         return InputHealth(count=self.count, errors=self.errors, dead=self.dead, latency_ms=p50,
-                           reclaimed=self.reclaimed)
+                           reclaimed=self.reclaimed,
+                           latency_buckets=self.latency_ms.cumulative(),
+                           latency_sum_ms=round(self.latency_ms.sum_ms, 3))
 
 
 @dataclass
