@@ -62,7 +62,9 @@ def test_a_running_line_exports_its_replicas_edges_and_counters(
         def settled() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
             got = scrape(url)
             done = value(got, "procgraph_messages_in_total", agent="sink", port="items")
-            return got if done == COUNT - 1 else None
+            # each replica's figures come with its own heartbeat (every second): wait for both
+            sent = value(got, "procgraph_messages_out_total", agent="numbers", port="out")
+            return got if done == COUNT - 1 and sent == COUNT else None
 
         samples = wait_for(settled, 30, "the sink to handle every item")
     print("\n".join(f"{n}{dict(ls)} {v}" for (n, ls), v in sorted(samples.items())))
