@@ -6,7 +6,7 @@ import ipaddress
 import re
 import threading
 import time
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import quote
 
 from procgraph.agents.hmi.app import create_app
@@ -115,6 +115,16 @@ class HmiAgent(Agent):
                      doc="part outcomes (as written to the PLC)")
 
     params: HmiAgent.Params
+
+    @classmethod
+    def endpoints(cls, params: Any) -> dict[str, str]:
+        """The operator page's address (loopback when bound to every address)."""
+        host = params.host if params.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        if not params.port:
+            return {"HMI": f"{host}, a free port (its address is in this agent's log)"}
+        extra = "  (open it once with ?token=...)" if params.token else ""
+        return {"HMI": f"http://{host}:{params.port}/{extra}"}
 
     def setup(self) -> None:
         """Start the web server and the health poller (both daemon threads)."""

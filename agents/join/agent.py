@@ -24,7 +24,9 @@ class JoinAgent(Agent):
 
     State (``self.state``, written with the acks): ``pending`` (map of half-joined parts),
     ``decided`` (keyset of decided keys, pruned after ``done_ttl_s``). A duplicate verdict,
-    or one for a part already decided, is logged and ignored. Run one replica.
+    or one for a part already decided, is logged and ignored. Run one replica. Each part
+    decided is counted by outcome in the line counter ``parts:<outcome>`` (``context.count``;
+    Prometheus: ``procgraph_parts_total``).
     """
 
     class Params(Agent.Params):
@@ -130,6 +132,7 @@ class JoinAgent(Agent):
             key=key, outcome=d.outcome, reject=d.reject, capture_ns=rules.capture_ns(part),
             verdicts=verdicts, missing=d.missing, truth_defective=truth,
             trace=list(latest.trace)))
+        self.context.count(f"parts:{d.outcome}")  # procgraph_parts_total{outcome}
         self.pending.pop(key, None)
         self.pending_state.delete(key)
         self.decided.add(key)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from procgraph.agents.messages import PartOutcome
 from pydantic import Field
@@ -47,6 +47,12 @@ class ModbusPlcAgent(Agent):
 
     outcomes = Input(PartOutcome, doc="joined part outcomes, in order (lossless)")
     written = Output(PartOutcome, doc="every outcome the PLC has, with part_seq set")
+
+    @classmethod
+    def endpoints(cls, params: Any) -> dict[str, str]:
+        """The PLC this agent writes to."""
+        where = params.rtu_device or f"{params.host}:{params.port}"
+        return {"PLC": f"{where} unit {params.unit_id}, registers from {params.base}"}
 
     def setup(self) -> None:
         """Build the Modbus writer (it connects on the first part)."""

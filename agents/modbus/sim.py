@@ -250,7 +250,7 @@ class SimulatedPlc:
             record = {**part.as_dict(), "t": time.time(), "duplicate": duplicate}
             self.received.append(record)
             self._cond.notify_all()
-        log.info(
+        log.debug(
             "PLC part #%d key=%s outcome=%s reject=%d",
             part.seq,
             part.key,
@@ -347,13 +347,18 @@ def run_in_thread(
     return plc
 
 
-def _format_summary(summary: dict[str, Any]) -> str:
-    outcomes = " ".join(f"{k}={v}" for k, v in summary["outcomes"].items())
-    text = f"PLC summary: {summary['parts']} parts ({outcomes}), {summary['rejects']} rejects"
-    text += f", {len(summary['duplicates'])} duplicate keys, {len(summary['gaps'])} seq gaps"
-    text += f", {len(summary['violations'])} handshake violations"
+def format_summary(summary: dict[str, Any]) -> str:
+    """:meth:`SimulatedPlc.summary` as one line: parts by outcome, rejects, and any
+    duplicate keys, seq gaps, handshake violations or invalid writes (named)."""
+    outcomes = ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v) or "none"
+    text = (f"PLC summary: {summary['parts']} parts ({outcomes}), "
+            f"{summary['rejects']} rejects")
+    problems = [f"{len(summary[k])} {label}" for k, label in (
+        ("duplicates", "duplicate keys"), ("gaps", "seq gaps"),
+        ("violations", "handshake violations"), ("invalid", "invalid writes")) if summary[k]]
+    text += "; " + ", ".join(problems) if problems else "; no duplicates, gaps or violations"
     if summary["duplicates"]:
-        text += f"\n  DUPLICATES: {summary['duplicates']}"
+        text += f"; DUPLICATES: {summary['duplicates']}"
     return text
 
 
@@ -384,7 +389,7 @@ def main(
                         stop.wait(), summary_every_s if summary_every_s > 0 else None
                     )
                 if summary_every_s > 0 and not stop.is_set():
-                    print(_format_summary(plc.summary()), flush=True)
+                    print(format_summary(plc.summary()), flush=True)
         finally:
             await plc.stop()
 
@@ -393,4 +398,4 @@ def main(
     except KeyboardInterrupt:
         pass
     finally:
-        print(_format_summary(plc.summary()), flush=True)
+        print(format_summary(plc.summary()), flush=True)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import time
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -31,6 +32,13 @@ class SimulatedPlcAgent(Agent):
 
     params: Params
 
+    @classmethod
+    def endpoints(cls, params: Any) -> dict[str, str]:
+        """The simulated PLC's address (while enabled)."""
+        if not params.enabled:
+            return {}
+        return {"simulated PLC": f"{params.host}:{params.port} unit {params.unit_id}"}
+
     def run(self) -> None:
         """Serve until stopped, logging a summary every ``summary_every_s``."""
         if not self.params.enabled:
@@ -39,7 +47,7 @@ class SimulatedPlcAgent(Agent):
                 pass
             return
         from procgraph.agents.modbus.registers import RegisterMap
-        from procgraph.agents.modbus.sim import SimulatedPlc
+        from procgraph.agents.modbus.sim import SimulatedPlc, format_summary
 
         p = self.params
         regmap = RegisterMap(unit_id=p.unit_id, base=p.base,
@@ -52,7 +60,11 @@ class SimulatedPlcAgent(Agent):
             while self.sleep(0.5):
                 if time.monotonic() - last >= p.summary_every_s:
                     last = time.monotonic()
-                    self.log.info("PLC summary: %s", plc.summary())
+                    self.log.info("%s", format_summary(plc.summary()))
         finally:
-            self.log.info("PLC summary: %s", plc.summary())
+            summary = plc.summary()
+            clean = not (summary["duplicates"] or summary["gaps"] or summary["violations"]
+                         or summary["invalid"])
+            self.log.log(logging.INFO if clean else logging.WARNING, "%s",
+                         format_summary(summary))
             plc.stop_thread()

@@ -86,6 +86,13 @@ class Agent:
         ):
             raise TypeError(f"{cls.__name__}.Params must subclass Agent.Params")
 
+    @classmethod
+    def endpoints(cls, params: Any) -> dict[str, str]:
+        """Addresses this agent serves or talks to, by label, for the line's ready banner
+        (``{"PLC": "10.0.0.5:502 unit 1"}``). ``params`` is a validated ``Params``; none by
+        default. Override it to show where an operator or engineer should look."""
+        return {}
+
     def __init__(self, params: Agent.Params | None = None, context: AgentContext | None = None):
         want = type(self).Params
         if params is None:

@@ -11,10 +11,12 @@ snapshot of the broker (a Lua script, so a running line's numbers agree with eac
   ``<group>:done`` (:func:`procgraph.edges.xack_counted`, which also counts the ack of each
   dead letter) minus ``dead``;
 - ``dead``: entries moved to ``<stream>:dead`` by this agent: the ``<group>:dead`` count in
-  ``<stream>:edges`` where the runtime keeps one, else its records there. Dead-letter
-  streams are capped, so old records can be trimmed: ``dead_trimmed`` says how many records
-  the dead stream lost; when the agent is the stream's only reader they are its own and are
-  counted in ``dead``, else they stay in ``acked`` and the row says so;
+  ``<stream>:edges``, kept by the broker in the step that adds each dead letter
+  (:mod:`procgraph.delivery.deadletter`), so it is exact however many agents read the
+  stream and however many records the capped dead stream trimmed (``dead_trimmed``: records
+  it lost, any agent's). A line from before that counter counts its records in the dead
+  stream instead; trimmed ones are then counted in ``dead`` when the agent is the stream's
+  only reader, else they stay in ``acked`` and the row says so;
 - ``pending``: delivered, not acknowledged yet; ``unread``: still in the stream, not delivered;
 - ``dropped`` (``latest`` edges only): trimmed away before the agent read them;
 - ``unexplained``: what is left. On a ``lossless`` edge anything but 0 is a loss (or a count
@@ -231,6 +233,10 @@ def audit_edge(client: redis.Redis, stream: str, group: str, policy: str, broker
         row.dead_trimmed = int(dead_added) - int(dead_len)
         if f"{group}:dead" in counters:  # counted with each dead letter: exact, trims or not
             row.dead = counters[f"{group}:dead"]
+            if row.dead_trimmed:
+                row.notes.append(f"{row.dead_trimmed} dead letters trimmed from "
+                                 f"{dead_letter_key(stream)} (its cap); dead is the exact "
+                                 f"count kept in {edges_key(stream)}")
         elif row.dead_trimmed:
             if len(found) == 1:
                 row.dead += row.dead_trimmed

@@ -32,6 +32,10 @@ REDIS_ENV = "PROCGRAPH_REDIS"
 REPLICA_ENV = "PROCGRAPH_REPLICA"
 #: seconds an agent module's import may take before loading a graph gives up on it
 IMPORT_TIMEOUT_ENV = "PROCGRAPH_IMPORT_TIMEOUT_S"
+#: where ``procgraph image build`` caches the base tarball and wheelhouses
+IMAGE_CACHE_ENV = "PROCGRAPH_IMAGE_CACHE"
+#: the log level of a replica (debug, info, warning, error, critical; default info)
+LOG_LEVEL_ENV = "PROCGRAPH_LOG_LEVEL"
 #: the XDG base directory under which each graph's state folder lives by default
 XDG_STATE_ENV = "XDG_STATE_HOME"
 

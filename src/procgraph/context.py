@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,61 @@ if TYPE_CHECKING:
     from procgraph.registry import ModelRegistry
 
 
+#: the longest name ``AgentContext.count`` takes
+COUNT_NAME_MAX = 100
+
+
+class LineCounts:
+    """What an agent counted with ``context.count``: kept in memory, taken by the runtime.
+
+    The runtime's heartbeat thread takes what was counted since its last look once a period
+    and adds it to the line counters (one round trip). Counts made during a handler attempt
+    are held until the attempt commits (``end_attempt(keep=True)``) and dropped when it
+    raised, so a retried handler does not count twice. ``total`` is everything counted (and
+    kept) since the replica started: what a test reads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ready: dict[str, int] = {}
+        self._attempt: dict[str, int] | None = None
+        self.total: dict[str, int] = {}
+
+    def add(self, name: str, amount: int) -> None:
+        """Count ``amount`` more under ``name`` (held back while an attempt is open)."""
+        with self._lock:
+            into = self._attempt if self._attempt is not None else self._ready
+            into[name] = into.get(name, 0) + amount
+            if self._attempt is None:
+                self.total[name] = self.total.get(name, 0) + amount
+
+    def begin_attempt(self) -> None:
+        """A handler attempt starts: what it counts waits for ``end_attempt``."""
+        with self._lock:
+            self._attempt = {}
+
+    def end_attempt(self, keep: bool) -> None:
+        """The attempt committed (``keep``) or raised: release or drop what it counted."""
+        with self._lock:
+            held, self._attempt = self._attempt or {}, None
+            if keep:
+                for name, n in held.items():
+                    self._ready[name] = self._ready.get(name, 0) + n
+                    self.total[name] = self.total.get(name, 0) + n
+
+    def take(self) -> dict[str, int]:
+        """Everything ready since the last ``take`` (and forget it)."""
+        with self._lock:
+            out, self._ready = self._ready, {}
+        return {k: v for k, v in out.items() if v}
+
+    def give_back(self, taken: dict[str, int]) -> None:
+        """Put back what ``take`` returned (it could not be written)."""
+        with self._lock:
+            for name, n in taken.items():
+                self._ready[name] = self._ready.get(name, 0) + n
+
+
 @dataclass
 class AgentContext:
     """Where an agent runs: its graph, name, replica, folder, and its broker.
@@ -21,6 +77,7 @@ class AgentContext:
     input groups; ``resolve_path(p)`` finds a file named in params relative to the graph file;
     ``models`` is the model registry on the agent's broker; ``redis()`` is a raw client of
     that broker (an escape hatch: prefer ``self.state``, ``models`` and ``procgraph.health``).
+    ``count(name)`` adds to a counter of the whole line (e.g. ``parts:ok``).
     """
 
     graph: str = "test"
@@ -29,6 +86,9 @@ class AgentContext:
     graph_dir: Path = field(default_factory=Path.cwd)
     redis_factory: Callable[[], redis.Redis] | None = None
     _models: ModelRegistry | None = field(default=None, init=False, repr=False, compare=False)
+    #: what ``count`` counted, for the runtime to write (see :class:`LineCounts`)
+    line_counts: LineCounts = field(default_factory=LineCounts, init=False, repr=False,
+                                    compare=False)
 
     @property
     def consumer(self) -> str:
@@ -54,3 +114,26 @@ class AgentContext:
         """A path from params, relative to the graph file's folder unless absolute."""
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.graph_dir / p)
+
+    def count(self, name: str, amount: int = 1) -> None:
+        """Add ``amount`` to the line counter ``name``, shared by every agent of the line.
+
+        Cheap: counted in memory and written to the broker about once a second by the
+        runtime (no broker call here); what a handler attempt that raised counted is
+        dropped. The supervisor's Prometheus endpoint exports counters named
+        ``parts:<outcome>`` as ``procgraph_parts_total{outcome=...}`` and the others as
+        ``procgraph_line_events_total{counter=...}``; ``procgraph.health.read_line_counters``
+        reads them. ``name``: 1 to 100 printable characters; ``amount``: >= 0.
+        """
+        if not isinstance(name, str) or not 0 < len(name) <= COUNT_NAME_MAX \
+                or not name.isprintable():
+            raise ValueError(f"count: name must be 1 to {COUNT_NAME_MAX} printable characters,"
+                             f" got {name!r:.120}")
+        if isinstance(amount, bool) or not isinstance(amount, int) or amount < 0:
+            raise ValueError(f"count: amount must be an int >= 0, got {amount!r:.40}")
+        self.line_counts.add(name, amount)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        """Everything this replica counted with ``count`` since it started, by name."""
+        return dict(self.line_counts.total)

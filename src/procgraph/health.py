@@ -47,6 +47,9 @@ HEARTBEAT_VERSION = 1
 #: upper bounds (ms) of the optional latency histogram of an input port (+Inf implied)
 LATENCY_BUCKETS_MS: tuple[float, ...] = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500,
                                          5000, 10000)
+#: upper bounds (ms) of the optional handler-time histogram of an input port (+Inf implied)
+HANDLER_BUCKETS_MS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500,
+                                         1000, 2500, 10000)
 
 
 class InputHealth(BaseModel):
@@ -63,6 +66,14 @@ class InputHealth(BaseModel):
         "optional: cumulative counts of creation -> handled latencies <= each bound of "
         "LATENCY_BUCKETS_MS, then the total (+Inf), since the replica started"))
     latency_sum_ms: float | None = Field(None, description="optional: sum of those latencies")
+    handler_buckets: list[int] | None = Field(None, description=(
+        "optional: cumulative counts of handler calls that took <= each bound of "
+        "HANDLER_BUCKETS_MS, then the total (+Inf), since the replica started"))
+    handler_sum_ms: float | None = Field(None, description="optional: sum of those times")
+    e2e_buckets: list[int] | None = Field(None, description=(
+        "optional: cumulative counts of end-to-end latencies (trace origin, e.g. the capture, "
+        "-> end of the handler) <= each bound of LATENCY_BUCKETS_MS, then the total (+Inf)"))
+    e2e_sum_ms: float | None = Field(None, description="optional: sum of those latencies")
 
 
 class OutputHealth(BaseModel):

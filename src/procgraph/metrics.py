@@ -32,6 +32,7 @@ from prometheus_client.registry import Collector
 from procgraph.constants import dead_letter_key, line_counters_key
 from procgraph.errors import BrokerUnavailable, broker_unavailable_as
 from procgraph.health import (
+    HANDLER_BUCKETS_MS,
     LATENCY_BUCKETS_MS,
     Heartbeat,
     edge_stats,
@@ -66,11 +67,19 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
                                          "lossless backpressure", _P),
     "procgraph_input_latency_seconds": ("histogram", "message created -> handled, per input "
                                         "port (since the replica started)", _P),
+    "procgraph_handler_seconds": ("histogram", "time of each handler call (a batch is one "
+                                  "call), per input port", _P),
+    "procgraph_end_to_end_latency_seconds": ("histogram", "end-to-end: the trace's origin "
+                                             "(capture) -> end of this handler, per input "
+                                             "port (the PLC agent: capture -> PLC written)",
+                                             _P),
     "procgraph_edge_lag": ("gauge", "entries of the stream the group has not read yet", _E),
     "procgraph_edge_pending": ("gauge", "entries delivered to the group, not yet acked", _E),
     "procgraph_edge_acked": ("counter", "entries the group acknowledged", _E),
     "procgraph_edge_dropped": ("counter", "entries trimmed before the group read them "
                                "(latest policy)", _E),
+    "procgraph_edge_dead_lettered": ("counter", "entries the group moved to dead letters "
+                                     "(exact, kept by the broker)", _E),
     "procgraph_stream_entries_added": ("counter", "entries ever added to the stream",
                                        ("graph", "stream")),
     "procgraph_dead_letters": ("gauge", "entries in the stream's dead-letter stream",
@@ -118,7 +127,8 @@ class LineCollector(Collector):
     ``clients`` maps broker names to redis-py clients; ``restarts`` returns the supervisor's
     restart count per ``(agent, replica)`` (missing ones are taken from the heartbeats).
     Only the agents placed on ``node`` (all when None) are reported, so that several nodes'
-    supervisors do not report the same replicas and edges twice.
+    supervisors do not report the same replicas and edges twice; the line counters are
+    exported by one of them (:meth:`reports_line_counters`).
     """
 
     def __init__(self, plan: GraphPlan, clients: Mapping[str, redis.Redis],
@@ -127,6 +137,7 @@ class LineCollector(Collector):
         self.plan = plan
         self.clients = clients
         self.restarts = restarts or (lambda: {})
+        self.node = node
         self.agents = plan.agents_on(node)
 
     def _read(self, broker: str, client: redis.Redis,
@@ -186,19 +197,40 @@ class LineCollector(Collector):
                     fam["procgraph_edge_acked"].add_metric(labels, max(0, e.read - e.pending))
                 if e.dropped is not None:
                     fam["procgraph_edge_dropped"].add_metric(labels, e.dropped)
+                if e.dead is not None:
+                    fam["procgraph_edge_dead_lettered"].add_metric(labels, e.dead)
             for stream in streams:
                 added = next((e.added for (s, _), e in edges.items() if s == stream), None)
                 if added is not None:
                     fam["procgraph_stream_entries_added"].add_metric([graph, stream], added)
                 fam["procgraph_dead_letters"].add_metric([graph, stream], got.dead[stream])
-            for name, value in got.counters.items():
-                counters[name] = counters.get(name, 0) + value
+            if self.reports_line_counters(broker):
+                for name, value in got.counters.items():
+                    counters[name] = counters.get(name, 0) + value
         for name, value in sorted(counters.items()):
             if name.startswith(PARTS_PREFIX):
                 fam["procgraph_parts"].add_metric([graph, name[len(PARTS_PREFIX):]], value)
             else:
                 fam["procgraph_line_events"].add_metric([graph, name], value)
         yield from fam.values()
+
+    def reports_line_counters(self, broker: str) -> bool:
+        """Whether this collector exports the line counters kept on ``broker``.
+
+        Line counters (parts by outcome, line events) belong to the whole line, not to a
+        node: with several nodes' supervisors only one exports them, so that summing over
+        scrape targets counts each once. That is the supervisor without ``--node``, else the
+        broker's own node (an embedded broker's ``node:``), else the first node (by name)
+        the graph places agents on.
+        """
+        if self.node is None:
+            return True
+        spec = self.plan.brokers.get(broker)
+        owner = spec.node if spec is not None else None
+        if owner is None:
+            nodes = sorted({a.node for a in self.plan.agents.values() if a.node is not None})
+            owner = nodes[0] if nodes else None
+        return owner is None or owner == self.node
 
     def _replicas(self, fam: dict[str, Any], replicas: list[tuple[str, int]],
                   beats: Mapping[tuple[str, int], Heartbeat],
@@ -219,16 +251,26 @@ class LineCollector(Collector):
                 fam["procgraph_handler_errors"].add_metric(pl, i.errors)
                 fam["procgraph_dead_lettered"].add_metric(pl, i.dead)
                 fam["procgraph_reclaimed"].add_metric(pl, i.reclaimed)
-                if i.latency_buckets is not None and \
-                        len(i.latency_buckets) == len(LATENCY_BUCKETS_MS) + 1:
-                    bounds = [f"{b / 1000:g}" for b in LATENCY_BUCKETS_MS] + ["+Inf"]
-                    fam["procgraph_input_latency_seconds"].add_metric(
-                        pl, list(zip(bounds, i.latency_buckets, strict=True)),
-                        (i.latency_sum_ms or 0.0) / 1000)
+                _histogram(fam["procgraph_input_latency_seconds"], pl, LATENCY_BUCKETS_MS,
+                           i.latency_buckets, i.latency_sum_ms)
+                _histogram(fam["procgraph_handler_seconds"], pl, HANDLER_BUCKETS_MS,
+                           i.handler_buckets, i.handler_sum_ms)
+                _histogram(fam["procgraph_end_to_end_latency_seconds"], pl, LATENCY_BUCKETS_MS,
+                           i.e2e_buckets, i.e2e_sum_ms)
             for port, o in sorted(beat.outputs.items()):
                 pl = [*rl, port]
                 fam["procgraph_messages_out"].add_metric(pl, o.count)
                 fam["procgraph_output_blocked_seconds"].add_metric(pl, o.blocked_s)
+
+
+def _histogram(family: Any, labels: list[str], bounds_ms: tuple[float, ...],
+               buckets: list[int] | None, sum_ms: float | None) -> None:
+    """Add a heartbeat's cumulative histogram (ms) to ``family`` in seconds; skip a missing
+    or malformed one (another version's bounds)."""
+    if buckets is None or len(buckets) != len(bounds_ms) + 1:
+        return
+    bounds = [f"{b / 1000:g}" for b in bounds_ms] + ["+Inf"]
+    family.add_metric(labels, list(zip(bounds, buckets, strict=True)), (sum_ms or 0.0) / 1000)
 
 
 class MetricsServer:

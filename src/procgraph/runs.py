@@ -141,6 +141,8 @@ class RunRecord:
     hmi_url: str | None = None
     metrics_url: str | None = None
     state: str = "starting"
+    #: the folder of the line's log files (procgraph.logfiles)
+    log_dir: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> RunRecord | None:
@@ -155,7 +157,8 @@ class RunRecord:
                        node=data.get("node"), started=float(data.get("started", 0.0)),
                        brokers={str(k): str(v) for k, v in dict(brokers).items()},
                        hmi_url=data.get("hmi_url"), metrics_url=data.get("metrics_url"),
-                       state=str(data.get("state", "starting")))
+                       state=str(data.get("state", "starting")),
+                       log_dir=str(data["log_dir"]) if data.get("log_dir") else None)
         except (KeyError, TypeError, ValueError):
             return None
 

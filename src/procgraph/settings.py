@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from procgraph.constants import ENV_PREFIX
@@ -26,6 +28,15 @@ class Settings(BaseSettings):
     import_timeout_s: float | None = Field(
         None, gt=0, description="seconds an agent module's import may take "
         "(unset: procgraph.graph.imports.IMPORT_TIMEOUT_S, 30)")
+    image_cache: str | None = Field(
+        None, description="cache folder of procgraph image build (default ~/.cache/procgraph)")
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
+        "info", description="a replica's log level (the supervisor sets it per agent)")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
 
 def load_settings() -> Settings:

@@ -27,6 +27,7 @@ from procgraph.brokers import EmbeddedBroker
 from procgraph.console import Console, install_stop_signals, read_lines
 from procgraph.constants import (
     BROKERS_ENV,
+    LOG_LEVEL_ENV,
     RESTARTS_ENV,
     SUPERVISED_ENV,
     stopping_key,
@@ -35,9 +36,13 @@ from procgraph.durability import graph_state_dir
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan
 from procgraph.guard import Guard
-from procgraph.health import clear_heartbeat, read_heartbeats
+from procgraph.health import clear_heartbeat, read_heartbeats, read_line_counters
 from procgraph.lease import RENEW_EVERY_S, Holder, Lease, LocalLock
 from procgraph.linebrokers import LineBrokers
+from procgraph.linelogs import CONSOLE_LEVEL, LineLogs
+from procgraph.logfiles import LogFiles, log_dir
+from procgraph.redact import redact_url
+from procgraph.replicas import DockerLauncher, LaunchError, ProcessHandle, ReplicaHandle
 
 if TYPE_CHECKING:
     from procgraph.metrics import MetricsServer
@@ -49,16 +54,22 @@ STABLE_S = 30.0
 EXIT_GRACE_S = 10.0
 #: how long ``run`` waits at start for a broker it does not start itself
 CONNECT_TIMEOUT_S = 10.0
+#: a line not ready (every replica's first heartbeat) after this long is said to be slow
+READY_WARN_S = 30.0
+#: the longest line read from a replica (its log records carry their traceback)
+PUMP_LINE_LIMIT = 64 * 1024
 _DOWN: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.RedisError)
+_COUNTERS_DOWN: tuple[type[BaseException], ...] = (*_DOWN, BrokerUnavailable)
 
 
 @dataclass
 class Replica:
-    """One OS process running one replica of an agent, and its restart bookkeeping."""
+    """One replica of an agent (a process or a container: procgraph.replicas), and its
+    restart bookkeeping. A :class:`subprocess.Popen` given as ``proc`` is wrapped."""
 
     agent: AgentPlan
     index: int
-    proc: subprocess.Popen[bytes] | None = None
+    proc: ReplicaHandle | None = None
     restarts: int = 0
     failures_in_row: int = 0
     started_at: float = 0.0
@@ -67,6 +78,12 @@ class Replica:
     finished: bool = False
     exiting_since: float | None = None
     pump: threading.Thread | None = field(default=None, repr=False)
+    #: seconds from the start of the current process or container to its first heartbeat
+    first_heartbeat_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.proc, subprocess.Popen):
+            self.proc = ProcessHandle(self.proc)
 
     @property
     def name(self) -> str:
@@ -75,7 +92,7 @@ class Replica:
 
     @property
     def pid(self) -> int | None:
-        """The process id, while running."""
+        """The process id (a container's init on this host), while running."""
         return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
 
 
@@ -91,6 +108,8 @@ class Supervisor:
         colour: bool | None = None,
         broker_kind: str = "valkey",
         state_dir: str | os.PathLike[str] | None = None,
+        log_level: str = "info",
+        console_level: str = CONSOLE_LEVEL,
     ) -> None:
         self.plan = plan
         self.node = node
@@ -100,6 +119,17 @@ class Supervisor:
         self.colour = self.console.colour
         self.broker_kind = broker_kind
         self.state_dir = state_dir
+        #: the level replicas log at, unless their agent gives ``log_level``
+        self.log_level = log_level.lower()
+        self.log_dir = log_dir(plan, state_dir)
+        self.logs = LineLogs(
+            self.console,
+            LogFiles(self.log_dir, int(plan.logs.max_mb * 1024 * 1024), plan.logs.keep),
+            plan.name, console_level,
+            "supervisor" if node is None else f"supervisor.{node}")
+        self._started_at = 0.0
+        self._ready_said = False
+        self._slow_said = False
         self.replicas: list[Replica] = []
         self.stopping = threading.Event()
         self.stop_reason: str | None = None
@@ -120,8 +150,8 @@ class Supervisor:
 
     # -- output ---------------------------------------------------------------------------
     def say(self, prefix: str, line: str, colour_index: int = 0) -> None:
-        """Print one line with a (coloured) prefix."""
-        self.console.say(prefix, line, colour_index)
+        """Print one line with a (coloured) prefix, and file it in the supervisor's log."""
+        self.logs.say(prefix, line, colour_index)
 
     # -- stopping -------------------------------------------------------------------------
     def request_stop(self, reason: str) -> None:
@@ -168,30 +198,58 @@ class Supervisor:
         return [sys.executable, "-m", "procgraph", "agent", self.plan.file,
                 replica.agent.name, str(replica.index)]
 
+    def _docker(self) -> DockerLauncher:
+        """The container launcher (procgraph.replicas), made at the first container."""
+        launcher: DockerLauncher | None = getattr(self, "_launcher", None)
+        if launcher is None:
+            launcher = self._launcher = DockerLauncher(self.plan, self.node)
+        return launcher
+
     def _spawn(self, replica: Replica) -> None:
+        """Start the replica as a process, or as a container (``runtime: docker``).
+
+        A container that cannot be started at the line's start raises LaunchError; on a
+        restart it is said, and tried again after the backoff.
+        """
         env = dict(os.environ)
         env[BROKERS_ENV] = json.dumps(self.urls)
         env[SUPERVISED_ENV] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         env[RESTARTS_ENV] = str(replica.restarts)
-        replica.proc = subprocess.Popen(
-            self.command(replica), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
-            start_new_session=True,
-        )
-        self.guard.watch(replica.proc.pid)
+        env[LOG_LEVEL_ENV] = replica.agent.log_level or self.log_level
+        if (replica.agent.runtime or "process") == "docker":
+            try:
+                replica.proc = self._docker().launch(replica.agent, replica.index,
+                                                     replica.restarts, env, self.urls)
+            except LaunchError as exc:
+                if replica.restarts == 0:
+                    raise
+                replica.failures_in_row += 1
+                delay = min(RESTART_MAX_S, 0.5 * 2 ** max(0, replica.failures_in_row - 1))
+                replica.next_start = time.monotonic() + delay
+                self.say("supervisor", f"error: {exc}; trying again in {delay:.1f}s")
+                return
+        else:
+            replica.proc = ProcessHandle.start(self.command(replica), env)
+        if replica.proc.pid:
+            self.guard.watch(replica.proc.pid)
+        self.logs.files.write(replica.name, "INFO", f"procgraph.supervisor: started (pid "
+                              f"{replica.proc.pid}, restart {replica.restarts})")
         replica.started_at = time.monotonic()
         replica.heartbeat_seen = False
+        replica.first_heartbeat_s = None
         replica.exiting_since = None
         colour = list(self.plan.agents).index(replica.agent.name)
         replica.pump = threading.Thread(
             target=self._pump, args=(replica, replica.proc, colour), daemon=True)
         replica.pump.start()
 
-    def _pump(self, replica: Replica, proc: subprocess.Popen[bytes], colour: int) -> None:
-        """Forward a replica's output, each line escaped and capped (console.read_lines)."""
+    def _pump(self, replica: Replica, proc: ReplicaHandle, colour: int) -> None:
+        """File a replica's output (a process's pipe, a container's log stream) and show what
+        matters (procgraph.linelogs), each line escaped and capped (console.read_lines)."""
         assert proc.stdout is not None
-        for line in read_lines(proc.stdout):
-            self.say(replica.name, line, colour)
+        for line in read_lines(proc.stdout, PUMP_LINE_LIMIT):
+            self.logs.replica_line(replica.name, replica.agent.name, line, colour)
         proc.stdout.close()
 
     def create_groups(self) -> None:
@@ -230,6 +288,7 @@ class Supervisor:
         self._next_renew = time.monotonic() + RENEW_EVERY_S
         self._write_run_record()
         self.create_groups()
+        self._parts_at_start = self._parts_counted()
         agents = self.plan.agents_on(self.node)
         if self.node is not None:
             unplaced = [a.name for a in self.plan.agents.values() if a.node is None]
@@ -244,11 +303,82 @@ class Supervisor:
                 self.replicas.append(replica)
                 self._spawn(replica)
         self._start_metrics()
+        self._started_at = time.monotonic()
         self.say("supervisor", f"graph {self.plan.name!r}: {len(self.replicas)} replica(s) of "
-                 f"{len(agents)} agent(s) started")
+                 f"{len(agents)} agent(s) started; logs in {self.log_dir}")
         if self.metrics is not None:
             self.say("supervisor", f"metrics at {self.metrics.url}")
         self._set_run_state("started")
+
+    # -- the ready banner -------------------------------------------------------------------
+    def _check_ready(self, now: float) -> None:
+        """Say once when every replica here has sent its first heartbeat (the ready banner),
+        or once that some have not after READY_WARN_S."""
+        if self._ready_said or not self.replicas:
+            return
+        waiting = [r.name for r in self.replicas if not r.heartbeat_seen and not r.finished]
+        if not waiting:
+            self._ready_said = True
+            for line in self.banner(now - self._started_at):
+                self.say("supervisor", line)
+        elif not self._slow_said and now - self._started_at > READY_WARN_S:
+            self._slow_said = True
+            self.say("supervisor", f"warning: not ready after {READY_WARN_S:g}s: no heartbeat "
+                     f"yet from {', '.join(waiting)}; see procgraph logs {self.plan.name}")
+
+    def banner(self, took_s: float) -> list[str]:
+        """The ready banner: where the HMI, PLC, brokers, metrics and logs are, how to stop."""
+        from procgraph.graph import agent_class
+
+        lines = [f"ready in {took_s:.1f}s: line {self.plan.name!r}, {len(self.replicas)} "
+                 "replica(s) up"]
+        rows: list[tuple[str, str]] = []
+        for agent in self.plan.agents_on(self.node):
+            try:
+                cls = agent_class(self.plan, agent.name)
+                found = cls.endpoints(cls.Params.model_validate(agent.params))
+            except Exception:  # a user's endpoints() must not stop the line
+                continue
+            rows += [(label, f"{address}  ({agent.name})") for label, address in found.items()]
+        for name, url in self.urls.items():
+            kind = f"embedded {self.broker_kind}" if name in self.brokers else "external"
+            rows.append((f"broker {name}", f"{redact_url(url)}  ({kind})"))
+        if self.metrics is not None:
+            rows.append(("metrics", self.metrics.url))
+        rows.append(("logs", f"procgraph logs {self.plan.name} [AGENT] -f  ({self.log_dir})"))
+        rows.append(("stop", f"Ctrl-C, or procgraph stop {self.plan.name}"))
+        width = max(len(label) for label, _ in rows)
+        lines += [f"  {label:<{width}}  {value}" for label, value in rows]
+        return lines
+
+    def _parts_counted(self) -> dict[str, int] | None:
+        """Parts by outcome so far (the line counters ``parts:<outcome>`` agents count with
+        ``context.count``, summed over the brokers); None when a broker cannot tell."""
+        total: dict[str, int] = {}
+        for name in self.urls:
+            try:
+                counters = read_line_counters(self._client(name), self.plan.name)
+            except _COUNTERS_DOWN:
+                return None
+            for key, value in counters.items():
+                if key.startswith("parts:"):
+                    total[key[6:]] = total.get(key[6:], 0) + value
+        return total
+
+    def _say_parts(self) -> None:
+        """At the end of a run without --node: the parts this run counted, by outcome."""
+        before = getattr(self, "_parts_at_start", None)
+        if self.node is not None or before is None:
+            return
+        after = self._parts_counted()
+        if after is None:
+            return
+        run = {k: v - before.get(k, 0) for k, v in sorted(
+            after.items(), key=lambda item: (item[0] != "ok", item[0]))
+            if v - before.get(k, 0) > 0}
+        if run:
+            detail = ", ".join(f"{k} {v}" for k, v in run.items())
+            self.say("supervisor", f"this run: {sum(run.values())} parts ({detail})")
 
     def _write_run_record(self) -> None:
         """Write this line's run record (procgraph.runs); a failure only warns."""
@@ -258,7 +388,7 @@ class Supervisor:
                 file=str(Path(self.plan.file).resolve()), pid=os.getpid(), host=self._host,
                 node=self.node, started=time.time(), brokers=dict(self.urls),
                 hmi_url=runs.hmi_url(self.plan, self.node), metrics_url=None,
-                state="starting")
+                log_dir=str(self.log_dir), state="starting")
             self._record_written = True
         except OSError as exc:
             self.say("supervisor", f"warning: cannot write the run record {self.run_record}: "
@@ -310,11 +440,16 @@ class Supervisor:
             for r in reps:
                 assert r.proc is not None
                 beat = beats.get((r.agent.name, r.index))
-                if beat is not None and beat.pid == r.proc.pid and beat.host in ('', self._host):
-                    r.heartbeat_seen = True  # only this process's own heartbeat counts
+                if beat is not None and r.proc.owns(beat, self._host):
+                    if not r.heartbeat_seen:  # only this process's own heartbeat counts
+                        r.first_heartbeat_s = time.monotonic() - r.started_at
+                        if not isinstance(r.proc, ProcessHandle):
+                            self.say("supervisor", f"{r.name}: {r.proc.describe()}: first "
+                                     f"heartbeat {r.first_heartbeat_s:.1f}s after its start")
+                    r.heartbeat_seen = True
                 elif r.heartbeat_seen and not self._exiting(broker, r):
-                    self.say("supervisor", f"{r.name}: heartbeat stopped; killing pid "
-                             f"{r.proc.pid} to restart it")
+                    self.say("supervisor", f"{r.name}: heartbeat stopped; killing "
+                             f"{r.proc.describe()} to restart it")
                     r.proc.kill()
 
     def _exiting(self, broker: str, r: Replica) -> bool:
@@ -326,7 +461,7 @@ class Supervisor:
                     stopping_key(self.plan.name, r.agent.name, r.index))
             except _DOWN:
                 return True  # cannot tell now: judge again at the next poll
-            if marker is None or marker != str(r.proc.pid).encode():
+            if marker is None or marker != str(r.proc.agent_pid).encode():
                 return False
             r.exiting_since = time.monotonic()
         if time.monotonic() - r.exiting_since < EXIT_GRACE_S:
@@ -335,15 +470,23 @@ class Supervisor:
         return False
 
     def _forget(self, r: Replica, pid: int) -> None:
-        """A replica process ended: unguard it; clear its heartbeat and marker if still its."""
-        self.guard.forget(pid)
+        """A replica ended: unguard it; clear its heartbeat and marker if still its; remove
+        its container."""
+        handle = r.proc if r.proc is not None and r.proc.pid == pid else None
+        if pid:
+            self.guard.forget(pid)
         client = self._client(r.agent.broker)
         with contextlib.suppress(BrokerUnavailable, *_DOWN):
             beat = read_heartbeats(client, self.plan.name, [(r.agent.name, r.index)]).get(
                 (r.agent.name, r.index))
-            if beat is not None and beat.pid == pid and beat.host in ('', self._host):
+            own = (handle.owns(beat, self._host) if handle is not None
+                   else beat.pid == pid and beat.host in ('', self._host)) \
+                if beat is not None else False
+            if own:
                 clear_heartbeat(client, self.plan.name, r.agent.name, r.index)
             client.delete(stopping_key(self.plan.name, r.agent.name, r.index))
+        if handle is not None:
+            handle.release()
 
     def _renew_lease(self, now: float) -> None:
         if self._lease is None or now < self._next_renew:
@@ -388,6 +531,7 @@ class Supervisor:
                 self._spawn(r)
         self.line.guard_processes()
         self._check_heartbeats()
+        self._check_ready(now)
         self._renew_lease(now)
 
     def start_in_thread(self, interval_s: float = 0.1) -> None:
@@ -478,6 +622,10 @@ class Supervisor:
         for r in live:
             assert r.proc is not None
             self._forget(r, r.proc.pid)
+        launcher: DockerLauncher | None = getattr(self, "_launcher", None)
+        if launcher is not None:
+            launcher.close()
+        self._say_parts()
         if self._lease is not None:
             self._lease.release()
         for client in self.line.clients.values():
@@ -491,3 +639,4 @@ class Supervisor:
         if self._lock is not None:
             self._lock.release()
         self.guard.close()
+        self.logs.close()

@@ -107,13 +107,18 @@ class AgentHarness:
                 self._handle(port, m)
 
     def _handle(self, port: str, payload: Message | list[Message]) -> None:
-        """One handler call; its state changes are flushed after it, dropped if it raised."""
+        """One handler call; its state changes and counts are kept after it, dropped if it
+        raised (as the runtime does)."""
         mark = self.state.checkpoint()
+        counts = self.agent.context.line_counts
+        counts.begin_attempt()
         try:
             self.binding.handle(port, payload, time.time_ns())
         except BaseException:
             self.state.rollback(mark)
+            counts.end_attempt(keep=False)
             raise
+        counts.end_attempt(keep=True)
         self.state.flush()
 
 

@@ -50,12 +50,36 @@ except ImportError:  # pragma: no cover - PyYAML without libyaml
 
 
 class Marked:
-    """A loaded YAML document plus the line of each value, keyed by its path."""
+    """A loaded YAML document plus the line of each value, keyed by its path, and for each
+    value that ``${VAR}`` expansion made, the variables it came from (:meth:`source_of`)."""
 
-    def __init__(self, file: Path, data: Any, lines: dict[Path_, int]) -> None:
+    def __init__(self, file: Path, data: Any, lines: dict[Path_, int],
+                 sources: dict[Path_, list[tuple[str, str | None]]] | None = None) -> None:
         self.file = file
         self.data = data
         self.lines = lines
+        #: path -> the variables expanded in its value: (name, value; None: its default)
+        self.sources = sources if sources is not None else {}
+
+    def source_of(self, path: Path_) -> str | None:
+        """``$HMI_PORT`` (or ``$HOST and $PORT``, ``the default of ${PORT:-...}``) when the
+        value at ``path`` came from environment variables; None when written in the file."""
+        used = self.sources.get(tuple(path))
+        if not used:
+            return None
+        names = [f"${name}" if value is not None else f"the default of ${{{name}:-...}}"
+                 for name, value in dict.fromkeys(used)]
+        return " and ".join(names)
+
+    def describe(self, path: Path_, value: Any) -> str:
+        """``'80x' from $HMI_PORT in graphs/x.yaml line 12`` for a value from a variable
+        (the value escaped and capped); ``""`` for a value written in the file."""
+        source = self.source_of(path)
+        if source is None:
+            return ""
+        line = self.line_of(path)
+        shown = printable(repr(value), limit=200)
+        return f"{shown} from {source} in {self.file}" + (f" line {line}" if line else "")
 
     def line_of(self, path: Path_) -> int | None:
         """The line of ``path``, or of its nearest ancestor that has one."""
@@ -75,16 +99,33 @@ class Marked:
         """A GraphError naming file, line, the offending key path and the fix."""
         dotted = ".".join(str(p) for p in path)
         text = f"{self.where(path)}: {dotted + ': ' if dotted else ''}{problem}"
+        source = self.source_of(path)
+        if source is not None:  # the value came from the environment: say from where
+            shown = printable(repr(self._value_at(path)), limit=200)
+            text = f"{self.where(path)}: {dotted}: {shown} from {source}: {problem}"
         if fix:
             text += f"\n  fix: {fix}"
         return GraphError(text)
 
+    def _value_at(self, path: Path_) -> Any:
+        """The loaded value at ``path`` (None where there is none)."""
+        value = self.data
+        for part in path:
+            try:
+                value = value[part]
+            except (KeyError, IndexError, TypeError):
+                return None
+        return value
 
-def interpolate(text: str, env: Mapping[str, str], where: str) -> str:
+
+def interpolate(text: str, env: Mapping[str, str], where: str,
+                used: list[tuple[str, str | None]] | None = None) -> str:
     """Expand ``${VAR}`` and ``${VAR:-default}`` from ``env``.
 
     A default ends at the first ``}`` and holds no newline. One pass over ``text``: the time
     is linear in its length whatever it holds (a regex would rescan from every ``${``).
+    ``used``, if given, gets ``(name, value)`` for each variable expanded (value None: its
+    default was used), so an error about the value can say where it came from.
     """
     out: list[str] = []
     done = 0  # text[:done] is in out
@@ -113,6 +154,10 @@ def interpolate(text: str, env: Mapping[str, str], where: str) -> str:
                                  f"\n  fix: export {var}=... or write ${{{var}:-default}} in "
                                  "the graph")
             value = default
+            if used is not None:
+                used.append((name.group(), None))
+        elif used is not None:
+            used.append((name.group(), value))
         out += (text[done:at], value)
         done = close + 1
         at = text.find("${", done)
@@ -300,6 +345,7 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
     root = _compose(file, read_text(file))
     constructor = yaml.SafeLoader("")
     lines: dict[Path_, int] = {}
+    from_env: dict[Path_, list[tuple[str, str | None]]] = {}
 
     def convert(node: yaml.Node, path: Path_) -> Any:
         lines[path] = node.start_mark.line + 1
@@ -321,6 +367,7 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
                         merged = {**value, **merged}
                     continue
                 key = convert_scalar(key_node, path)
+                from_env.pop(path, None)  # a ${VAR} in a key: not the mapping's value
                 if key in out:
                     raise GraphError(
                         f"{file}:{key_node.start_mark.line + 1}: duplicate key {key!r}"
@@ -344,7 +391,10 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
                              f"{printable(getattr(exc, 'problem', exc))}"
                              "\n  fix: remove the tag or quote the value") from exc
         if isinstance(value, str) and "${" in value:
-            raw = interpolate(value, env, f"{file}:{node.start_mark.line + 1}")
+            used: list[tuple[str, str | None]] = []
+            raw = interpolate(value, env, f"{file}:{node.start_mark.line + 1}", used)
+            if used:
+                from_env[path] = used
             if not node.style:  # plain scalar (libyaml says "", PyYAML None): re-resolve
                 try:
                     resolved = yaml.safe_load(raw) if raw.strip() else raw
@@ -359,4 +409,4 @@ def load_marked(file: Path, env: Mapping[str, str] | None = None) -> Marked:
         data = convert(root, ()) if root is not None else None
     finally:
         constructor.dispose()
-    return Marked(file, data, lines)
+    return Marked(file, data, lines, from_env)

@@ -7,10 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis
 from typer.testing import CliRunner, Result
 
@@ -19,9 +21,11 @@ from procgraph.audit import audit_edge
 from procgraph.brokers import EmbeddedBroker
 from procgraph.cli.main import app
 from procgraph.constants import dead_letter_key
+from procgraph.delivery import deadletter
 from procgraph.durability import DATA_LOST_COUNTER
 from procgraph.edges import create_group_counted, xack_counted
 from procgraph.health import add_line_counter
+from procgraph.transport.reader import GroupReader, ReadSpec
 
 SENT, FAST = 60, 300
 LINE = f"""
@@ -132,3 +136,80 @@ def test_an_ack_behind_the_count_and_trimmed_dead_letters(valkey: EmbeddedBroker
     assert (row.gone, row.ok) == ("stream", False)
     fresh = audit_edge(client, "pg:forge:none:out", group, "lossless")
     assert fresh.ok and not fresh.exists
+
+
+def test_exact_dead_count_per_group_with_several_readers_and_a_trimmed_dead_stream(
+        valkey: EmbeddedBroker, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two groups dead-letter into one capped dead stream: each group's ``<group>:dead``
+    (kept by the dead-letter script) stays exact after the cap trimmed most records, and a
+    dead letter retried (its reply lost) is neither recorded nor counted twice."""
+    monkeypatch.setattr(deadletter, "DEAD_LETTER_MAXLEN", 2)
+    client = redis.Redis.from_url(valkey.url)
+    stream = "pg:multi:a:out"
+    readers = {g: GroupReader(client, [ReadSpec(stream, g, "items", "0")], f"{g}-0",
+                              threading.Event()) for g in ("b", "c")}
+    for reader in readers.values():
+        reader.ensure_groups()
+    for i in range(10):
+        client.xadd(stream, {"h": b"{}", "i": str(i).encode()})
+    dead_of = {"b": 3, "c": 5}  # b dead-letters its first 3 entries, c its first 5
+    for group, reader in readers.items():
+        got = reader.read(10, 100)
+        for _, entry in got[:dead_of[group]]:
+            deadletter.dead_letter(reader, stream, entry, "test", f"{group}-0")
+        deadletter.dead_letter(reader, stream, got[0][1], "retried", f"{group}-0")  # no-op
+        xack_counted(client, stream, group, [e[0] for _, e in got[dead_of[group]:]])
+    assert client.xlen(dead_letter_key(stream)) == 2  # 8 records, the cap kept 2
+    for group, n in dead_of.items():
+        row = audit_edge(client, stream, group, "lossless")
+        print(row)
+        assert (row.produced, row.dead, row.acked, row.pending, row.unexplained) == (
+            10, n, 10 - n, 0, 0), group
+        assert row.dead_trimmed == 6 and row.ok
+        assert any("exact count" in note for note in row.notes)
+
+
+def test_a_stopped_line_with_an_embedded_broker_is_audited_from_its_data(
+        tmp_path: Path) -> None:
+    """Issue 10 item 5: `audit` of a stopped line opens its durable embedded broker from the
+    state folder, audits it, stops it; a line without data or still running is refused."""
+    import shutil
+
+    from pgtest_procs import Run
+    from procgraph.graph import load_graph
+    from procgraph.lease import Holder, LocalLock
+
+    shutil.copy(Path(__file__).parents[1] / "pgtest_agents.py", tmp_path / "pgtest_agents.py")
+    graph = tmp_path / "graph.yaml"
+    graph.write_text(LINE)
+    state = tmp_path / "state"
+    run = Run(graph, "--duration", "12", state_dir=state)
+    assert run.finish(60) == 0, run.output
+    done = subprocess.run([sys.executable, "-m", "procgraph", "audit", str(graph),
+                           "--state-dir", str(state), "--json"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "is not running: broker 'main' opened from" in done.stderr
+    rec = _edges(done.stdout)[EDGE]
+    assert (rec["produced"], rec["acked"], rec["dead"], rec["unexplained"]) == (SENT, SENT - 2,
+                                                                                2, 0)
+    # the opened broker was stopped again: a second audit opens it anew
+    again = _audit_local(graph, state)
+    assert again.exit_code == 0 and "every entry accounted for" in again.stdout, again.output
+    # while the line's lock is held (a run of it), the data is not opened
+    plan = load_graph(graph)
+    lock = LocalLock(state, plan.name, Holder.me(str(graph)))
+    lock.acquire()
+    try:
+        held = _audit_local(graph, state)
+    finally:
+        lock.release()
+    assert held.exit_code == 1 and "already running" in held.output, held.output
+    # a line that never ran here: says so
+    never = _audit_local(graph, tmp_path / "elsewhere")
+    assert never.exit_code == 1 and "has no data in" in never.output, never.output
+    assert "Traceback" not in never.output
+
+
+def _audit_local(graph: Path, state: Path) -> Result:
+    return CliRunner().invoke(app, ["audit", str(graph), "--state-dir", str(state)])

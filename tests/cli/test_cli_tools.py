@@ -204,8 +204,15 @@ def test_new_agent_validates_tests_and_runs(tmp_path: Path, name: str, source: b
     assert "1 passed" in tests.stdout
     ran = procgraph("run", f"{module}.yaml", "--duration", "6", cwd=proj)
     assert ran.returncode == 0, ran.stdout + ran.stderr
-    assert f"{module}[0]" in ran.stdout
     assert "Traceback" not in ran.stdout
+    # the console shows warnings and up; the replica's file has all it logged
+    from procgraph.graph import load_graph
+    from procgraph.logfiles import log_dir, parse_lines
+
+    logged = log_dir(load_graph(proj / f"{module}.yaml")) / f"{module}.0.log"
+    assert logged.is_file(), ran.stdout
+    records = list(parse_lines(logged.read_text().splitlines()))
+    assert records and all(r.source == f"{module}[0]" for r in records), records
 
 
 def test_new_agent_refuses_to_overwrite_and_bad_names(tmp_path: Path) -> None:

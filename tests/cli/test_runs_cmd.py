@@ -50,7 +50,7 @@ def test_run_detach_then_ps_check_and_stop(tmp_path: Path,
     try:
         assert alive(pid)
         assert "procgraph stop found" in started.stdout
-        log = Path(re.search(r"log:\s+(\S+)", started.stdout).group(1))  # type: ignore[union-attr]
+        log = Path(re.search(r"output:\s+(\S+)", started.stdout).group(1))  # type: ignore[union-attr]
         assert log.is_file() and "agent(s) started" in log.read_text()
         assert PASSWORD not in started.stdout + started.stderr
         listed = runner.invoke(app, ["ps"])

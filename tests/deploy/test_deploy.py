@@ -32,16 +32,19 @@ from procgraph.graph import load_graph
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ["inspection", "minimal"]
 K8S_VERSIONS = ["1.33.0", "1.28.0"]  # 1.28: first with the pod-index label the pods use
-# containers do not share a loopback: the HMI and the PLC simulator listen on all
-# interfaces (the HMI then needs its token) and the PLC writer dials the simulator's service
-CONTAINER_ENV = ["-e", "HMI_HOST=0.0.0.0", "-e", "HMI_TOKEN=${HMI_TOKEN}",
-                 "-e", "PLC_HOST=plc-sim", "-e", "PLC_SIM_HOST=0.0.0.0"]
+# containers do not share a loopback: deploy sets HMI_HOST / PLC_SIM_HOST=0.0.0.0 and
+# PLC_HOST=plc-sim itself; the HMI, listening beyond loopback, then needs its token
+CONTAINER_ENV = ["-e", "HMI_TOKEN=${HMI_TOKEN}"]
+TOKEN = "k8s-test-token-0123456789"  # what ${HMI_TOKEN} is in the shell of `deploy k8s`
 EXAMPLES = {  # example file -> the command line (after `procgraph`) that writes it
     "deploy/compose.inspection.yaml": ["deploy", "compose", "graphs/inspection.yaml",
                                        "--graph-source", "../graphs/inspection.yaml",
                                        *CONTAINER_ENV],
     "deploy/k8s.inspection.yaml": ["deploy", "k8s", "graphs/inspection.yaml",
                                    "--namespace", "inspection", *CONTAINER_ENV],
+}
+SECRETS_OUT = {  # where the example's secret file goes in the tests (not the repository)
+    "deploy/k8s.inspection.yaml": "inspection.secret.yaml",
 }
 runner = CliRunner()
 
@@ -51,7 +54,7 @@ def cli(*args: str) -> tuple[int, str, str]:
     cwd = Path.cwd()
     os.chdir(ROOT)
     try:
-        result = runner.invoke(app, list(args))
+        result = runner.invoke(app, list(args), env={"HMI_TOKEN": TOKEN})
     finally:
         os.chdir(cwd)
     return result.exit_code, result.stdout, result.stderr
@@ -81,12 +84,18 @@ def k8s_docs(text: str) -> list[dict[str, Any]]:
 # -- Compose ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("graph", GRAPHS)
 def test_compose_valid_and_complete(graph: str, tmp_path: Path) -> None:
-    code, out, err = cli("deploy", "compose", f"graphs/{graph}.yaml")
+    code, out, err = cli("deploy", "compose", f"graphs/{graph}.yaml", *CONTAINER_ENV)
     assert code == 0, err
     path = tmp_path / "compose.yaml"
     path.write_text(out)
     check_compose(path)
     doc = yaml.safe_load(out)
+    assert set(doc) == {"services"}  # no top-level name: Compose v1 rejects it
+    v1 = shutil.which("docker-compose")
+    if v1:  # Debian's docker-compose 1.29 parses it too (`config` needs no engine)
+        parsed = subprocess.run([v1, "-f", str(path), "config", "-q"], capture_output=True,
+                                text=True, env={**os.environ, "HMI_TOKEN": TOKEN})
+        assert parsed.returncode == 0, parsed.stderr
     p = plan(graph)
     services = doc["services"]
     expected = {f"{a.name.replace('_', '-')}-{i}" for a in p.agents.values()
@@ -127,10 +136,24 @@ def test_compose_ports_placement_restart_external_broker() -> None:
 
 # -- Kubernetes ------------------------------------------------------------------------------
 @pytest.mark.parametrize("graph", GRAPHS)
-def test_k8s_valid_and_complete(graph: str) -> None:
-    code, out, err = cli("deploy", "k8s", f"graphs/{graph}.yaml", "--namespace", "line")
+def test_k8s_valid_and_complete(graph: str, tmp_path: Path) -> None:
+    code, out, err = cli("deploy", "k8s", f"graphs/{graph}.yaml", "--namespace", "line",
+                         *CONTAINER_ENV, "--secrets-out", str(tmp_path / "s.yaml"))
     assert code == 0, err
+    (tmp_path / "k8s.yaml").write_text(out)
+    exe = shutil.which("kubernetes-validate")
+    assert exe, "kubernetes-validate is not installed: pip install -e '.[test]'"
+    for version in K8S_VERSIONS:  # the command line, as a user runs it
+        files = [str(tmp_path / "k8s.yaml"), *([str(tmp_path / "s.yaml")]
+                                              if graph == "inspection" else [])]
+        checked = subprocess.run([exe, "--strict", "-k", version, *files],
+                                 capture_output=True, text=True)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "passed" in checked.stdout + checked.stderr
     docs = k8s_docs(out)
+    for doc in docs:  # Kubernetes never expands ${VAR}: none outside the graph's text
+        if doc["kind"] != "ConfigMap":
+            assert "${" not in json.dumps(doc), doc["metadata"]["name"]
     for doc in docs:
         for version in K8S_VERSIONS:
             kubernetes_validate.validate(doc, version, strict=True)
@@ -152,7 +175,15 @@ def test_k8s_valid_and_complete(graph: str) -> None:
             "main": "redis://broker-main:6379"}
         assert "pod-index" in env["PROCGRAPH_REPLICA"]["valueFrom"]["fieldRef"]["fieldPath"]
         assert pod["securityContext"]["runAsNonRoot"] is True
-        assert "livenessProbe" not in c  # no real probe for an agent yet: none rather than fake
+        assert c["securityContext"]["runAsNonRoot"] is True
+        assert set(c["resources"]) == {"requests", "limits"}
+        check = (f'exec procgraph check /app/graphs/{graph}.yaml --agent {a.name} '
+                 '--replica "$PROCGRAPH_REPLICA"')
+        for probe in ("livenessProbe", "readinessProbe"):
+            assert c[probe]["exec"]["command"] == ["sh", "-c", check]
+        # the graph alone (subPath): the image's /app/graphs keeps the user's modules
+        assert c["volumeMounts"] == [{"name": "graph", "mountPath": f"/app/graphs/{graph}.yaml",
+                                      "subPath": f"{graph}.yaml", "readOnly": True}]
 
 
 def test_k8s_node_affinity_ports_and_external_broker() -> None:
@@ -188,8 +219,10 @@ def test_strict_validation_catches_a_misspelled_field() -> None:
 
 # -- examples, errors, Dockerfile ------------------------------------------------------------
 @pytest.mark.parametrize("example", sorted(EXAMPLES))
-def test_examples_are_up_to_date(example: str) -> None:
-    code, out, err = cli(*EXAMPLES[example])
+def test_examples_are_up_to_date(example: str, tmp_path: Path) -> None:
+    extra = ["--secrets-out", str(tmp_path / SECRETS_OUT[example])] \
+        if example in SECRETS_OUT else []
+    code, out, err = cli(*EXAMPLES[example], *extra)
     assert code == 0, err
     assert (ROOT / example).read_text() == out, (
         f"{example} is stale: run  procgraph {' '.join(EXAMPLES[example])} --out {example}")
@@ -207,13 +240,41 @@ def test_bad_graph_exits_1_without_traceback(kind: str, tmp_path: Path) -> None:
 
 
 def test_env_option_expands_the_graph_and_reaches_containers() -> None:
-    code, out, err = cli("deploy", "compose", "graphs/inspection.yaml",
+    code, out, err = cli("deploy", "compose", "graphs/inspection.yaml", *CONTAINER_ENV,
                          "-e", "PROCGRAPH_REDIS=redis://10.1.1.1:6379", "-e", "HMI_PORT=9000")
     assert code == 0, err
     services = yaml.safe_load(out)["services"]
     assert services["hmi-0"]["ports"] == ["9000:9000"]
     assert services["hmi-0"]["environment"]["HMI_PORT"] == "9000"  # same expansion inside
     assert "broker-main" not in services
+
+
+def test_servers_bind_all_interfaces_and_warnings_reach_the_terminal(tmp_path: Path) -> None:
+    """Deploy sets the graph's host variables for containers, says so, and warns on stderr."""
+    code, out, err = cli("deploy", "compose", "graphs/inspection.yaml", *CONTAINER_ENV)
+    assert code == 0, err
+    env = yaml.safe_load(out)["services"]["hmi-0"]["environment"]
+    assert (env["HMI_HOST"], env["PLC_SIM_HOST"], env["PLC_HOST"]) == (
+        "0.0.0.0", "0.0.0.0", "plc-sim")
+    assert "note: agent plc: PLC_HOST=plc-sim (it dials agent plc_sim on port 5020)" in err
+    graph = tmp_path / "g.yaml"  # a literal loopback host: deploy cannot change it, it warns
+    graph.write_text((ROOT / "graphs" / "inspection.yaml").read_text().replace(
+        "${PLC_SIM_HOST:-127.0.0.1}", "127.0.0.1").replace("../models/", str(ROOT / "models/")))
+    code, out, err = cli("deploy", "compose", str(graph), *CONTAINER_ENV)
+    assert code == 0, err
+    assert "warning: agent plc_sim: params.host is 127.0.0.1" in err
+    assert "warning: agent plc_sim: params.host is 127.0.0.1" in out  # and in the header
+    code, _, err = cli("deploy", "compose", "graphs/inspection.yaml")  # no token for the HMI
+    assert code == 1 and err.count("error:") == 1 and "HMI_HOST=0.0.0.0" in err
+
+
+def test_k8s_shell_reference_without_a_value_is_one_error(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["deploy", "k8s", str(ROOT / "graphs" / "minimal.yaml"),
+                                 "-e", "API_TOKEN=${API_TOKEN}", "-o", str(tmp_path / "k.yaml")],
+                           env={"API_TOKEN": None})
+    assert result.exit_code == 1 and result.stderr.count("error:") == 1
+    assert "Kubernetes does not expand ${API_TOKEN}" in result.stderr
+    assert "export API_TOKEN=VALUE" in result.stderr
 
 
 def test_dockerfile_lint() -> None:

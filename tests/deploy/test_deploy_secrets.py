@@ -23,7 +23,8 @@ runner = CliRunner()
 def _deploy(kind: str, out: Path) -> str:
     result = runner.invoke(app, ["deploy", kind, str(ROOT / "graphs" / "inspection.yaml"),
                                  "-e", f"PROCGRAPH_REDIS={URL}", "-e", "HMI_PORT=9000",
-                                 "--out", str(out)])
+                                 "-e", "HMI_TOKEN=${HMI_TOKEN}", "--out", str(out)],
+                           env={"HMI_TOKEN": "item14-hmi-token-0123456789"})
     assert result.exit_code == 0, result.output
     assert PASSWORD not in result.output
     return out.read_text()

@@ -8,6 +8,7 @@ import io
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,10 +96,16 @@ def check_exactly_once(plc: SimulatedPlc, client: redis.Redis, parts: int) -> No
 def test_every_part_reaches_the_plc_once(valkey):
     client = redis.Redis.from_url(valkey.url)
     n = 40
-    with line(valkey.url, parts=n, rate=10) as (_sup, plc):
+    with line(valkey.url, parts=n, rate=10) as (sup, plc):
         plc.wait_for_parts(n, timeout_s=60)
         time.sleep(0.5)  # a duplicate, if any, would arrive now
     check_exactly_once(plc, client, n)
+    # the supervisor's closing line counts what the join decided: the PLC's figures exactly
+    by = Counter(p["outcome"] for p in plc.received)
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(by.items(),
+                                                    key=lambda i: (i[0] != "ok", i[0])))
+    said = (sup.log_dir / "supervisor.log").read_text()
+    assert f"this run: {n} parts ({shown})" in said, said
     published = outcomes(client)
     assert sum(o.outcome == "incomplete" for o in published.values()) == 0
     # the line carries the models' decisions faithfully; the models' own accuracy is

@@ -32,7 +32,7 @@ def graph(tmp_path: Path) -> Path:
 @pytest.fixture
 def running(graph: Path, tmp_path: Path) -> Iterator[tuple[Run, dict[int, str]]]:
     """A running line and its family (2 replicas and the embedded broker at least)."""
-    run = Run(graph, state_dir=tmp_path / "state")
+    run = Run(graph, "--console-level", "info", state_dir=tmp_path / "state")
     family: dict[int, str] = {}
     try:
         run.wait_line(STARTED)

@@ -12,8 +12,16 @@ from rich.markup import escape
 from rich.table import Table
 
 from procgraph.audit import LineAudit, audit_line
-from procgraph.cli.common import broker_urls, fail, load_or_exit, ping_or_exit
-from procgraph.errors import BrokerError
+from procgraph.cli.common import (
+    broker_urls,
+    fail,
+    load_or_exit,
+    ping_or_exit,
+    redis_url_or_env,
+    running_brokers,
+)
+from procgraph.constants import EMBEDDED
+from procgraph.errors import BrokerError, ProcgraphError
 from procgraph.safetext import printable
 
 _COLUMNS = ("produced", "acked", "dead", "pending", "unread", "dropped", "unexplained")
@@ -51,15 +59,36 @@ def audit(
     redis_url: Annotated[str | None, typer.Option(
         "--redis", help="URL of the broker(s) (default: $PROCGRAPH_REDIS)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the audit as JSON")] = False,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="the stopped line's state folder (as given to run)")] = None,
+    broker_kind: Annotated[str, typer.Option(
+        "--broker-kind", help="server that opens a stopped line's data: valkey or redis "
+        "(as the line ran)")] = "valkey",
 ) -> None:
-    """Account for every entry of every edge; exit 1 if a lossless edge lost any."""
+    """Account for every entry of every edge; exit 1 if a lossless edge lost any.
+
+    A running line is audited live. A stopped line with embedded durable brokers is audited
+    from their data: each is started on its data folder for the audit, then stopped again.
+    """
     plan = load_or_exit(file)
-    urls = broker_urls(plan, redis_url)
-    ping_or_exit(urls)
+    if broker_kind not in ("valkey", "redis"):
+        raise fail(f"--broker-kind {broker_kind!r}: use valkey or redis")
+    stopped = (redis_url_or_env(redis_url) is None
+               and not running_brokers(plan.name, plan.file)
+               and any(spec.url == EMBEDDED for spec in plan.brokers.values()))
     try:
-        result = audit_line(plan, urls)
-    except BrokerError as exc:
-        raise fail(str(exc)) from None
+        if stopped:
+            from procgraph.stoppedline import open_stopped_line
+
+            with open_stopped_line(plan, state_dir, broker_kind,
+                                   say=lambda line: typer.echo(line, err=True)) as urls:
+                result = audit_line(plan, urls)
+        else:
+            urls = broker_urls(plan, redis_url)
+            ping_or_exit(urls)
+            result = audit_line(plan, urls)
+    except (BrokerError, ProcgraphError) as exc:
+        raise fail(" ".join(str(exc).split())) from None
     if as_json:
         typer.echo(result.model_dump_json(indent=2))
     else:

@@ -27,6 +27,24 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(code=1)
 
 
+def usage_error(message: str, command_path: str | None) -> None:
+    """Print a usage error (unknown option or command, missing argument, bad value) as one
+    ``error:`` line plus ``try: COMMAND --help`` when the command is known.
+
+    ``message`` is click's text: its lines are joined with ``; ``, control characters
+    escaped and its first letter lower-cased (``No such option`` -> ``no such option``).
+    """
+    text = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    text = printable(text, limit=1000) or "bad command line"
+    if text[:1].isupper() and text[1:2].islower():
+        text = text[0].lower() + text[1:]
+    if text.endswith(".") and not text.endswith(".."):
+        text = text[:-1]
+    typer.secho(f"error: {redact(text)}", fg=typer.colors.RED, err=True)
+    if command_path:
+        typer.echo(f"try: {printable(command_path, limit=200)} --help", err=True)
+
+
 def warn(line: str) -> None:
     """Print one ``warning:`` line on stderr (control characters escaped)."""
     typer.secho(f"warning: {printable(line, limit=1000)}", fg=typer.colors.YELLOW, err=True)

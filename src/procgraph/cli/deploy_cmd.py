@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shlex
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -13,11 +14,13 @@ from procgraph.cli.common import fail
 from procgraph.deploy import (
     DeployOptions,
     compose_env_file,
+    container_env,
     dns_name,
     is_secret,
     render_compose,
     render_k8s,
     render_k8s_secret,
+    warnings,
 )
 from procgraph.errors import ProcgraphError
 from procgraph.graph import GraphPlan, load_graph
@@ -61,6 +64,56 @@ def _prepare(file: Path, env: dict[str, str]) -> tuple[GraphPlan, str]:
             if "environment variable" in str(exc) else ""
         raise fail(f"{exc}{hint}") from None
     return plan, text
+
+
+def _for_containers(file: Path, opts: DeployOptions, plan: GraphPlan
+                    ) -> tuple[GraphPlan, DeployOptions]:
+    """Add :func:`container_env` (servers on 0.0.0.0, ...), validate the graph with it and
+    print a note per variable set."""
+    try:
+        extra, notes = container_env(plan, opts)
+    except ProcgraphError as exc:
+        raise fail(str(exc)) from None
+    if extra:
+        env = {**extra, **opts.env}
+        try:
+            plan = load_graph(file, env=env)
+        except ProcgraphError as exc:
+            given = ", ".join(f"{k}={v}" for k, v in extra.items())
+            keep = " ".join(f"--env {k}=..." for k in extra)
+            raise fail(f"{exc}\n  (deploy sets {given} so that the agents meet in their "
+                       f"containers; fix the graph or --env as said, or override: {keep})"
+                       ) from None
+        opts = replace(opts, env=env)
+    for note in notes:
+        typer.secho(f"note: {note}", err=True)
+    return plan, opts
+
+
+def _warn(plan: GraphPlan, opts: DeployOptions, kind: str, file: Path) -> None:
+    """The warnings on the terminal (they are in the output's header too)."""
+    try:
+        found = warnings(plan, opts, kind)
+    except ProcgraphError as exc:
+        raise fail(str(exc)) from None
+    for line in found:
+        typer.secho(f"warning: {line}", err=True)
+    modules = _modules_beside(file)
+    if modules:
+        typer.secho(f"note: the graph's folder has agent modules ({', '.join(modules)}): the "
+                    f"image must hold them: procgraph image build {file} --tag {opts.image}",
+                    err=True)
+
+
+def _modules_beside(file: Path) -> list[str]:
+    """Python modules beside the graph that the image build puts into /app/graphs."""
+    try:
+        from procgraph.image import app_files
+
+        files = app_files(file)
+    except (ProcgraphError, ImportError, OSError):
+        return []
+    return sorted(rel.removeprefix("graphs/") for rel in files if rel.endswith(".py"))
 
 
 def _command(kind: str, file: Path, options: list[str]) -> str:
@@ -141,6 +194,8 @@ def compose(
                          broker_image=broker_image, env=values, publish=tuple(publish or ()),
                          graph_source=graph_source, command=_command("compose", file, options),
                          env_file=env_file)
+    plan, opts = _for_containers(file, opts, plan)
+    _warn(plan, opts, "compose", file)
     try:
         rendered, secret = render_compose(plan, opts), compose_env_file(plan, opts)
     except ProcgraphError as exc:
@@ -186,7 +241,9 @@ def k8s(
     opts = DeployOptions(graph_text=text, graph_file=file.name, image=image,
                          broker_image=broker_image, env=values, publish=tuple(publish or ()),
                          namespace=namespace, node_label=node_label, service_type=service_type,
-                         command=_command("k8s", file, options))
+                         command=_command("k8s", file, options), shell=dict(os.environ))
+    plan, opts = _for_containers(file, opts, plan)
+    _warn(plan, opts, "k8s", file)
     try:
         rendered, secret = render_k8s(plan, opts), render_k8s_secret(plan, opts)
     except ProcgraphError as exc:

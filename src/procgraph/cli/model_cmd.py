@@ -13,6 +13,7 @@ from procgraph.cli.common import fail
 from procgraph.redact import redact_url
 
 if TYPE_CHECKING:
+    from procgraph.graph import GraphPlan
     from procgraph.registry import ModelRegistry
     from procgraph.registry.store import ModelCheck, Progress
 
@@ -25,18 +26,66 @@ model_app = typer.Typer(
 )
 
 RedisOption = Annotated[str | None, typer.Option(
-    "--redis", help="broker URL (default: $PROCGRAPH_REDIS, else redis://127.0.0.1:6379)",
+    "--redis", help="broker URL (default: $PROCGRAPH_REDIS, else the --graph line's broker, "
+    "else redis://127.0.0.1:6379)",
     show_default=False)]
 DEFAULT_URL = "redis://127.0.0.1:6379"
 
 
-def _url(given: str | None) -> str:
-    """``--redis``, else ``$PROCGRAPH_REDIS`` (through procgraph.settings), else the default."""
+GraphOption = Annotated[str | None, typer.Option(
+    "--graph", help="graph YAML file or name of a running line: its broker is used when "
+    "--redis is not given", show_default=False)]
+
+
+def _plan(graph: str) -> GraphPlan:
+    """The plan of ``graph``: a graph file, or the name of a line running on this machine
+    (its file from the run record)."""
+    from procgraph.cli.common import load_or_exit
+    from procgraph.runs import runs_of
+
+    if graph.endswith((".yaml", ".yml")) or "/" in graph or Path(graph).is_file():
+        if not Path(graph).is_file():
+            raise fail(f"graph file {graph} does not exist: give a graph YAML file or the "
+                       "name of a running line (procgraph ps)")
+        return load_or_exit(Path(graph))
+    records = [r for r in runs_of(graph) if r.local and r.file]
+    if not records:
+        raise fail(f"no running line of graph {graph!r} found on this machine: give the "
+                   "graph file (--graph FILE), --redis URL, or start the line "
+                   "(procgraph run FILE)")
+    return load_or_exit(Path(records[-1].file))
+
+
+def _url(given: str | None, graph: str | None = None, agent: str | None = None,
+         model: str | None = None) -> str:
+    """The registry's broker: ``--redis``, else ``$PROCGRAPH_REDIS`` (through
+    procgraph.settings), else, with ``--graph``, the broker of agent ``agent`` or of the
+    agents that follow ``registry:<model>`` (the graph's first broker if none does), as
+    :func:`procgraph.cli.common.broker_urls` finds it (the running line's record), else
+    :data:`DEFAULT_URL`."""
     if given:
         return given
     from procgraph.settings import load_settings
 
-    return load_settings().redis or DEFAULT_URL
+    env = load_settings().redis
+    if env or graph is None:
+        return env or DEFAULT_URL
+    from procgraph.cli.common import broker_urls
+
+    plan = _plan(graph)
+    if agent is not None and agent not in plan.agents:
+        raise fail(f"graph {plan.name!r}: no agent {agent!r}; agents: {', '.join(plan.agents)}")
+    if agent is not None:
+        names = [plan.agents[agent].broker]
+    else:
+        follows = [a for a in plan.agents.values() if isinstance(a.params.get("model"), str)
+                   and a.params["model"].startswith("registry:")
+                   and (model is None or a.params["model"] == f"registry:{model}")]
+        names = list(dict.fromkeys(a.broker for a in follows)) or [next(iter(plan.brokers))]
+    if len(names) > 1:
+        raise fail(f"graph {plan.name!r}: agents following the registry are on brokers "
+                   f"{', '.join(names)}: name one agent with --agent, or give --redis URL")
+    return broker_urls(plan, None)[names[0]]
 
 
 def _run(url: str, action: str, fn: Callable[[ModelRegistry], T]) -> T:
@@ -68,12 +117,11 @@ def _size(n: int) -> str:
     return size_text(n)
 
 
-def _agent_checks(graph: Path, agent: str | None, name: str) -> ModelCheck:
+def _agent_checks(graph: str, agent: str | None, name: str) -> ModelCheck:
     """``check(data)`` running ``check_model`` of the agent(s) of ``graph`` that take NAME."""
-    from procgraph.cli.common import load_or_exit
     from procgraph.graph import agent_class
 
-    plan = load_or_exit(graph)
+    plan = _plan(graph)
     if agent is not None and agent not in plan.agents:
         raise fail(f"{graph}: no agent {agent!r}; agents: {', '.join(plan.agents)}")
     wanted = f"registry:{name}"
@@ -124,9 +172,10 @@ def push(
     file: Annotated[Path, typer.Argument(help="ONNX file")],
     version: Annotated[str | None, typer.Option(
         "--version", help="version label (default: next integer)")] = None,
-    graph: Annotated[Path | None, typer.Option(
-        "--graph", help="check the model against the agents of this graph that follow "
-        "registry:NAME (or --agent)", show_default=False)] = None,
+    graph: Annotated[str | None, typer.Option(
+        "--graph", help="check the model against the agents of this graph (file, or name "
+        "of a running line) that follow registry:NAME (or --agent); its broker is used "
+        "when --redis is not given", show_default=False)] = None,
     agent: Annotated[str | None, typer.Option(
         "--agent", help="with --graph: check against this agent's params",
         show_default=False)] = None,
@@ -142,7 +191,7 @@ def push(
     if agent is not None and graph is None:
         raise fail("--agent needs --graph GRAPH.yaml (the graph the agent is in)")
     check = _agent_checks(graph, agent, name) if graph is not None else None
-    rec = _run(_url(redis_url), f"push {name}", lambda r: r.push(
+    rec = _run(_url(redis_url, graph, agent, name), f"push {name}", lambda r: r.push(
         name, file, version, check=check, new_signature=new_signature,
         progress=_progress(name)))
     typer.echo(f"{rec.name}: version {rec.version} is current "
@@ -153,17 +202,23 @@ def push(
 def list_(
     name: Annotated[str | None, typer.Argument(help="only this model")] = None,
     redis_url: RedisOption = None,
+    graph: GraphOption = None,
+    agent: Annotated[str | None, typer.Option(
+        "--agent", help="with --graph: the registry on this agent's broker",
+        show_default=False)] = None,
 ) -> None:
     """Show every version of every model (or of NAME); * marks the current one."""
     from rich.console import Console
     from rich.table import Table
 
-    url = _url(redis_url)
+    if agent is not None and graph is None:
+        raise fail("--agent needs --graph GRAPH (the graph the agent is in)")
+    url = _url(redis_url, graph, agent, name)
     records = _run(url, "list", lambda r: r.list(name))
     if not records:
         if name:
             raise fail(f"no model {name!r} in the registry at {url}")
-        typer.echo("the registry is empty")
+        typer.echo(f"the registry at {redact_url(url)} is empty")
         return
     table = Table(title=f"models at {redact_url(url)}")
     for col in ("name", "version", "current", "sha256", "size", "pushed"):
@@ -182,10 +237,17 @@ def rollback(
         "--to", help="the version to make current (default: the one before the current)",
         show_default=False)] = None,
     redis_url: RedisOption = None,
+    graph: GraphOption = None,
+    agent: Annotated[str | None, typer.Option(
+        "--agent", help="with --graph: the registry on this agent's broker",
+        show_default=False)] = None,
 ) -> None:
     """Make VERSION (--to), or the version before the current one, current again
     (classifiers swap back)."""
-    rec = _run(_url(redis_url), f"rollback {name}", lambda r: r.rollback(name, to))
+    if agent is not None and graph is None:
+        raise fail("--agent needs --graph GRAPH (the graph the agent is in)")
+    rec = _run(_url(redis_url, graph, agent, name), f"rollback {name}",
+               lambda r: r.rollback(name, to))
     typer.echo(f"{rec.name}: version {rec.version} is current again "
                f"(sha256 {rec.sha256[:12]})")
 

@@ -19,6 +19,8 @@ from procgraph.constants import REDIS_ENV
 from procgraph.durability import graph_state_dir
 from procgraph.errors import ProcgraphError
 from procgraph.graph import GraphPlan
+from procgraph.linelogs import CONSOLE_LEVEL
+from procgraph.logfiles import LEVELS
 from procgraph.redact import redact_url
 from procgraph.safetext import printable
 from procgraph.supervisor import CONNECT_TIMEOUT_S, Supervisor
@@ -47,6 +49,18 @@ def run(
     detach: Annotated[bool, typer.Option(
         "--detach", "-d", help="run in the background (own session, output to "
         "<state folder>/run.log); returns once the line is started")] = False,
+    log_level: Annotated[str, typer.Option(
+        "--log-level", help="what replicas log to their files: debug, info, warning, error "
+        "(an agent's log_level in the graph wins)")] = "info",
+    console_level: Annotated[str, typer.Option(
+        "--console-level", help="the agent records the console shows (all are in the log "
+        "files: procgraph logs GRAPH)")] = CONSOLE_LEVEL,
+    runtime: Annotated[str, typer.Option(
+        "--runtime", help="how replicas run: process, or docker (each its own container of "
+        "--image, through $DOCKER_HOST; an agent's runtime: in the graph wins)")] = "process",
+    image: Annotated[str | None, typer.Option(
+        "--image", help="the image of the containers (procgraph image build) for agents "
+        "without image: in the graph")] = None,
 ) -> None:
     """Validate the graph, start its brokers and agent replicas, restart what dies.
 
@@ -54,6 +68,12 @@ def run(
     refused while this one runs.
     """
     plan = load_or_exit(file)
+    log_level, console_level = log_level.lower(), console_level.lower()
+    for option, value in (("--log-level", log_level), ("--console-level", console_level)):
+        if value.upper() not in LEVELS:
+            raise fail(f"{option} {value!r}: use one of "
+                       f"{', '.join(level.lower() for level in LEVELS)}")
+    _apply_runtime(plan, runtime, image)
     if broker_kind not in ("valkey", "redis"):
         raise fail(f"--broker-kind {broker_kind!r}: use valkey (the wheel's server) or redis "
                    "(Debian's redis-server)")
@@ -64,14 +84,16 @@ def run(
                    f" nodes: {', '.join(sorted(nodes)) or 'none (nothing has node:)'}")
     if detach:
         _detach(plan, file, duration=duration, node=node, redis=redis, broker_kind=broker_kind,
-                state_dir=state_dir, connect_timeout=connect_timeout)
+                state_dir=state_dir, connect_timeout=connect_timeout,
+                levels=(log_level, console_level),
+                extra=["--runtime", runtime] + (["--image", image] if image else []))
         return
     if redis is not None and redact_url(redis) != redis:
         typer.secho("warning: --redis carries a password, which every user of this machine "
                     "can read in ps: set $PROCGRAPH_REDIS instead (run reads it when --redis "
                     "is not given)", fg=typer.colors.YELLOW, err=True)
     sup = Supervisor(plan, node=node, redis_url=redis_url_or_env(redis), broker_kind=broker_kind,
-                     state_dir=state_dir)
+                     state_dir=state_dir, log_level=log_level, console_level=console_level)
     sup.handle_signals()
     try:
         code = sup.run(duration, connect_timeout_s=connect_timeout)
@@ -85,14 +107,17 @@ def run(
 
 def _detach(plan: GraphPlan, file: Path, *, duration: float | None, node: str | None,
             redis: str | None, broker_kind: str, state_dir: Path | None,
-            connect_timeout: float) -> None:
+            connect_timeout: float, levels: tuple[str, str] = ("info", CONSOLE_LEVEL),
+            extra: list[str] | None = None) -> None:
     """Start this run again in its own session, output to ``<state folder>/run.log``; wait
     until its run record says it is started; print its pid, its log and how to stop it."""
     folder = graph_state_dir(plan.name, state_dir)
     record = runs.record_path(folder, node)
     log_path = folder / "run.log"
     cmd = [sys.executable, "-m", "procgraph", "run", str(file.resolve()),
-           "--broker-kind", broker_kind, "--connect-timeout", repr(connect_timeout)]
+           "--broker-kind", broker_kind, "--connect-timeout", repr(connect_timeout),
+           "--log-level", levels[0], "--console-level", levels[1]]
+    cmd += extra or []
     if duration is not None:
         cmd += ["--duration", repr(duration)]
     if node is not None:
@@ -137,9 +162,32 @@ def _detach(plan: GraphPlan, file: Path, *, duration: float | None, node: str | 
         typer.echo(f"  HMI:    {redact_url(found.hmi_url)}")
     if found.metrics_url:
         typer.echo(f"  metrics: {redact_url(found.metrics_url)}")
-    typer.echo(f"  log:    {log_path}   (tail -f {log_path})")
+    typer.echo(f"  output: {log_path}   (tail -f {log_path})")
+    typer.echo(f"  logs:   procgraph logs {plan.name} [AGENT] -f   ({found.log_dir})")
     typer.echo("  list:   procgraph ps")
     typer.echo(f"  stop:   procgraph stop {plan.name}")
+
+
+def _apply_runtime(plan: GraphPlan, runtime: str, image: str | None) -> None:
+    """``--runtime``/``--image`` for the agents whose graph entry does not say; one error
+    line for a bad value or a container agent without an image."""
+    if runtime not in ("process", "docker"):
+        raise fail(f"--runtime {runtime!r}: use process (each replica its own process) or "
+                   "docker (each replica its own container)")
+    for agent in plan.agents.values():
+        if agent.runtime is None:
+            agent.runtime = runtime
+        if agent.runtime == "docker" and agent.image is None:
+            agent.image = image
+    docker = [a for a in plan.agents.values() if a.runtime == "docker"]
+    if image is not None and not docker:
+        raise fail("--image is for containers, but every agent runs as a process: add "
+                   "--runtime docker (or runtime: docker to agents in the graph)")
+    missing = [a.name for a in docker if not a.image]
+    if missing:
+        raise fail(f"agents {', '.join(missing)} run as containers but have no image: give "
+                   "--image IMAGE (procgraph image build GRAPH --tag IMAGE makes one) or "
+                   "image: in the graph")
 
 
 def _tail(path: Path, start: int, lines: int = 20) -> str:

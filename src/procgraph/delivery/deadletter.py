@@ -3,8 +3,13 @@
 Guarantee: an entry that does not decode (whatever the exception), whose handler failed
 ``max_deliveries`` times, or that crashed or hung its process that often (see
 :mod:`procgraph.delivery.recovery`) is appended to ``<stream>:dead`` with ``dead:reason``,
-``dead:agent``, ``dead:source_id`` and ``dead:stream``, and acknowledged in the same round
-trip, so the line goes on with the next entry.
+``dead:agent``, ``dead:source_id`` and ``dead:stream``, and acknowledged in the same server
+step (one Lua script), so the line goes on with the next entry. The same step counts it in
+``<stream>:edges``: ``<group>:done`` (as every counted ack) and ``<group>:dead``, the exact
+number of entries that group dead-lettered, which trimming the dead stream does not change
+(:mod:`procgraph.audit` reads it). An entry no longer pending (acknowledged meanwhile, e.g.
+by a sibling that claimed it, or by a retry whose reply was lost) is neither recorded nor
+counted again.
 
 Bounds, so that hostile entries cannot fill the broker or a log:
 
@@ -26,7 +31,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from procgraph.constants import HEADER_FIELD, dead_letter_key
-from procgraph.edges import xack_counted
+from procgraph.edges import edges_key
 from procgraph.safetext import printable
 
 if TYPE_CHECKING:
@@ -45,10 +50,16 @@ DEAD_HEADER_PREFIX = 4096
 #: the most characters of ``dead:reason``
 REASON_LIMIT = 300
 
-# KEYS: dead stream, its byte total. ARGV: max bytes, max entries, record bytes, fields...
+# KEYS: dead stream, its byte total, the stream, its edges hash. ARGV: max bytes, max
+# entries, record bytes, group, entry id, fields... The entry is acknowledged and counted
+# (<group>:done, <group>:dead) in the same step; one no longer pending is left alone.
 _ADD_CAPPED = """
 local dead, total_key = KEYS[1], KEYS[2]
 local max_bytes, max_len = tonumber(ARGV[1]), tonumber(ARGV[2])
+local group = ARGV[4]
+if redis.call('XACK', KEYS[3], group, ARGV[5]) == 0 then return false end
+redis.call('HINCRBY', KEYS[4], group .. ':done', 1)
+redis.call('HINCRBY', KEYS[4], group .. ':dead', 1)
 local function size_of(fields)
   local n = 0
   for i = 1, #fields do n = n + #fields[i] end
@@ -64,7 +75,7 @@ if redis.call('EXISTS', total_key) == 0 then
   end
   redis.call('SET', total_key, total)
 end
-local id = redis.call('XADD', dead, '*', unpack(ARGV, 4))
+local id = redis.call('XADD', dead, '*', unpack(ARGV, 6))
 local total = redis.call('INCRBY', total_key, tonumber(ARGV[3]))
 local count = redis.call('XLEN', dead)
 while total > max_bytes or count > max_len do
@@ -109,10 +120,8 @@ def dead_letter(reader: GroupReader, stream: str, entry: Entry, reason: str,
     dead = dead_letter_key(stream)
 
     def move() -> None:
-        pipe = reader.client.pipeline(transaction=False)
-        pipe.eval(_ADD_CAPPED, 2, dead, f"{dead}:bytes", DEAD_STREAM_MAX_BYTES,
-                  DEAD_LETTER_MAXLEN, size, *flat)
-        xack_counted(pipe, stream, group, [entry_id])
-        pipe.execute()
+        reader.client.eval(_ADD_CAPPED, 4, dead, f"{dead}:bytes", stream,  # type: ignore[arg-type]
+                           edges_key(stream), DEAD_STREAM_MAX_BYTES, DEAD_LETTER_MAXLEN, size,
+                           group, entry_id, *flat)
 
     reader.call(move, "dead-letter")

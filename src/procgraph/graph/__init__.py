@@ -146,6 +146,10 @@ def _pydantic_error(marked: Marked, exc: ValidationError, prefix: Path_, what: s
             hint = " (required)"
             fixes.append((1, f"add {str(path[-1])!r} to "
                               f"{'.'.join(map(str, path[:-1])) or 'the top level'}"))
+        elif marked.source_of(path) is not None:  # the bad value came from a ${VAR}
+            fixes.append((2, f"correct {marked.source_of(path)} ({dotted}: {err['msg']})"))
+            lines.append(f"{dotted}: {marked.describe(path, err.get('input'))}: {err['msg']}")
+            continue
         else:
             fixes.append((2, f"change {dotted}: {err['msg']}"))
         lines.append(f"{marked.where(path)}: {dotted}: {err['msg']}{hint}")
@@ -294,11 +298,11 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None,
             name=name, class_path=a.class_, params=params[name], replicas=a.replicas,
             node=a.node, broker=a.broker or default_broker, restart=a.restart,
             max_deliveries=a.max_deliveries, claim_idle_ms=a.claim_idle_ms,
-            heartbeat_timeout_s=a.heartbeat_timeout_s, inputs=inputs,
+            heartbeat_timeout_s=a.heartbeat_timeout_s, log_level=a.log_level, inputs=inputs,
             outputs=[outputs[(name, p)] for p in cls.outputs],
         )
     return GraphPlan(name=spec.name, file=str(path), brokers=spec.brokers, agents=plans,
-                     metrics=spec.metrics)
+                     metrics=spec.metrics, logs=spec.logs)
 
 
 def graph_json_schema() -> dict[str, Any]:

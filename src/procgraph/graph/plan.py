@@ -7,7 +7,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from procgraph.graph.spec import BrokerSpec, MetricsSpec, _Strict
+from procgraph.graph.spec import (
+    BrokerSpec,
+    LogsSpec,
+    MetricsSpec,
+    ResourcesSpec,
+    _Strict,
+)
 
 
 class InputPlan(_Strict):
@@ -50,6 +56,13 @@ class AgentPlan(_Strict):
     max_deliveries: int
     claim_idle_ms: int
     heartbeat_timeout_s: float
+    log_level: str | None = None
+    #: "process" or "docker"; None: the supervisor's default (procgraph run --runtime)
+    runtime: str | None = None
+    image: str | None = None
+    devices: list[str] = Field(default_factory=list)
+    network: str | None = None
+    resources: ResourcesSpec | None = None
     inputs: list[InputPlan]
     outputs: list[OutputPlan]
 
@@ -62,6 +75,7 @@ class GraphPlan(_Strict):
     brokers: dict[str, BrokerSpec]
     agents: dict[str, AgentPlan]
     metrics: MetricsSpec = Field(default_factory=MetricsSpec)
+    logs: LogsSpec = Field(default_factory=LogsSpec)
 
     @property
     def graph_dir(self) -> Path:

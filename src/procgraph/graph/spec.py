@@ -15,6 +15,9 @@ from procgraph.constants import (
 )
 from procgraph.redact import redact_url
 
+#: the log levels a graph or ``--log-level`` may give (case-insensitive on the command line)
+LogLevel = Literal["debug", "info", "warning", "error", "critical"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -148,6 +151,14 @@ class OutputSpec(_Strict):
     quality: int | None = Field(None, ge=1, le=100)
 
 
+class ResourcesSpec(_Strict):
+    """Limits of one replica's container (``runtime: docker``)."""
+
+    cpus: float | None = Field(None, gt=0, le=1024, description="CPU cores (0.5: half a core)")
+    memory_mb: int | None = Field(None, ge=6, le=4_194_304, description=(
+        "memory limit in MiB; the container is killed (exit 137) beyond it"))
+
+
 class AgentSpec(_Strict):
     """One agent of the graph."""
 
@@ -162,6 +173,46 @@ class AgentSpec(_Strict):
     max_deliveries: int = Field(DEFAULT_MAX_DELIVERIES, ge=1)
     claim_idle_ms: int = Field(DEFAULT_CLAIM_IDLE_MS, ge=100)
     heartbeat_timeout_s: float = Field(DEFAULT_HEARTBEAT_TIMEOUT_S, gt=0)
+    log_level: LogLevel | None = Field(None, description=(
+        "this agent's log level (default: procgraph run --log-level, info)"))
+    runtime: Literal["process", "docker"] | None = Field(None, description=(
+        "how each replica runs: its own process, or its own container (default: procgraph "
+        "run --runtime, process)"))
+    image: str | None = Field(None, min_length=1, description=(
+        "the container image (procgraph image build; default: procgraph run --image)"))
+    devices: list[str] = Field(default_factory=list, description=(
+        "host devices for the container: /dev/video0 or /dev/x:/dev/y[:rwm]"))
+    network: Literal["host", "bridge"] | None = Field(None, description=(
+        "the container's network: host (default: loopback brokers, GigE Vision cameras) or "
+        "bridge (brokers must be reachable from the bridge)"))
+    resources: ResourcesSpec | None = None
+
+    @model_validator(mode="after")
+    def _container_keys(self) -> AgentSpec:
+        if self.runtime == "process":
+            given = [k for k in ("image", "devices", "network", "resources")
+                     if getattr(self, k)]
+            if given:
+                raise ValueError(f"{', '.join(given)}: only for runtime: docker (this agent "
+                                 "has runtime: process); remove them or set runtime: docker")
+        for device in self.devices:
+            if not device.startswith("/dev/") or device.count(":") > 2:
+                raise ValueError(f"devices: {device!r}: give /dev/NAME, or "
+                                 "/dev/HOST:/dev/CONTAINER[:rwm]")
+        return self
+
+
+class LogsSpec(_Strict):
+    """Where the supervisor keeps the line's log files, and how big they may grow.
+
+    One file per replica (and one for the supervisor), rotated at ``max_mb`` with ``keep``
+    older files beside it: at most ``max_mb * (keep + 1)`` MiB per replica.
+    """
+
+    dir: str | None = Field(None, description=(
+        "folder of the log files (relative to the graph file; default: the state folder's logs/)"))
+    max_mb: float = Field(5.0, gt=0, le=10_000, description="size of one file before it rotates")
+    keep: int = Field(3, ge=0, le=100, description="rotated files kept per replica")
 
 
 class MetricsSpec(_Strict):
@@ -186,3 +237,5 @@ class GraphSpec(_Strict):
     agents: dict[str, AgentSpec]
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description=(
         "the supervisor's Prometheus endpoint {enabled, host, port}"))
+    logs: LogsSpec = Field(default_factory=LogsSpec, description=(
+        "the line's log files {dir, max_mb, keep}"))

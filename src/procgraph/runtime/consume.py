@@ -262,15 +262,27 @@ class Consumer:
         """One handler attempt: outputs written, then state, or both dropped if it raised."""
         payload: Message | list[Message] = [i.msg for i in items] if batched else items[0].msg
         mark = self.r.state.checkpoint()
+        counts = self.agent.context.line_counts
+        counts.begin_attempt()
         self.r.outbox.begin()
         try:
+            t0 = time.perf_counter_ns()
             self.binding.handle(port, payload, [i.in_ns for i in items])
+            t1 = time.perf_counter_ns()
+            end_ns = time.time_ns()
             self.r.outbox.commit()
             retry(self.r.state.flush, "write agent state", self.stop)
         except BaseException:
             self.r.outbox.discard()  # outputs and state changes of a failed attempt
             self.r.state.rollback(mark)
+            counts.end_attempt(keep=False)
             raise
+        counts.end_attempt(keep=True)
+        stats = self.r.stats_in[port]
+        stats.handler_ms.observe((t1 - t0) / 1e6)
+        for i in items:  # trace origin (the source's capture) -> end of this handler
+            origin = i.msg.trace[0].in_ns if i.msg.trace else i.msg.ts_ns
+            stats.e2e_ms.observe(max(0.0, (end_ns - origin) / 1e6))
 
     def _run_handler(self, port: str, items: list[_Pending]) -> None:
         stats = self.r.stats_in[port]
@@ -307,8 +319,8 @@ class Consumer:
                     for one in items:
                         self._run_handler_single_batch(port, one)
                     return
-                log.exception("handler on_%s failed %d times: dead-lettering entry %s", port,
-                              attempt, items[0].entry[0].decode())
+                log.exception("handler on_%s failed %d time%s: dead-lettering entry %s", port,
+                              attempt, "" if attempt == 1 else "s", items[0].entry[0].decode())
                 dead_letter(items[0].reader, items[0].stream, items[0].entry,
                             f"handler on_{port} failed {attempt} times: {exc!r}", self.consumer)
                 stats.dead += 1

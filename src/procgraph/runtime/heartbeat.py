@@ -4,6 +4,8 @@ A thread writes a :class:`procgraph.health.Heartbeat` with
 :func:`procgraph.health.write_heartbeat` every period into an expiring key. While the agent
 shows no progress for ``timeout_s`` (a handler or source loop stuck), the heartbeat is
 withheld, so it expires and the supervisor restarts the replica. A clean stop clears it.
+The same thread adds what the agent counted with ``context.count`` to the line counters once
+per period (:func:`flush_counts`), so counting costs no broker call per message.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from dataclasses import dataclass, field
 import redis
 
 from procgraph.binding import AgentBinding
-from procgraph.constants import DEFAULT_HEARTBEAT_S
-from procgraph.errors import BrokerUnavailable
+from procgraph.constants import DEFAULT_HEARTBEAT_S, line_counters_key
+from procgraph.context import AgentContext
+from procgraph.errors import BrokerUnavailable, broker_unavailable_as
 from procgraph.health import (
+    HANDLER_BUCKETS_MS,
     LATENCY_BUCKETS_MS,
     Heartbeat,
     InputHealth,
@@ -36,22 +40,20 @@ from procgraph.settings import load_settings
 log = logging.getLogger("procgraph.runtime")
 
 
-class LatencyWindow(deque[float]):
-    """The recent latencies (ms, for the p50), and a histogram of all since the start.
+class Histogram:
+    """Counts of values (ms) in the buckets of ``bounds`` (+Inf implied), and their sum.
 
-    Each ``append`` also counts the value in its bucket of
-    :data:`procgraph.health.LATENCY_BUCKETS_MS` (one bisect: cheap on the hot path).
+    ``observe`` is one bisect and two additions: cheap on the hot path.
     """
 
-    def __init__(self, maxlen: int = 200) -> None:
-        super().__init__(maxlen=maxlen)
-        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = LATENCY_BUCKETS_MS) -> None:
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
         self.sum_ms = 0.0
 
-    def append(self, value: float) -> None:
-        """Keep ``value`` in the window and count it in the histogram."""
-        super().append(value)
-        self.buckets[bisect.bisect_left(LATENCY_BUCKETS_MS, value)] += 1
+    def observe(self, value: float) -> None:
+        """Count ``value`` (ms) in its bucket."""
+        self.buckets[bisect.bisect_left(self.bounds, value)] += 1
         self.sum_ms += value
 
     def cumulative(self) -> list[int]:
@@ -63,24 +65,83 @@ class LatencyWindow(deque[float]):
         return out
 
 
+class LatencyWindow(deque[float]):
+    """The recent latencies (ms, for the p50), and a histogram of all since the start.
+
+    Each ``append`` also counts the value in its bucket of
+    :data:`procgraph.health.LATENCY_BUCKETS_MS` (one bisect: cheap on the hot path).
+    """
+
+    def __init__(self, maxlen: int = 200) -> None:
+        super().__init__(maxlen=maxlen)
+        self.histogram = Histogram(LATENCY_BUCKETS_MS)
+
+    @property
+    def buckets(self) -> list[int]:
+        """Counts per bucket (not cumulative)."""
+        return self.histogram.buckets
+
+    @property
+    def sum_ms(self) -> float:
+        """Sum of every latency appended."""
+        return self.histogram.sum_ms
+
+    def append(self, value: float) -> None:
+        """Keep ``value`` in the window and count it in the histogram."""
+        super().append(value)
+        self.histogram.observe(value)
+
+    def cumulative(self) -> list[int]:
+        """Counts <= each bound, then the total (Prometheus' cumulative buckets)."""
+        return self.histogram.cumulative()
+
+
 @dataclass
 class PortStats:
-    """Counters of one input port, published with the heartbeat."""
+    """Counters of one input port, published with the heartbeat.
+
+    ``latency_ms``: message created -> handled; ``handler_ms``: time of each handler call
+    (a batch is one call); ``e2e_ms``: the trace's origin (the capture) -> end of the
+    handler, per entry.
+    """
 
     count: int = 0
     errors: int = 0
     dead: int = 0
     reclaimed: int = 0
     latency_ms: LatencyWindow = field(default_factory=LatencyWindow)
+    handler_ms: Histogram = field(default_factory=lambda: Histogram(HANDLER_BUCKETS_MS))
+    e2e_ms: Histogram = field(default_factory=lambda: Histogram(LATENCY_BUCKETS_MS))
 
     def health(self) -> InputHealth:
-        """The port's counters for the heartbeat (latency: recent p50, and a histogram)."""
+        """The port's counters for the heartbeat (latency: recent p50, and histograms)."""
         lat = sorted(self.latency_ms)
         p50 = lat[len(lat) // 2] if lat else None
         return InputHealth(count=self.count, errors=self.errors, dead=self.dead, latency_ms=p50,
                            reclaimed=self.reclaimed,
                            latency_buckets=self.latency_ms.cumulative(),
-                           latency_sum_ms=round(self.latency_ms.sum_ms, 3))
+                           latency_sum_ms=round(self.latency_ms.sum_ms, 3),
+                           handler_buckets=self.handler_ms.cumulative(),
+                           handler_sum_ms=round(self.handler_ms.sum_ms, 3),
+                           e2e_buckets=self.e2e_ms.cumulative(),
+                           e2e_sum_ms=round(self.e2e_ms.sum_ms, 3))
+
+
+def flush_counts(client: redis.Redis, graph: str, context: AgentContext) -> None:
+    """Add what the agent counted (``context.count``) since the last flush to the line
+    counters, in one round trip; kept for the next flush when the broker is away."""
+    taken = context.line_counts.take()
+    if not taken:
+        return
+    try:
+        with broker_unavailable_as(f"write line counters of graph {graph!r}"):
+            pipe = client.pipeline(transaction=False)
+            for name, amount in taken.items():
+                pipe.hincrby(line_counters_key(graph), name, amount)
+            pipe.execute()
+    except BrokerUnavailable:
+        context.line_counts.give_back(taken)
+        raise
 
 
 @dataclass
@@ -124,13 +185,22 @@ class HeartbeatThread(threading.Thread):
         )
 
     def run(self) -> None:
-        """Write a heartbeat at once, then each period, withholding it while stalled."""
+        """Write a heartbeat at once, then each period, withholding it while stalled.
+
+        Each period also adds the agent's counts (``context.count``) to the line counters;
+        a last time when stopped.
+        """
+        context = self.binding.agent.context
         with contextlib.suppress(BrokerUnavailable):
             write_heartbeat(self.client, self.beat(), self.period_s)
         while not self.stop.wait(self.period_s):
+            with contextlib.suppress(BrokerUnavailable):
+                flush_counts(self.client, self.about.graph, context)
             idle = time.monotonic() - self.binding.last_tick
             if idle > self.about.timeout_s:
                 log.error("no progress for %.0fs: withholding heartbeat", idle)
                 continue
             with contextlib.suppress(BrokerUnavailable):
                 write_heartbeat(self.client, self.beat(), self.period_s)
+        with contextlib.suppress(BrokerUnavailable):
+            flush_counts(self.client, self.about.graph, context)

@@ -27,7 +27,12 @@ from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan, import_agent
 from procgraph.health import clear_heartbeat
 from procgraph.runtime.consume import Consumer
-from procgraph.runtime.heartbeat import HeartbeatSource, HeartbeatThread, PortStats
+from procgraph.runtime.heartbeat import (
+    HeartbeatSource,
+    HeartbeatThread,
+    PortStats,
+    flush_counts,
+)
 from procgraph.runtime.outbox import Outbox
 from procgraph.state import AgentState
 from procgraph.transport.connect import connect
@@ -140,8 +145,9 @@ class AgentRunner:
             replicas=self.spec.replicas, timeout_s=self.spec.heartbeat_timeout_s,
             inputs=self.stats_in, blocked_s=self._blocked_s,
         )
-        HeartbeatThread(self.client(self.spec.broker), about, self.binding,
-                        self.stop_event).start()
+        self._heartbeat = HeartbeatThread(self.client(self.spec.broker), about, self.binding,
+                                          self.stop_event)
+        self._heartbeat.start()
         try:
             self.agent.setup()
             if self.agent.is_source:
@@ -185,8 +191,12 @@ class AgentRunner:
         finally:
             try:
                 self.state.flush()
+                flush_counts(self.client(self.spec.broker), self.plan.name, self.agent.context)
             except BrokerUnavailable:
                 log.warning("could not write the agent state at teardown: broker unreachable")
+            heartbeat = getattr(self, "_heartbeat", None)
+            if heartbeat is not None:  # its last beat must not come after the clear
+                heartbeat.join(timeout=2.0)
             with contextlib.suppress(BrokerUnavailable):  # gone at once, not 5 s later
                 clear_heartbeat(self.client(self.spec.broker), self.plan.name, self.spec.name,
                                 self.replica)

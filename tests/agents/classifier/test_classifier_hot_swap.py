@@ -176,7 +176,8 @@ def test_hot_swap_under_load_in_a_real_graph(valkey: EmbeddedBroker, tmp_path: P
     reg = ModelRegistry(client)
     reg.push("parts", constant_model(-4.0))  # v1 says ok to everything
     out = io.StringIO()
-    sup = Supervisor(load_graph(tmp_path / "graph.yaml"), out=out, colour=False)
+    sup = Supervisor(load_graph(tmp_path / "graph.yaml"), out=out, colour=False,
+                     console_level="info")  # the swap is an info line
     thread = threading.Thread(target=sup.run, name="supervisor", daemon=True)
     verdict_stream = stream_key("swaptest", "clf", "verdicts")
     thread.start()
