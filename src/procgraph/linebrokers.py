@@ -127,8 +127,22 @@ class LineBrokers:
                 self._say(f"broker {name!r} restart failed (next try in 2 s): {exc}")
                 continue
             self._epochs.check(name, self.client(name), now, force=True)
-        for name in self.urls:
+        for name in self.used_here():
             self._epochs.check(name, self.client(name), now)
+
+    def used_here(self) -> list[str]:
+        """The brokers this node needs, in graph order: those it starts, and those its agents
+        run on, read from or write to (every broker when this run has no ``--node``). A
+        broker only other nodes use is not waited for, leased or checked here, so that each
+        machine starts whatever the others do."""
+        if self.node is None:
+            return list(self.urls)
+        used = set(self.brokers)
+        for agent in self.plan.agents_on(self.node):
+            used.add(agent.broker)
+            used.update(inp.broker for inp in agent.inputs)
+            used.update(out.broker for out in agent.outputs)
+        return [name for name in self.urls if name in used]
 
     def starts_any(self) -> bool:
         """Whether this supervisor starts an embedded broker of its own."""
@@ -148,9 +162,11 @@ class LineBrokers:
 
     def wait_reachable(self, timeout_s: float, stopping: threading.Event,
                        stop_reason: Callable[[], str | None]) -> None:
-        """Wait until every broker answers PING; give up after ``timeout_s`` (or when stopped)."""
+        """Wait until every broker this node uses (:meth:`used_here`) answers PING; give up
+        after ``timeout_s`` (or when stopped)."""
         deadline = time.monotonic() + timeout_s
-        for name, url in self.urls.items():
+        for name in self.used_here():
+            url = self.urls[name]
             said = False
             while True:
                 try:

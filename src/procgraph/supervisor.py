@@ -256,9 +256,12 @@ class Supervisor:
         """Create every consumer group before any producer starts, so none misses entries."""
         from procgraph.transport import GroupReader, ReadSpec, retry
 
+        here = {a.name for a in self.plan.agents_on(self.node)}
         for agent in self.plan.agents.values():
             specs: dict[str, list[ReadSpec]] = {}
             for inp in agent.inputs:
+                if agent.name not in here and inp.source.split(".")[0] not in here:
+                    continue  # neither end on this node: the node of either end creates it
                 specs.setdefault(inp.broker, []).append(
                     ReadSpec(inp.stream, agent.name, inp.port, inp.start))
             for broker, group_specs in specs.items():
@@ -283,7 +286,7 @@ class Supervisor:
         self.line.guard_processes()
         self.wait_for_brokers(connect_timeout_s)
         self._lease = Lease(self.plan.name, self.holder,
-                            {name: self._client(name) for name in self.urls})
+                            {name: self._client(name) for name in self.line.used_here()})
         self._lease.acquire()
         self._next_renew = time.monotonic() + RENEW_EVERY_S
         self._write_run_record()

@@ -159,12 +159,9 @@ def test_two_hosts_one_percent_packet_loss(tmp_path: Path) -> None:
     assert_exactly_once(t)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a node waits for, leases and creates groups on every broker of the graph, also those "
-    "only other nodes use: the camera host exits after --connect-timeout (10 s) when the "
-    "inference host is not up yet; fixed by the linebrokers/supervisor diff of helper N's "
-    "report (remove this marker with it)"))
 def test_two_hosts_camera_host_starts_first(tmp_path: Path) -> None:
+    """Each machine starts whatever the others do: a node waits for, leases and makes groups
+    on the brokers it uses only (before the fix the camera host gave up after 10 s)."""
     # the camera host runs on its own for 15 s (longer than --connect-timeout) and makes its
     # parts; the inference host, started then, catches up: the window outlasts the wait
     t = run_two_hosts(tmp_path, "two hosts, inference 15 s later", "n4", 214,

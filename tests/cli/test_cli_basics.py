@@ -51,7 +51,10 @@ def test_shell_completion_script_and_completions() -> None:
     assert "--install-completion" in out
 
 
-def test_validate_several_files(tmp_path: Path) -> None:
+def test_validate_several_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # graphs/two-hosts.yaml has no default broker passwords: they must be given
+    monkeypatch.setenv("CAMS_PASSWORD", "cams-secret-for-validate")
+    monkeypatch.setenv("INFER_PASSWORD", "infer-secret-for-validate")
     good = sorted(GRAPHS.glob("*.yaml"))
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: bad\nagents: {a: {class: nosuchmodule:X}}\n")

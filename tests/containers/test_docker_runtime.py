@@ -10,6 +10,7 @@ duplicated, incomplete.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import re
 import shutil
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +64,9 @@ def runtime_image(docker_engine: DockerEngine, base_image: str,
 
     graph = _graph_folder(tmp_path_factory.mktemp("rtline"))
     result = build_image(graph, TAG, base=base_image, client=docker_engine.client)
+    with warnings.catch_warnings():  # the SDK's build/import streams leave unix sockets to
+        warnings.simplefilter("ignore", ResourceWarning)  # the GC: collect them here, not
+        gc.collect()  # in the middle of a later test
     print(f"runtime image: {result.size_bytes / 1e6:.0f} MB, built in {result.seconds:.1f} s")
     return TAG, graph
 
