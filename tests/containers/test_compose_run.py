@@ -130,3 +130,78 @@ def test_compose_up_counts_every_reading_once(docker_engine: DockerEngine,
                 if n.name.startswith(project)]
     assert not left and not networks, (left, networks)
     print(json.dumps({"compose_down_left": len(left) + len(networks)}))
+
+
+PLC_PARTS = 40
+SUMMARY = re.compile(r"PLC summary: (\d+) parts \(([^)]*)\), (\d+) rejects; ([^\n]*)")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_compose_runs_the_inspection_line_to_the_plc(docker_engine: DockerEngine,
+                                                     base_image: str, tmp_path: Path) -> None:
+    """The repository's inspection graph as generated (servers on 0.0.0.0, PLC_HOST=plc-sim,
+    the HMI's token from the shell at `up`): every part reaches the simulated PLC once."""
+    from procgraph.image import build_image
+
+    root = Path(__file__).resolve().parents[2]
+    tag = "procgraph-test/inspection-compose:1"
+    built = build_image(root / "graphs" / "inspection.yaml", tag, base=base_image,
+                        client=docker_engine.client)
+    out = tmp_path / "compose.yaml"
+    shutil.copy(root / "graphs" / "inspection.yaml", tmp_path / "inspection.yaml")
+    (tmp_path / "inspection.yaml").chmod(0o644)
+    port = _free_port()
+    made = subprocess.run([sys.executable, "-m", "procgraph", "deploy", "compose",
+                           str(tmp_path / "inspection.yaml"), "--image", tag, "--broker-image",
+                           tag, "-e", "HMI_TOKEN=${HMI_TOKEN}", "-e", f"PART_COUNT={PLC_PARTS}",
+                           "-e", f"HMI_PORT={port}", "-o", str(out)],
+                          capture_output=True, text=True, check=False)
+    assert made.returncode == 0, made.stderr
+    assert "note: agent plc: PLC_HOST=plc-sim" in made.stderr
+    project = f"pginspect{os.getpid()}"
+    engine = docker_engine
+    token = {"HMI_TOKEN": "compose-test-token-0123456789"}
+    engine_env = engine.env
+    engine.env = lambda: {**engine_env(), **token}  # type: ignore[method-assign]
+    started = time.monotonic()
+    summary = None
+    try:
+        up = _compose(engine, project, out, "up", "-d")
+        assert up.returncode == 0, up.stderr + up.stdout
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline:
+            r = redis.Redis.from_url(_broker_url(engine, project), socket_timeout=5)
+            try:
+                stream = "pg:inspection:plc:written"
+                written = int(r.xinfo_stream(stream)["entries-added"]) if r.exists(stream) else 0
+            finally:
+                r.close()
+            if written >= PLC_PARTS:
+                break
+            time.sleep(1.0)
+        done_s = time.monotonic() - started
+        stop = _compose(engine, project, out, "stop", "-t", "10", "plc-sim-0")
+        assert stop.returncode == 0, stop.stderr
+        logs = _compose(engine, project, out, "logs", "--no-color", "plc-sim-0").stdout
+        found = SUMMARY.findall(logs)
+        assert found, _compose(engine, project, out, "logs", "--no-color").stdout[-4000:]
+        summary = found[-1]
+        print(f"compose inspection line: image {built.size_bytes / 1e6:.0f} MB built in "
+              f"{built.seconds:.1f} s; PLC: {summary[0]} parts ({summary[1]}), {summary[2]} "
+              f"rejects; {summary[3]}; {done_s:.1f} s from up to the last part written")
+        assert int(summary[0]) == PLC_PARTS, logs[-3000:]
+        assert summary[3] == "no duplicates, gaps or violations", logs[-3000:]
+    finally:
+        down = _compose(engine, project, out, "down", "--remove-orphans", "-t", "5")
+        engine.env = engine_env  # type: ignore[method-assign]
+    assert down.returncode == 0, down.stderr
+    left = engine.client.containers.list(
+        all=True, filters={"label": f"com.docker.compose.project={project}"})
+    assert not left
