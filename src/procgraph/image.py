@@ -225,16 +225,12 @@ def app_files(graph_file: Path) -> dict[str, Path]:
 
 
 def _docker_client() -> Any:
-    docker = require("docker", "containers")
+    from procgraph.dockerengine import EngineUnavailable, engine_client
+
     try:
-        client = docker.from_env(timeout=600)  # type: ignore[attr-defined]
-        client.ping()
-    except Exception as exc:
-        where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-        msg = (f"no Docker engine answers at {where} ({type(exc).__name__}): start dockerd "
-               f"(apt-get install -y docker.io) or set DOCKER_HOST")
-        raise ImageError(msg) from None
-    return client
+        return engine_client(timeout_s=600)
+    except EngineUnavailable as exc:
+        raise ImageError(str(exc)) from None
 
 
 def _pick_base(client: Any, base: str | None) -> str:

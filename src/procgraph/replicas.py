@@ -34,7 +34,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from procgraph.constants import ENV_PREFIX
-from procgraph.errors import ProcgraphError, require
+from procgraph.errors import ProcgraphError
 
 if TYPE_CHECKING:
     from procgraph.graph import AgentPlan, GraphPlan
@@ -361,17 +361,13 @@ class DockerLauncher:
     def client(self) -> Any:
         """The docker SDK client (``$DOCKER_HOST``), made on first use."""
         if self._client is None:
-            docker = require("docker", "containers")
+            from procgraph.dockerengine import EngineUnavailable, engine_client
+
             size = 8 + 3 * sum(a.replicas for a in self.plan.agents.values())
             try:
-                client = docker.from_env(timeout=60, max_pool_size=size)  # type: ignore[attr-defined]
-                client.ping()
-            except Exception as exc:
-                where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-                msg = (f"runtime docker: no Docker engine answers at {where} "
-                       f"({type(exc).__name__}): start dockerd or set DOCKER_HOST")
-                raise LaunchError(msg) from None
-            self._client = client
+                self._client = engine_client(timeout_s=60, pool_size=size)
+            except EngineUnavailable as exc:
+                raise LaunchError(f"runtime docker: {exc}") from None
         return self._client
 
     def check(self, agent: AgentPlan, urls: dict[str, str]) -> None:

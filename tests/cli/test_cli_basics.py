@@ -37,8 +37,9 @@ def test_version() -> None:
 def test_shell_completion_script_and_completions() -> None:
     exe = shutil.which("procgraph")
     assert exe is not None, "the procgraph console script is not installed: pip install -e ."
-    # the shell named (detecting it from the parent process fails under CI runners)
-    done = subprocess.run([exe, "--show-completion", "bash"], capture_output=True, text=True,
+    # the shell named (--show-completion guesses it from the parent process, which fails
+    # under CI runners and pytest: it is a flag, `bash` after it is not its value)
+    done = subprocess.run([exe, "completion", "bash"], capture_output=True, text=True,
                           timeout=30)
     assert done.returncode == 0, done.stderr
     assert "complete -o default -F _procgraph_completion procgraph" in done.stdout
@@ -49,6 +50,8 @@ def test_shell_completion_script_and_completions() -> None:
     assert done.stdout.split() == ["streams"], (done.stdout, done.stderr)
     _code, out = cli("--help")
     assert "--install-completion" in out
+    code, out = cli("completion", "tcsh")
+    assert code == 1 and "give one of bash, zsh, fish" in out
 
 
 def test_validate_several_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,7 +30,7 @@ from procgraph.cli import (
     top_cmd,
     validate_cmd,
 )
-from procgraph.cli.common import usage_error
+from procgraph.cli.common import fail, usage_error
 from procgraph.cli.plugins import load_plugins
 
 _click: Any  # the click typer uses: its own copy (typer >= 0.20) or the click package
@@ -97,6 +97,26 @@ def _root(
         help="print the version and exit")] = False,
 ) -> None:
     """Run industrial edge-AI lines as graphs of agents on Redis streams."""
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+@app.command()
+def completion(
+    shell: Annotated[str, typer.Argument(help="bash, zsh, fish, powershell or pwsh")],
+) -> None:
+    """Print the shell completion script for SHELL (source it, or put it in your rc file).
+
+    Unlike ``--show-completion`` it does not guess the shell from the parent process, so it
+    works from scripts, containers and provisioning tools too.
+    """
+    from typer._completion_shared import get_completion_script
+
+    if shell not in SHELLS:
+        raise fail(f"completion {shell!r}: give one of {', '.join(SHELLS)}")
+    typer.echo(get_completion_script(prog_name="procgraph", complete_var="_PROCGRAPH_COMPLETE",
+                                     shell=shell))
+
+
 for module in (validate_cmd, graph_cmd, run_cmd, runs_cmd, logs_cmd, tap_cmd, streams_cmd,
                top_cmd, check_cmd, audit_cmd, record_cmd, model_cmd, info_cmd, deploy_cmd,
                image_cmd, new_cmd, agent_cmd):

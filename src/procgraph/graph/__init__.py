@@ -299,6 +299,8 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None,
             node=a.node, broker=a.broker or default_broker, restart=a.restart,
             max_deliveries=a.max_deliveries, claim_idle_ms=a.claim_idle_ms,
             heartbeat_timeout_s=a.heartbeat_timeout_s, log_level=a.log_level, inputs=inputs,
+            runtime=a.runtime, image=a.image, devices=list(a.devices), network=a.network,
+            resources=a.resources,
             outputs=[outputs[(name, p)] for p in cls.outputs],
         )
     return GraphPlan(name=spec.name, file=str(path), brokers=spec.brokers, agents=plans,
