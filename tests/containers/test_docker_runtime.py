@@ -185,6 +185,39 @@ def test_a_line_of_containers_survives_docker_kill(
     assert "INFO" in filed, sorted(p.name for p in logs.rglob("*"))  # the container's records
 
 
+def test_kill_9_of_the_supervisor_ends_its_containers(
+        clean_engine: DockerEngine, runtime_image: tuple[str, Path], valkey: EmbeddedBroker,
+        tmp_path: Path) -> None:
+    """``kill -9`` of ``procgraph run --runtime docker``: its guard ends the containers (none
+    keeps running), and the next run of the line removes the exited ones and runs again."""
+    tag, graph = runtime_image
+    env = {**clean_engine.env(), "PROCGRAPH_REDIS": valkey.url, "PYTHONUNBUFFERED": "1"}
+    args = [str(graph), "--runtime", "docker", "--image", tag,
+            "--state-dir", str(tmp_path / "state")]
+    run = _Run(args, env)
+    try:
+        run.wait_for(r"ready in [\d.]+s: line 'rtline'", 90)
+        assert len([c for c in _containers(clean_engine) if c.status == "running"]) == 2
+        run.proc.kill()  # kill -9: no clean stop, no finally in the supervisor
+        run.proc.wait(10)
+
+        def none_running() -> bool:
+            return not [c for c in _containers(clean_engine) if c.status == "running"]
+
+        _wait(none_running, 15, "the guard to end every container of the killed supervisor")
+    finally:
+        run.stop()
+    again = _Run(args, env)
+    try:
+        again.wait_for(r"ready in [\d.]+s: line 'rtline'", 90)
+        names = {c.name for c in _containers(clean_engine)}
+        assert len(names) == 2, names  # the exited ones are gone, two new ones run
+    finally:
+        code = again.stop()
+    assert code == 0, again.output
+    assert _containers(clean_engine) == []
+
+
 def test_container_limits_devices_and_clean_stop(
         clean_engine: DockerEngine, runtime_image: tuple[str, Path], valkey: EmbeddedBroker,
         tmp_path: Path) -> None:
