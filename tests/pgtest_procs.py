@@ -66,6 +66,43 @@ def env() -> dict[str, str]:
     return out
 
 
+class Collected:
+    """A ``procgraph`` command as a process, its output (stdout and stderr) collected line by
+    line; :meth:`stop` sends SIGINT (Ctrl-C), then kills after ``timeout_s``."""
+
+    def __init__(self, args: list[str], environ: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "procgraph", *args],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, env=env() if environ is None else environ)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        """Everything printed so far."""
+        return "\n".join(self.lines)
+
+    def stop(self, timeout_s: float = 10) -> int:
+        """Ctrl-C if still running, wait (kill after ``timeout_s``); the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            code = self.proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._reader.join(5)
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        return code
+
+
 class Run:
     """``procgraph run`` in its own session, its output collected line by line."""
 

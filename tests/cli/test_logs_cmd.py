@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
-from pgtest_procs import Run, env
+from pgtest_procs import Collected, Run
 from pgtest_util import wait_for
 from procgraph import runs
 from procgraph.cli.logs_cmd import parse_since
@@ -184,38 +180,15 @@ def test_finds_the_folder_from_graph_file_run_record_and_state_dir(tmp_path: Pat
     assert "from --state-dir" in _cli("third", "--state-dir", str(tmp_path / "st"))[1]
 
 
-class _Follow:
+class _Follow(Collected):
     """``procgraph logs ... -f`` as a process, its output collected line by line."""
 
     def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "procgraph", "logs", *args, "-f"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env=env())
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
+        super().__init__(["logs", *args, "-f"])
 
     def wait(self, text: str, what: str, timeout_s: float = 15) -> None:
         wait_for(lambda: any(text in line for line in self.lines), timeout_s,
                  f"{what}; output:\n" + "\n".join(self.lines[-20:]))
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-        try:
-            code = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            code = self.proc.wait()
-        self._reader.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        return code
 
 
 def test_follow_prints_new_records_through_rotation_and_new_replicas() -> None:

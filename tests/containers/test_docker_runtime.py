@@ -14,10 +14,8 @@ import gc
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 import warnings
 from pathlib import Path
@@ -27,6 +25,7 @@ import pytest
 import redis
 
 from pgtest_agents import keys, seen
+from pgtest_procs import Collected
 from procgraph.brokers import EmbeddedBroker
 from procgraph.graph import load_graph
 from procgraph.graph.spec import ResourcesSpec
@@ -81,25 +80,11 @@ def _containers(engine: DockerEngine, agent: str | None = None) -> list[Any]:
     return list(engine.client.containers.list(all=True, filters={"label": labels}))
 
 
-class _Run:
+class _Run(Collected):
     """``procgraph run`` in the background, its output collected line by line."""
 
     def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "procgraph", "run", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=env, text=True)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.rstrip("\n"))
-
-    @property
-    def output(self) -> str:
-        return "\n".join(self.lines)
+        super().__init__(["run", *args], env)
 
     def wait_for(self, pattern: str, timeout_s: float, start: int = 0) -> re.Match[str]:
         """The first line from line ``start`` on that matches ``pattern``."""
@@ -114,16 +99,9 @@ class _Run:
             time.sleep(0.05)
         raise AssertionError(f"no {pattern!r} in the output:\n{self.output}")
 
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(40)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
-        return self.proc.returncode
+    def stop(self, timeout_s: float = 40) -> int:
+        """Ctrl-C, then kill after ``timeout_s``."""
+        return super().stop(timeout_s)
 
 
 def _wait(predicate: Any, timeout_s: float, what: str) -> None:

@@ -19,6 +19,7 @@ from redis.exceptions import ResponseError
 
 from procgraph.delivery.acks import AckQueue, queue_xacks
 from procgraph.edges import create_group_counted
+from procgraph.transport.connect import connections_made
 from procgraph.transport.retry import retry
 
 log = logging.getLogger("procgraph.transport")
@@ -52,6 +53,9 @@ class GroupReader:
         self.consumer = consumer
         self.stop = stop
         self.acks = AckQueue()
+        #: the last id handed out per stream (entries after it in our pending list came in
+        #: a reply that was lost)
+        self._last: dict[str, bytes] = {}
 
     @property
     def _group_of(self) -> dict[str, str]:
@@ -98,27 +102,57 @@ class GroupReader:
         self.call(send, "XACK")
 
     def read(self, count: int, block_ms: int, pending: bool = False) -> list[tuple[str, Entry]]:
-        """Read new entries (or this consumer's own pending ones), flushing acks first."""
+        """Read new entries (or this consumer's own pending ones), flushing acks first.
+
+        When a read had to be retried or its connection was made anew (by redis-py's own
+        retry, or another thread of this client: the connection broke), the broker may have
+        delivered entries whose reply never arrived: they are in this consumer's pending list,
+        which
+        ``>`` never returns. They are read back (pending entries after the last id this
+        reader handed out on each stream) and returned first, so none is stranded.
+        """
         acks = self.acks.take()
-        by_group: dict[str, dict[str, str]] = {}
-        for spec in self.specs.values():
-            by_group.setdefault(spec.group, {})[spec.stream] = "0" if pending else ">"
-        group_of = self._group_of
+        attempts = 0
+        connected = connections_made(self.client)
 
         def call() -> list[Any]:
-            pipe = self.client.pipeline(transaction=False)
-            sent = queue_xacks(pipe, acks, group_of)
-            for group, streams in by_group.items():
-                pipe.xreadgroup(
-                    group,
-                    self.consumer,
-                    streams,  # type: ignore[arg-type]
-                    count=count,
-                    block=None if pending else block_ms,
-                )
-            return pipe.execute()[sent:]  # the XREADGROUP replies, after the acks'
+            nonlocal attempts
+            attempts += 1
+            return self._xreadgroup(acks, count, None if pending else block_ms,
+                                    {s: "0" if pending else ">" for s in self.specs})
 
-        replies = self.call(call, "XREADGROUP")
+        out = self._entries(self.call(call, "XREADGROUP"))
+        if (attempts > 1 or connections_made(self.client) != connected) and not pending:
+            after = {s: self._last.get(s, "0") for s in self.specs}
+            lost = self._entries(self.call(lambda: self._xreadgroup({}, count, None, after),
+                                           "XREADGROUP"))
+            seen = {(stream, entry[0]) for stream, entry in out}
+            again = sum((stream, entry[0]) not in seen for stream, entry in lost)
+            if again:
+                log.warning("read %d entr%s again whose reply was lost", again,
+                            "y" if again == 1 else "ies")
+            ids = {(stream, entry[0]) for stream, entry in lost}
+            out = lost + [e for e in out if (e[0], e[1][0]) not in ids]
+        for stream, (entry_id, _) in out:
+            if _newer(entry_id, self._last.get(stream)):
+                self._last[stream] = entry_id
+        return out
+
+    def _xreadgroup(self, acks: dict[str, list[bytes]], count: int, block_ms: int | None,
+                    ids: dict[str, Any]) -> list[Any]:
+        """One pipeline: the queued acks, then one XREADGROUP per group from ``ids``."""
+        by_group: dict[str, dict[str, Any]] = {}
+        for stream, spec in self.specs.items():
+            by_group.setdefault(spec.group, {})[stream] = ids[stream]
+        pipe = self.client.pipeline(transaction=False)
+        sent = queue_xacks(pipe, acks, self._group_of)
+        for group, streams in by_group.items():
+            pipe.xreadgroup(group, self.consumer, streams,  # type: ignore[arg-type]
+                            count=count, block=block_ms)
+        return pipe.execute()[sent:]  # the XREADGROUP replies, after the acks'
+
+    @staticmethod
+    def _entries(replies: list[Any]) -> list[tuple[str, Entry]]:
         out: list[tuple[str, Entry]] = []
         for reply in replies:
             for stream_name, entries in reply or []:
@@ -126,3 +160,12 @@ class GroupReader:
                 for entry_id, fields in entries:
                     out.append((stream, (entry_id, fields or {})))
         return out
+
+
+def _newer(entry_id: bytes, than: bytes | str | None) -> bool:
+    """Whether stream id ``entry_id`` comes after ``than`` (None: nothing yet)."""
+    if than is None:
+        return True
+    a = tuple(int(p) for p in entry_id.decode().split("-"))
+    b = tuple(int(p) for p in (than.decode() if isinstance(than, bytes) else than).split("-"))
+    return a > b
