@@ -41,6 +41,7 @@ SINK = "pg:composeline:scale:scaled"
 ITEM = re.compile(r"procgraph\.printer\.0: got \d+ items; last key=\S* value=(\S+)")
 
 pytestmark = [
+    pytest.mark.slow,  # a private dockerd, an image build, docker-compose (run in CI)
     pytest.mark.timeout(600),
     # the session fixtures' docker SDK calls (base image import) leave sockets to the GC
     pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning"),

@@ -45,6 +45,7 @@ agents:
 TAG = "procgraph-test/runtime:1"
 
 pytestmark = [
+    pytest.mark.slow,  # a private dockerd and an image build (run in CI)
     pytest.mark.timeout(400),
     # the docker SDK's build and import streams leave unix sockets to the GC, which closes
     # them wherever it runs next (procgraph.image); not a leak of the line under test

@@ -20,7 +20,7 @@ DockerEngine = AgentImage = Any  # tests/containers/conftest.py's fixtures
 
 # the docker SDK leaves a unix socket of the engine unclosed somewhere (a ResourceWarning
 # raised as an unraisable exception at teardown; not found yet): not a failure of the image
-pytestmark = [pytest.mark.timeout(600),
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600),
               pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
 
