@@ -293,3 +293,15 @@ def test_a_real_run_then_logs_and_follow(tmp_path: Path) -> None:
     assert {lv for _, lv, _ in warned} <= {"WARNING", "ERROR", "CRITICAL", "OUTPUT"}
     assert any(t.endswith("chatty warning 0") for _, _, t in warned)
     assert {s for s, _, _ in warned} == {"talk[0]"}
+
+
+def test_a_record_of_another_day_shows_its_date() -> None:
+    """Beyond today the time alone is ambiguous (--since 2d): the date comes first."""
+    from procgraph.cli.logs_cmd import format_line
+    from procgraph.logfiles import LogRecordLine
+
+    now = time.time()
+    today = format_line(LogRecordLine(now, "INFO", "cam[0]", "procgraph.cam.0: now"))
+    old = format_line(LogRecordLine(now - 3 * 86400, "INFO", "cam[0]", "procgraph.cam.0: then"))
+    assert re.match(r"\d\d:\d\d:\d\d\.\d{3} cam\[0\] INFO ", today), today
+    assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} cam\[0\] INFO ", old), old

@@ -71,9 +71,11 @@ def parse_since(value: str, now: float | None = None) -> float:
 
 def format_line(record: LogRecordLine, width: int = 0, colour: bool = False) -> str:
     """A record as printed: ``HH:MM:SS.mmm source LEVEL text`` plus its continuation lines,
-    every part through :func:`procgraph.safetext.printable`."""
+    every part through :func:`procgraph.safetext.printable`; a record of another day than
+    today starts with its date (``2026-11-30 23:59:58.120 ...``)."""
     stamp = datetime.fromtimestamp(record.ts)
-    clock = stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
+    day = "" if stamp.date() == date.today() else stamp.strftime("%Y-%m-%d ")
+    clock = day + stamp.strftime("%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}"
     level = printable(record.level, 16)
     shown = level.ljust(8)
     if colour and level in _COLOURS:
