@@ -36,12 +36,12 @@ from procgraph.durability import graph_state_dir
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan
 from procgraph.guard import Guard
-from procgraph.health import clear_heartbeat, read_heartbeats, read_line_counters
+from procgraph.health import clear_heartbeat, read_heartbeats
 from procgraph.lease import RENEW_EVERY_S, Holder, Lease, LocalLock
 from procgraph.linebrokers import LineBrokers
 from procgraph.linelogs import CONSOLE_LEVEL, LineLogs
+from procgraph.linesummary import parts_by_outcome, parts_line, ready_banner
 from procgraph.logfiles import LogFiles, log_dir
-from procgraph.redact import redact_url
 from procgraph.replicas import DockerLauncher, LaunchError, ProcessHandle, ReplicaHandle
 
 if TYPE_CHECKING:
@@ -59,7 +59,6 @@ READY_WARN_S = 30.0
 #: the longest line read from a replica (its log records carry their traceback)
 PUMP_LINE_LIMIT = 64 * 1024
 _DOWN: tuple[type[BaseException], ...] = (*TRANSIENT_ERRORS, redis.RedisError)
-_COUNTERS_DOWN: tuple[type[BaseException], ...] = (*_DOWN, BrokerUnavailable)
 
 
 @dataclass
@@ -330,43 +329,15 @@ class Supervisor:
                      f"yet from {', '.join(waiting)}; see procgraph logs {self.plan.name}")
 
     def banner(self, took_s: float) -> list[str]:
-        """The ready banner: where the HMI, PLC, brokers, metrics and logs are, how to stop."""
-        from procgraph.graph import agent_class
-
-        lines = [f"ready in {took_s:.1f}s: line {self.plan.name!r}, {len(self.replicas)} "
-                 "replica(s) up"]
-        rows: list[tuple[str, str]] = []
-        for agent in self.plan.agents_on(self.node):
-            try:
-                cls = agent_class(self.plan, agent.name)
-                found = cls.endpoints(cls.Params.model_validate(agent.params))
-            except Exception:  # a user's endpoints() must not stop the line
-                continue
-            rows += [(label, f"{address}  ({agent.name})") for label, address in found.items()]
-        for name, url in self.urls.items():
-            kind = f"embedded {self.broker_kind}" if name in self.brokers else "external"
-            rows.append((f"broker {name}", f"{redact_url(url)}  ({kind})"))
-        if self.metrics is not None:
-            rows.append(("metrics", self.metrics.url))
-        rows.append(("logs", f"procgraph logs {self.plan.name} [AGENT] -f  ({self.log_dir})"))
-        rows.append(("stop", f"Ctrl-C, or procgraph stop {self.plan.name}"))
-        width = max(len(label) for label, _ in rows)
-        lines += [f"  {label:<{width}}  {value}" for label, value in rows]
-        return lines
+        """The ready banner (procgraph.linesummary.ready_banner)."""
+        return ready_banner(self.plan, self.node, len(self.replicas), took_s, self.urls,
+                            set(self.brokers), self.broker_kind,
+                            self.metrics.url if self.metrics is not None else None,
+                            self.log_dir)
 
     def _parts_counted(self) -> dict[str, int] | None:
-        """Parts by outcome so far (the line counters ``parts:<outcome>`` agents count with
-        ``context.count``, summed over the brokers); None when a broker cannot tell."""
-        total: dict[str, int] = {}
-        for name in self.urls:
-            try:
-                counters = read_line_counters(self._client(name), self.plan.name)
-            except _COUNTERS_DOWN:
-                return None
-            for key, value in counters.items():
-                if key.startswith("parts:"):
-                    total[key[6:]] = total.get(key[6:], 0) + value
-        return total
+        return parts_by_outcome({name: self._client(name) for name in self.urls},
+                                self.plan.name)
 
     def _say_parts(self) -> None:
         """At the end of a run without --node: the parts this run counted, by outcome."""
@@ -374,14 +345,9 @@ class Supervisor:
         if self.node is not None or before is None:
             return
         after = self._parts_counted()
-        if after is None:
-            return
-        run = {k: v - before.get(k, 0) for k, v in sorted(
-            after.items(), key=lambda item: (item[0] != "ok", item[0]))
-            if v - before.get(k, 0) > 0}
-        if run:
-            detail = ", ".join(f"{k} {v}" for k, v in run.items())
-            self.say("supervisor", f"this run: {sum(run.values())} parts ({detail})")
+        line = parts_line(before, after) if after is not None else None
+        if line is not None:
+            self.say("supervisor", line)
 
     def _write_run_record(self) -> None:
         """Write this line's run record (procgraph.runs); a failure only warns."""
