@@ -385,7 +385,7 @@ class Supervisor:
             self.say("supervisor", f"warning: cannot serve metrics on {spec.host}:{spec.port}: "
                      f"{exc.strerror or exc}; give another metrics: {{port: N}} in the graph")
             return
-        if getattr(self, "_record_written", False):
+        if self._record_written:
             with contextlib.suppress(OSError):
                 runs.update_record(self.run_record, metrics_url=self.metrics.url)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import heapq
-import json
 import os
 import re
 import sys
@@ -37,7 +36,7 @@ from procgraph.logfiles import (
     log_dir,
     parse_lines,
 )
-from procgraph.runs import RunRecord, runs_of
+from procgraph.runs import runs_of
 from procgraph.safetext import printable
 
 #: how often ``-f`` looks for new lines, rotated and new files
@@ -87,15 +86,6 @@ def format_line(record: LogRecordLine, width: int = 0, colour: bool = False) -> 
 
 
 # -- where the files are ---------------------------------------------------------------------
-def _record_log_dir(record: RunRecord) -> Path | None:
-    """The ``log_dir`` a run record names (None: an older record without one)."""
-    value = getattr(record, "log_dir", None)
-    if value is None:
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            value = json.loads(record.path.read_text(encoding="utf-8")).get("log_dir")
-    return Path(value) if isinstance(value, str) and value else None
-
-
 def _is_file_arg(graph: str) -> bool:
     return graph.endswith((".yaml", ".yml")) or "/" in graph or Path(graph).is_file()
 
@@ -119,7 +109,7 @@ def find_log_dirs(graph: str, state_dir: Path | None = None) -> tuple[list[Path]
         if plan is not None and not records:
             records = runs_of(plan.name, include_stale=stale)
         for record in sorted(records, key=lambda r: -r.started):
-            folder = _record_log_dir(record)
+            folder = Path(record.log_dir) if record.log_dir else None  # older records: none
             if folder is not None and folder not in found:
                 found.append(folder)
             if plan is None and record.file:

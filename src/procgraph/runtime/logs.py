@@ -107,7 +107,7 @@ def _is_library(filename: str) -> bool:
     text = str(path)
     if path.is_relative_to(_PROCGRAPH_DIR) and not path.is_relative_to(_OWN_AGENTS_DIR):
         return True
-    if "/procgraph/agents/" in text or text.startswith(str(_OWN_AGENTS_DIR)):
+    if "/procgraph/agents/" in text:  # the ready-made agents, installed in site-packages
         return False
     return filename.startswith("<") or text.startswith(_LIBRARY_DIRS)
 
