@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from procgraph import codec
 from procgraph.delivery.sendbuffer import SendBuffer
@@ -26,12 +26,18 @@ class Outbox:
         self.writers = writers
         self.encodings = encodings
         self.buffer: SendBuffer | None = None
+        #: per port, what turns an encoded entry into the one sent (the shared-memory
+        #: claim-check moves large fields out of the entry); absent: sent as encoded
+        self.stash: dict[str, Callable[[Fields], Fields]] = {}
         self._collect: dict[str, list[Fields]] | None = None
 
     def deliver(self, port: str, msg: Message) -> None:
         """Encode ``msg`` for output ``port`` and send, collect or buffer it."""
-        fields = codec.encode(msg, self.encodings[port])
+        fields: Fields = codec.encode(msg, self.encodings[port])
         self.writers[port].check_size(fields, f"output {port!r}")
+        stash = self.stash.get(port)
+        if stash is not None:
+            fields = stash(fields)
         if self._collect is not None:  # inside a handler: sent together when it returns
             self._collect.setdefault(port, []).append(fields)
         elif self.buffer is not None:

@@ -58,6 +58,9 @@ class StreamWriter:
         self._cap = config.maxlen
         self._max_bulk: int | None = None
         self.gate: LosslessGate | None = None
+        #: called with (entries, their ids) after each successful write (claim-check
+        #: bookkeeping ties shared-memory slots to entry ids)
+        self.on_sent: Callable[[list[Fields], list[bytes]], None] | None = None
         if config.lossless_groups:
             self.gate = LosslessGate(client, config.stream, config.lossless_groups, stop,
                                      on_wait=on_wait)
@@ -105,22 +108,30 @@ class StreamWriter:
         result: bytes = retry(lambda: self._xadd(self.client, fields),
                               f"XADD {self.config.stream}", self.stop,
                               on_reconnect=self._on_reconnect)
+        if self.on_sent is not None:
+            self.on_sent([fields], [result])
         return result
 
-    def send_many(self, batch: list[Fields]) -> None:
-        """Append several entries in one round trip (in order), with the same rules."""
+    def send_many(self, batch: list[Fields]) -> list[bytes]:
+        """Append several entries in one round trip (in order), with the same rules.
+
+        Returns their ids, in order.
+        """
         if len(batch) == 1:
-            self.send(batch[0])
-            return
+            return [self.send(batch[0])]
         self._prepare(batch)
 
-        def send() -> None:
+        def send() -> list[bytes]:
             pipe = self.client.pipeline(transaction=False)
             for fields in batch:
                 self._xadd(pipe, fields)
-            pipe.execute()
+            return list(pipe.execute())
 
-        retry(send, f"XADD {self.config.stream}", self.stop, on_reconnect=self._on_reconnect)
+        ids: list[bytes] = retry(send, f"XADD {self.config.stream}", self.stop,
+                                 on_reconnect=self._on_reconnect)
+        if self.on_sent is not None:
+            self.on_sent(batch, ids)
+        return ids
 
     def _prepare(self, batch: list[Fields]) -> None:
         """Check sizes, size the cap from the largest entry; for lossless, make room first."""
