@@ -11,6 +11,16 @@ from procgraph.agents.camera import CameraAgent
 from procgraph import Agent, Input, Message, Output
 
 
+def pace(until: float) -> None:
+    """Wait until ``perf_counter()`` reaches ``until``, sleeping (as a real source waits for
+    its camera or trigger) and spinning only the last 0.1 ms."""
+    left = until - time.perf_counter()
+    if left > 0.0002:
+        time.sleep(left - 0.0001)
+    while time.perf_counter() < until:
+        pass
+
+
 class Blob(Message):
     """A payload of raw bytes."""
 
@@ -42,8 +52,7 @@ class BlobSource(Agent):
                 return
             if self.params.interval_ms:
                 next_at += self.params.interval_ms / 1000
-                while time.perf_counter() < next_at:
-                    pass
+                pace(next_at)
             self.out.send(Blob(data=payload))
         while self.running:
             self.sleep(0.2)

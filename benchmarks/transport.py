@@ -31,6 +31,7 @@ import redis
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_agents import pace  # noqa: E402
 from procgraph.brokers import EmbeddedBroker  # noqa: E402
 from procgraph.graph import load_graph  # noqa: E402
 from procgraph.supervisor import Supervisor  # noqa: E402
@@ -54,8 +55,7 @@ def _raw_producer(url: str, stream: str, size: int, count: int, interval_ms: flo
     for _ in range(count):
         if interval_ms:
             next_at += interval_ms / 1000
-            while time.perf_counter() < next_at:
-                pass
+            pace(next_at)
         client.xadd(stream, {b"ts": str(time.time_ns()).encode(), b"d": payload},
                     maxlen=100_000, approximate=True)
 
@@ -148,6 +148,8 @@ def main() -> None:
     """Run every size, print the table."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer messages per size")
+    ap.add_argument("--sizes", nargs="+", choices=[s[0].replace(" ", "") for s in SIZES],
+                    help="only these payloads (e.g. 64B 5MB)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell (median kept)")
     ap.add_argument("--aof", choices=["everysec", "always"], default=None,
                     help="the broker keeps an AOF, as `procgraph run` does by default "
@@ -158,6 +160,8 @@ def main() -> None:
     with EmbeddedBroker(data_dir=data.name if data else None,
                         appendfsync=args.aof or "everysec") as broker:
         for label, size, count in SIZES:
+            if args.sizes and label.replace(" ", "") not in args.sizes:
+                continue
             if args.quick:
                 count = max(50, count // 5)
             cells = {}

@@ -144,9 +144,10 @@ class Agent:
     def flush(self) -> None:
         """Write out now what this source sent so far, then its state changes.
 
-        A source's ``send()`` may hold small messages up to 2 ms to write them together;
-        call ``flush()`` before recording elsewhere that they were sent. Handlers need not:
-        their sends are written when the handler returns, before the input is acked.
+        A source's ``send()`` writes at once, but returns before the broker's reply (what is
+        sent meanwhile goes out together next); call ``flush()`` before recording elsewhere
+        that they were sent. Handlers need not: their sends are written when the handler
+        returns, before the input is acked.
         """
         self.binding.flush()
 

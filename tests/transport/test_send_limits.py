@@ -87,9 +87,11 @@ def test_source_send_raises_before_the_buffer(valkey) -> None:
     try:
         with pytest.raises(MessageTooLarge, match="over the stream's cap of 1048576 bytes"):
             box.deliver("out", BigFrame(image=np.zeros(2**20, np.uint8)))
-        assert box.buffer.items == []
+        box.buffer.flush()
+        assert redis.Redis.from_url(valkey.url).xlen("pg:lim:cam:out") == 0
     finally:
         stop.set()
+        box.buffer.close()
 
 
 AGENT = '''

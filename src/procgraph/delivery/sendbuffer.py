@@ -1,78 +1,207 @@
-"""A source's sends, coalesced into pipelined XADDs without reordering or losing any.
+"""A source's sends: written at once when idle, coalesced only behind a write in flight.
 
-Guarantee: a source agent's messages are written in the order sent, at most ``linger_s``
-(2 ms) after ``send()``, at once when 64 are queued or one is large (>= 64 KB), and
-whenever the source calls ``flush()`` or ``sleep()``. Backpressure still holds: a flush
-blocks while a lossless stream is full. (A handler's sends are not buffered here: they are
-written together when the handler returns, before its input is acknowledged.)
+Guarantee: a source agent's messages are written in the order sent (per output port), and
+none waits for company. ``send()`` writes the entry to the broker's socket at once, in the
+source's own thread, when nothing is in flight on that port; the broker's reply is read by a
+thread of the port. What the source sends while a write is in flight is queued, and goes out
+in one pipelined write as soon as the reply of the previous one is in. So a paced source
+pays one socket write per message, and a fast one gets batches as large as the backlog.
+
+``flush()`` (and so ``sleep()``) returns once everything sent before it is in the broker.
+Backpressure still holds: while a lossless stream is full the write waits, the queue fills,
+and ``send()`` blocks once :attr:`SendBuffer.MAX_ENTRIES` entries or
+:attr:`SendBuffer.MAX_BYTES` bytes are queued. A connection lost with a write in flight is
+written again through the writer's own retry (a reply lost on the way can double that
+batch, as any retried XADD can). An error (an entry the broker refused, the line stopping)
+is raised in the source at its next ``send()`` or ``flush()``. A handler's sends do not
+come here: they are written together when the handler returns, before its input is acked.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Mapping
+from typing import Any
 
+from redis.exceptions import ResponseError
+
+from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.transport.writer import Fields, StreamWriter
 
 
+def _nbytes(fields: Fields) -> int:
+    return sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
+
+
 class SendBuffer:
-    """Coalesces a source agent's sends into pipelined XADDs.
+    """Writes a source agent's sends as they come, one pipelined port writer per output."""
 
-    Small messages wait at most ``linger_s`` (or until the source sleeps, or 64 are
-    queued); a large one (>= 64 KB) goes out at once with whatever is queued before it.
-    Order is kept. Backpressure still holds: a flush blocks while the stream is full.
-    """
+    #: entries (and bytes) queued behind a write in flight before ``send()`` blocks
+    MAX_ENTRIES = 256
+    MAX_BYTES = 64 * 1024 * 1024
 
-    MAX_ENTRIES = 64
-    BIG_BYTES = 64 * 1024
-
-    def __init__(self, writers: Mapping[str, StreamWriter], stop: threading.Event,
-                 linger_s: float = 0.002) -> None:
+    def __init__(self, writers: Mapping[str, StreamWriter], stop: threading.Event) -> None:
         self.writers = writers
         self.stop = stop
-        self.linger_s = linger_s
-        self.items: list[tuple[str, Fields]] = []
-        self.first = 0.0
-        self.cond = threading.Condition()
-        self.thread = threading.Thread(target=self._loop, name="send-buffer", daemon=True)
-        self.thread.start()
+        self._ports: dict[str, _PortWriter] = {}
 
     def add(self, port: str, fields: Fields) -> None:
-        """Queue one encoded entry; flush when full or when it is large."""
-        nbytes = sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
-        with self.cond:
-            self.items.append((port, fields))
-            if len(self.items) == 1:
-                self.first = time.monotonic()
-                self.cond.notify()
-            if len(self.items) >= self.MAX_ENTRIES or nbytes >= self.BIG_BYTES:
-                self._flush_locked()
+        """Write one encoded entry now, or queue it behind the write in flight."""
+        pipe = self._ports.get(port)
+        if pipe is None:
+            pipe = self._ports[port] = _PortWriter(self.writers[port], self.stop,
+                                                   self.MAX_ENTRIES, self.MAX_BYTES)
+        pipe.add(fields)
 
     def flush(self) -> None:
-        """Write out everything queued now."""
-        with self.cond:
-            self._flush_locked()
+        """Return once everything sent so far is in the broker (raise what a write hit)."""
+        for pipe in list(self._ports.values()):
+            pipe.flush()
 
-    def _flush_locked(self) -> None:
-        items, self.items = self.items, []
-        start = 0
-        for i in range(1, len(items) + 1):  # consecutive runs of one port, in order
-            if i == len(items) or items[i][0] != items[start][0]:
-                self.writers[items[start][0]].send_many([f for _, f in items[start:i]])
-                start = i
+    def close(self) -> None:
+        """Flush, then close the ports' connections."""
+        try:
+            self.flush()
+        finally:
+            for pipe in self._ports.values():
+                pipe.close()
 
-    def _loop(self) -> None:
+
+class _PortWriter:
+    """One output port's writes on a connection of its own: at most one write in flight.
+
+    Whoever finds the port idle writes (the source's thread on ``add``, the reply thread
+    when a reply is in and entries are queued), outside the lock, so the source can queue
+    meanwhile; the reply thread reads the replies.
+    """
+
+    def __init__(self, writer: StreamWriter, stop: threading.Event, max_entries: int,
+                 max_bytes: int) -> None:
+        self.writer = writer
+        self.stop = stop
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        pool = writer.client.connection_pool
+        self.conn: Any = pool.connection_class(**pool.connection_kwargs)
+        self.cond = threading.Condition()
+        self.queue: list[Fields] = []
+        self.queued_bytes = 0
+        self.in_flight: list[Fields] | None = None
+        #: of the batch in flight: being written, or "sent" (whole on the socket) / "broken"
+        self.state = ""
+        self.error: BaseException | None = None
+        self.closed = False
+        self.thread = threading.Thread(target=self._replies, daemon=True,
+                                       name=f"send-{writer.config.stream}")
+        self.thread.start()
+
+    def add(self, fields: Fields) -> None:
+        size = _nbytes(fields)
         with self.cond:
-            while not self.stop.is_set():
-                if not self.items:
+            self._raise_error()
+            while self.queue and (len(self.queue) >= self.max_entries
+                                  or self.queued_bytes + size > self.max_bytes):
+                if self.stop.is_set() and not self.thread.is_alive():
+                    raise InterruptedError("stopping")
+                self.cond.wait(0.1)
+                self._raise_error()
+            if self.in_flight is not None or self.queue:
+                self.queue.append(fields)
+                self.queued_bytes += size
+                return
+            self.in_flight, self.state = [fields], ""
+        self._write([fields], raise_error=True)
+
+    def flush(self) -> None:
+        with self.cond:
+            while self.queue or self.in_flight is not None:
+                self._raise_error()
+                if not self.thread.is_alive():
+                    raise InterruptedError("stopping")
+                self.cond.wait(0.1)
+            self._raise_error()
+
+    def close(self) -> None:
+        with self.cond:
+            self.closed = True
+            self.cond.notify_all()
+        self.thread.join(timeout=2.0)
+        self.conn.disconnect()
+
+    def _raise_error(self) -> None:
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
+
+    def _write(self, batch: list[Fields], raise_error: bool) -> None:
+        """Write ``batch``, claimed as in flight: one pipelined XADD per entry."""
+        state = "broken"
+        try:
+            self.writer.prepare(batch, checked=True)  # the outbox checked sizes on send()
+            self.conn.send_packed_command(
+                self.conn.pack_commands([self.writer.xadd_args(f) for f in batch]))
+            state = "sent"
+        except TRANSIENT_ERRORS:
+            self.conn.disconnect()  # the reply thread writes it again, with retries
+        except BaseException as exc:  # e.g. stopped while waiting for room: not written
+            with self.cond:
+                self.in_flight, self.state = None, ""
+                if not raise_error:
+                    self.error = exc
+                self.cond.notify_all()
+            if raise_error:
+                raise
+            return
+        with self.cond:
+            self.state = state
+            self.cond.notify_all()
+
+    def _replies(self) -> None:
+        while True:
+            with self.cond:
+                while self.in_flight is None or not self.state:
+                    if self.in_flight is None and (
+                            self.closed or (self.stop.is_set() and not self.queue)):
+                        return
                     self.cond.wait(0.1)
-                    continue
-                remaining = self.first + self.linger_s - time.monotonic()
-                if remaining > 0:
-                    self.cond.wait(remaining)
-                    continue
-                try:
-                    self._flush_locked()
-                except InterruptedError:
+                batch, state = self.in_flight, self.state
+            try:
+                ids = self._read(batch) if state == "sent" else None
+                if ids is None:  # the connection broke: again, through the writer's retry
+                    ids = self.writer.send_many(batch, checked=True)
+                elif self.writer.on_sent is not None:
+                    self.writer.on_sent(batch, ids)
+            except BaseException as exc:  # handed to the source; what is queued is dropped
+                with self.cond:
+                    self.error = exc
+                    self.in_flight, self.state = None, ""
+                    self.queue, self.queued_bytes = [], 0
+                    self.cond.notify_all()
+                if isinstance(exc, InterruptedError):
                     return
+                continue
+            with self.cond:
+                self.in_flight, self.state = None, ""
+                queued, self.queue, self.queued_bytes = self.queue, [], 0
+                if queued:
+                    self.in_flight = queued
+                self.cond.notify_all()
+            if queued:
+                self._write(queued, raise_error=False)
+
+    def _read(self, batch: list[Fields]) -> list[bytes] | None:
+        """The ids of ``batch`` from its replies; None if the connection broke."""
+        ids: list[bytes] = []
+        refused: ResponseError | None = None
+        try:
+            for _ in batch:
+                try:
+                    ids.append(self.conn.read_response())
+                except ResponseError as exc:  # that entry was refused; read the others
+                    refused = refused or exc
+        except TRANSIENT_ERRORS:
+            self.conn.disconnect()
+            return None
+        if refused is not None:
+            raise refused
+        return ids

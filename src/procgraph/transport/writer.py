@@ -104,7 +104,7 @@ class StreamWriter:
 
     def send(self, fields: Fields) -> bytes:
         """Append one entry; returns its id. Waits (lossless) or trims (latest)."""
-        self._prepare([fields])
+        self.prepare([fields])
         result: bytes = retry(lambda: self._xadd(self.client, fields),
                               f"XADD {self.config.stream}", self.stop,
                               on_reconnect=self._on_reconnect)
@@ -112,14 +112,15 @@ class StreamWriter:
             self.on_sent([fields], [result])
         return result
 
-    def send_many(self, batch: list[Fields]) -> list[bytes]:
+    def send_many(self, batch: list[Fields], checked: bool = False) -> list[bytes]:
         """Append several entries in one round trip (in order), with the same rules.
 
-        Returns their ids, in order.
+        Returns their ids, in order. ``checked``: the sizes were checked already
+        (:meth:`check_size`, as the outbox does on ``send()``).
         """
-        if len(batch) == 1:
+        if len(batch) == 1 and not checked:
             return [self.send(batch[0])]
-        self._prepare(batch)
+        self.prepare(batch, checked=checked)
 
         def send() -> list[bytes]:
             pipe = self.client.pipeline(transaction=False)
@@ -133,10 +134,12 @@ class StreamWriter:
             self.on_sent(batch, ids)
         return ids
 
-    def _prepare(self, batch: list[Fields]) -> None:
-        """Check sizes, size the cap from the largest entry; for lossless, make room first."""
-        for fields in batch:
-            self.check_size(fields)
+    def prepare(self, batch: list[Fields], checked: bool = False) -> None:
+        """Before writing ``batch``: check sizes (unless ``checked``), size the cap from the
+        largest entry; for lossless readers, make room first (blocks while full)."""
+        if not checked:
+            for fields in batch:
+                self.check_size(fields)
         nbytes = max(
             sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
         )
@@ -149,6 +152,17 @@ class StreamWriter:
         if self.gate is not None:
             return client.xadd(self.config.stream, fields)
         return client.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
+
+    def xadd_args(self, fields: Fields) -> list[Any]:
+        """The XADD command for ``fields`` as arguments, the way :meth:`_xadd` sends it
+        (for a caller that writes on its own connection, after :meth:`prepare`)."""
+        args: list[Any] = ["XADD", self.config.stream]
+        if self.gate is None:
+            args += ["MAXLEN", "~", self._cap]
+        args.append("*")
+        for key, value in fields.items():
+            args += [key, value]
+        return args
 
     @property
     def _on_reconnect(self) -> Callable[[], None] | None:
