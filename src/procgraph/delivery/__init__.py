@@ -11,8 +11,8 @@
   ``<stream>:dead`` with the reason, then are acknowledged.
 - :mod:`~procgraph.delivery.backpressure`: lossless edges trim only what every lossless
   group acknowledged (``XTRIM MINID``) and block the producer while at the cap.
-- :mod:`~procgraph.delivery.sendbuffer`: a source's sends are coalesced into pipelined
-  XADDs, in order, within 2 ms or at its next ``flush()``/``sleep()``.
+- :mod:`~procgraph.delivery.sendbuffer`: a source's sends are written at once when the port
+  is idle, and what queued behind a write in flight goes out in one pipelined XADD batch.
 
 The streams plumbing they use (connections, XADD, XREADGROUP, retries) is
 :mod:`procgraph.transport`; the loop that applies them is :mod:`procgraph.runtime`.
