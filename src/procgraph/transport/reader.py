@@ -101,8 +101,11 @@ class GroupReader:
 
         self.call(send, "XACK")
 
-    def read(self, count: int, block_ms: int, pending: bool = False) -> list[tuple[str, Entry]]:
+    def read(self, count: int, block_ms: int | None,
+             pending: bool = False) -> list[tuple[str, Entry]]:
         """Read new entries (or this consumer's own pending ones), flushing acks first.
+
+        ``block_ms``: how long to wait for new entries; None: do not wait.
 
         When a read had to be retried or its connection was made anew (by redis-py's own
         retry, or another thread of this client: the connection broke), the broker may have
