@@ -64,8 +64,9 @@ class PayloadStore(Protocol):
         """Store ``data`` and return a reference ``<scheme>:<anything>``."""
         ...
 
-    def get(self, ref: str) -> bytes:
-        """Return the bytes a reference points to; raise KeyError if they are gone."""
+    def get(self, ref: str) -> Any:
+        """Return the bytes a reference points to (bytes, or a flat ``uint8`` array viewing
+        them); raise KeyError or CodecError if they are gone."""
         ...
 
 
@@ -271,13 +272,27 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
         ref = desc["ref"]
         if not isinstance(ref, str):
             raise CodecError(f"array {name!r}: ref must be a string, got {_show(ref)}")
-        store = _stores.get(ref.split(":", 1)[0])
+        scheme = ref.split(":", 1)[0]
+        if scheme == "shm" and scheme not in _stores:  # same-host frames (claim-check)
+            import procgraph.delivery.claimcheck  # noqa: F401  (registers its store)
+        store = _stores.get(scheme)
         if store is None:
             raise CodecError(f"array {name!r}: no payload store for reference {_show(ref)} here")
+        if encoding != "raw":
+            raise CodecError(f"array {name!r}: a referenced array must be raw, not "
+                             f"{_show(encoding)}")
         try:
-            payload: bytes = store.get(ref)
+            payload: Any = store.get(ref)
         except KeyError as exc:
             raise CodecError(f"array {name!r}: payload {_show(ref)} is gone") from exc
+        except CodecError as exc:  # its kind kept (claimcheck.StaleReference)
+            raise type(exc)(f"array {name!r}: {exc}") from exc
+        if isinstance(payload, np.ndarray):  # a read-only view of shared memory: no copy
+            expected = math.prod(shape) * dtype.itemsize
+            if payload.nbytes != expected:
+                raise CodecError(f"array {name!r}: {payload.nbytes} bytes, expected {expected}"
+                                 f" for {dtype} {shape}")
+            return payload.view(dtype).reshape(shape)
     else:
         got = fields.get((ARRAY_FIELD_PREFIX + name).encode())
         if got is None:

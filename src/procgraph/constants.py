@@ -36,6 +36,8 @@ IMPORT_TIMEOUT_ENV = "PROCGRAPH_IMPORT_TIMEOUT_S"
 IMAGE_CACHE_ENV = "PROCGRAPH_IMAGE_CACHE"
 #: the log level of a replica (debug, info, warning, error, critical; default info)
 LOG_LEVEL_ENV = "PROCGRAPH_LOG_LEVEL"
+#: "0" turns the supervisor's fork server off: replicas are spawned as new processes
+FORKSERVER_ENV = "PROCGRAPH_FORKSERVER"
 #: the XDG base directory under which each graph's state folder lives by default
 XDG_STATE_ENV = "XDG_STATE_HOME"
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,6 +18,24 @@ if TYPE_CHECKING:
 
 #: the longest name ``AgentContext.count`` takes
 COUNT_NAME_MAX = 100
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask, capped by a cgroup v2 CPU quota.
+
+    A container limited with ``--cpus 1.5`` counts 2 (the quota rounded up); never below 1.
+    """
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        n = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, math.ceil(int(quota) / int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 class LineCounts:
@@ -78,6 +98,12 @@ class AgentContext:
     ``models`` is the model registry on the agent's broker; ``redis()`` is a raw client of
     that broker (an escape hatch: prefer ``self.state``, ``models`` and ``procgraph.health``).
     ``count(name)`` adds to a counter of the whole line (e.g. ``parts:ok``).
+
+    Where it runs, for sizing thread pools: ``cpus`` is how many CPUs this process may use
+    (:func:`usable_cpus`), ``replicas_on_node`` how many replicas of all the graph's agents
+    the plan places on this agent's node (this one included) and ``class_replicas_on_node``
+    how many of them run this agent's class. Outside a graph (tests, ``run_agent``) both
+    counts are 1.
     """
 
     graph: str = "test"
@@ -85,6 +111,9 @@ class AgentContext:
     replica: int = 0
     graph_dir: Path = field(default_factory=Path.cwd)
     redis_factory: Callable[[], redis.Redis] | None = None
+    cpus: int = field(default_factory=usable_cpus)
+    replicas_on_node: int = 1
+    class_replicas_on_node: int = 1
     _models: ModelRegistry | None = field(default=None, init=False, repr=False, compare=False)
     #: what ``count`` counted, for the runtime to write (see :class:`LineCounts`)
     line_counts: LineCounts = field(default_factory=LineCounts, init=False, repr=False,

@@ -19,6 +19,7 @@ A file that ends without a trailer is reported as truncated.
 from __future__ import annotations
 
 import json
+import logging
 import struct
 import time
 import zlib
@@ -36,9 +37,12 @@ from procgraph.errors import (
     RecordingError,
     broker_unavailable_as,
 )
+from procgraph.safetext import printable
 
 if TYPE_CHECKING:
     from procgraph.graph import GraphPlan
+
+log = logging.getLogger("procgraph.recording")
 
 MAGIC = b"PGREC"
 FORMAT_VERSION = 1
@@ -278,6 +282,9 @@ class Recorder:
         self.streams = [s for keys in by_url.values() for s in keys]
         self._block_ms = 200 if len(self.clients) == 1 else 50
         self._last: dict[str, dict[str, str]] = {}
+        #: entries recorded with a shared-memory reference that could not be read here
+        self.unresolved = 0
+        self._said: set[str] = set()
         try:
             for url, keys in by_url.items():
                 with broker_unavailable_as(f"read streams on {url}"):
@@ -313,9 +320,26 @@ class Recorder:
                     if limit is not None and writer.count >= limit:
                         break
                     eid = entry_id.decode()
+                    fields = self._resolved(key, eid, fields)
                     writer.write(Record(key, eid, entry_ms(eid), list(fields.items())))
                     self._last[url][key] = eid
         return writer.count - before
+
+    def _resolved(self, stream: str, entry_id: str, fields: dict[bytes, bytes]
+                  ) -> dict[bytes, bytes]:
+        """The entry with frames sent through shared memory put back inline (the file keeps
+        the pixels); as it is, said once per stream, when they cannot be read here."""
+        from procgraph.delivery.claimcheck import inline_refs
+
+        inline, problem = inline_refs(fields)
+        if problem is not None:
+            self.unresolved += 1
+            if stream not in self._said:
+                self._said.add(stream)
+                log.warning("%s: entry %s recorded without its pixels: %s (record on the "
+                            "producer's host, or set shm: false on that output)",
+                            printable(stream, 200), entry_id, problem)
+        return inline
 
     def close(self) -> None:
         """Close the broker connections."""

@@ -7,6 +7,9 @@ the guard can end if the supervisor dies (``pid``), and its output (``stdout``, 
 supervisor's pump: the ``@pg`` records of :mod:`procgraph.linelogs`).
 
 - :class:`ProcessHandle`: ``procgraph agent ...`` as a child process (``runtime: process``).
+- :class:`ForkedHandle`: the same replica forked by the line's fork server
+  (:mod:`procgraph.forkserver`), the default for ``runtime: process``: its output comes
+  through a pipe passed to the server, its exit code from the server, signals through a pidfd.
 - :class:`ContainerHandle`: the same command in a container of the agent's ``image``, through
   the Docker Engine API (the ``docker`` SDK, ``$DOCKER_HOST``): created with the agent's
   ``devices``, ``network`` and ``resources``, its output read from the engine's log stream,
@@ -26,6 +29,7 @@ import logging
 import os
 import re
 import secrets
+import signal
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -37,11 +41,12 @@ from procgraph.constants import ENV_PREFIX
 from procgraph.errors import ProcgraphError
 
 if TYPE_CHECKING:
+    from procgraph.forkserver import ForkedProcess
     from procgraph.graph import AgentPlan, GraphPlan
     from procgraph.health import Heartbeat
 
-__all__ = ["ContainerHandle", "DockerLauncher", "LaunchError", "ProcessHandle", "ReplicaHandle",
-           "container_env"]
+__all__ = ["ContainerHandle", "DockerLauncher", "ForkedHandle", "LaunchError", "ProcessHandle",
+           "ReplicaHandle", "container_env"]
 
 log = logging.getLogger("procgraph.replicas")
 #: where the image keeps the graph folder (deploy/Dockerfile: /app/graphs)
@@ -158,6 +163,60 @@ class ProcessHandle:
     def kill(self) -> None:
         """SIGKILL."""
         self.proc.kill()
+
+    def release(self) -> None:
+        """Nothing to free (the pump closes the pipe)."""
+
+
+class ForkedHandle:
+    """A replica forked by the fork server (:class:`procgraph.forkserver.ForkedProcess`)."""
+
+    def __init__(self, proc: ForkedProcess) -> None:
+        self.proc = proc
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit code once the fork server reported it."""
+        return self.proc.returncode
+
+    @property
+    def stdout(self) -> IO[bytes] | None:
+        """The pipe of its stdout and stderr."""
+        return self.proc.stdout
+
+    @property
+    def agent_pid(self) -> int | None:
+        """The same pid: the replica reports ``os.getpid()``."""
+        return self.proc.pid
+
+    def describe(self) -> str:
+        """``pid N``."""
+        return f"pid {self.proc.pid}"
+
+    def poll(self) -> int | None:
+        """The exit code if it has ended (-1: ended while the fork server was gone)."""
+        return self.proc.poll()
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the end; subprocess.TimeoutExpired after ``timeout`` seconds."""
+        return self.proc.wait(timeout)
+
+    def owns(self, beat: Heartbeat, host: str) -> bool:
+        """Its pid on this host."""
+        return beat.pid == self.proc.pid and beat.host in ("", host)
+
+    def terminate(self) -> None:
+        """SIGTERM."""
+        self.proc.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL."""
+        self.proc.send_signal(signal.SIGKILL)
 
     def release(self) -> None:
         """Nothing to free (the pump closes the pipe)."""

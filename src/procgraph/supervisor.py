@@ -32,6 +32,7 @@ from procgraph.constants import (
     SUPERVISED_ENV,
     stopping_key,
 )
+from procgraph.delivery.claimcheck import clean_line_rings, rings_still_needed
 from procgraph.durability import graph_state_dir
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan
@@ -42,9 +43,16 @@ from procgraph.linebrokers import LineBrokers
 from procgraph.linelogs import CONSOLE_LEVEL, LineLogs
 from procgraph.linesummary import parts_by_outcome, parts_line, ready_banner
 from procgraph.logfiles import LogFiles, log_dir
-from procgraph.replicas import DockerLauncher, LaunchError, ProcessHandle, ReplicaHandle
+from procgraph.replicas import (
+    DockerLauncher,
+    ForkedHandle,
+    LaunchError,
+    ProcessHandle,
+    ReplicaHandle,
+)
 
 if TYPE_CHECKING:
+    from procgraph.forkserver import ForkServer
     from procgraph.metrics import MetricsServer
 
 log = logging.getLogger("procgraph.supervisor")
@@ -97,6 +105,11 @@ class Replica:
 
 class Supervisor:
     """Runs a validated graph (or the part placed on one node) until stopped."""
+
+    #: fork process replicas from a fork server (procgraph.forkserver); None: unless
+    #: ``PROCGRAPH_FORKSERVER=0`` says otherwise
+    use_fork_server: bool | None = None
+    _forks: ForkServer | None = None
 
     def __init__(
         self,
@@ -204,6 +217,51 @@ class Supervisor:
             launcher = self._launcher = DockerLauncher(self.plan, self.node)
         return launcher
 
+    def _start_forks(self) -> None:
+        """Start the line's fork server (procgraph.forkserver) when process replicas run
+        here and it is not turned off; it imports while the brokers start."""
+        from procgraph import forkserver
+
+        wanted = self.use_fork_server if self.use_fork_server is not None \
+            else forkserver.enabled()
+        agents = [a for a in self.plan.agents_on(self.node)
+                  if (a.runtime or "process") == "process"]
+        if not wanted or not agents or self._forks is not None:
+            return
+        pad = max(len(a.name) for a in agents) + 16
+        try:
+            self._forks = forkserver.ForkServer(
+                self.plan.file, dict(os.environ), lambda line: self.say("supervisor", line),
+                pad)
+        except OSError as exc:
+            self.say("supervisor", f"warning: cannot start the fork server: "
+                     f"{exc.strerror or exc}; replicas are started as new processes")
+            return
+        self.guard.watch(self._forks.pid)
+
+    def _stop_forks(self, why: str | None = None) -> None:
+        """Stop the fork server; with ``why``, say that replicas are spawned from now on."""
+        forks, self._forks = self._forks, None
+        if forks is None:
+            return
+        if why is not None:
+            self.say("supervisor", f"warning: the fork server (pid {forks.pid}) {why}; "
+                     "replicas are started as new processes from now on (slower start)")
+        forks.close()
+        self.guard.forget(forks.pid)
+
+    def _start_process(self, replica: Replica, env: dict[str, str]) -> ReplicaHandle:
+        """The replica as a process: forked by the fork server, else spawned."""
+        from procgraph.forkserver import ForkServerGone
+
+        if self._forks is not None:
+            try:
+                return ForkedHandle(self._forks.spawn(replica.agent.name, replica.index,
+                                                      self.command(replica), env))
+            except ForkServerGone as exc:
+                self._stop_forks(f"cannot start {replica.name}: {exc}")
+        return ProcessHandle.start(self.command(replica), env)
+
     def _spawn(self, replica: Replica) -> None:
         """Start the replica as a process, or as a container (``runtime: docker``).
 
@@ -229,7 +287,7 @@ class Supervisor:
                 self.say("supervisor", f"error: {exc}; trying again in {delay:.1f}s")
                 return
         else:
-            replica.proc = ProcessHandle.start(self.command(replica), env)
+            replica.proc = self._start_process(replica, env)
         if replica.proc.pid:
             self.guard.watch(replica.proc.pid)
         self.logs.files.write(replica.name, "INFO", f"procgraph.supervisor: started (pid "
@@ -281,6 +339,7 @@ class Supervisor:
         # the guard holds the lock too: after a kill -9 of this process, no new run starts
         # on our broker's data until the guard has ended the broker
         self.guard.start(() if self._lock is None else (self._lock.fileno(),))
+        self._start_forks()
         self.start_brokers()
         self.line.guard_processes()
         self.wait_for_brokers(connect_timeout_s)
@@ -290,6 +349,7 @@ class Supervisor:
         self._next_renew = time.monotonic() + RENEW_EVERY_S
         self._write_run_record()
         self.create_groups()
+        clean_line_rings(self.plan, self.node, stopping=False)  # stale shared-memory rings
         self._parts_at_start = self._parts_counted()
         agents = self.plan.agents_on(self.node)
         if self.node is not None:
@@ -412,7 +472,7 @@ class Supervisor:
                 if beat is not None and r.proc.owns(beat, self._host):
                     if not r.heartbeat_seen:  # only this process's own heartbeat counts
                         r.first_heartbeat_s = time.monotonic() - r.started_at
-                        if not isinstance(r.proc, ProcessHandle):
+                        if not isinstance(r.proc, ProcessHandle | ForkedHandle):
                             self.say("supervisor", f"{r.name}: {r.proc.describe()}: first "
                                      f"heartbeat {r.first_heartbeat_s:.1f}s after its start")
                     r.heartbeat_seen = True
@@ -559,6 +619,20 @@ class Supervisor:
             self.shutdown()
         return 0
 
+    def _clean_rings_at_stop(self) -> None:
+        """Remove the shared-memory rings of this node's producers, but those whose frames
+        a reader has not read or acknowledged yet (a durable broker hands them out again
+        after the restart, and the restarted producer keeps honouring their slots)."""
+        try:
+            needed = rings_still_needed(self.plan, self.node, self.line.client)
+        except Exception as exc:  # the broker is gone: nothing can be read again from it
+            log.debug("rings: could not ask the brokers (%s); removing them", exc)
+            needed = set()
+        clean_line_rings(self.plan, self.node, stopping=True, keep=needed)
+        if needed:
+            self.say("supervisor", f"kept {len(needed)} shared-memory ring(s) in /dev/shm: "
+                     "frames in them are not read yet (the next run reads them)")
+
     def shutdown(self, grace_s: float = 10.0) -> None:
         """Stop replicas (SIGTERM, then SIGKILL after ``grace_s``), then brokers (once)."""
         self.stopping.set()
@@ -591,6 +665,8 @@ class Supervisor:
         for r in live:
             assert r.proc is not None
             self._forget(r, r.proc.pid)
+        self._stop_forks()
+        self._clean_rings_at_stop()
         launcher: DockerLauncher | None = getattr(self, "_launcher", None)
         if launcher is not None:
             launcher.close()

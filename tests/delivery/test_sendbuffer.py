@@ -153,3 +153,26 @@ def test_a_connection_killed_mid_stream_loses_nothing(valkey: Any) -> None:
     finally:
         stop.set()
         buffer.close()
+
+
+@pytest.mark.parametrize("size", [1000, 200_000])
+def test_a_sender_may_reuse_its_array_right_after_send(valkey: Any, size: int) -> None:
+    """Entries view the sender's array (no copy); what reaches the broker is what it held
+    at send(), even when the sender overwrites it at once (a camera's reused buffer)."""
+    import numpy as np
+
+    client = connect(valkey.url)
+    stop = threading.Event()
+    buffer = SendBuffer({"a": _writer(client, "sb:reuse", stop)}, stop)
+    frame = np.zeros(size, np.uint8)
+    try:
+        for n in range(60):
+            frame[:] = n
+            buffer.add("a", {b"n": str(n).encode(), b"d": memoryview(frame)})
+        buffer.flush()
+        got = client.xrange("sb:reuse")
+        assert [int(f[b"n"]) for _, f in got] == list(range(60))
+        assert all(f[b"d"] == bytes([int(f[b"n"])]) * size for _, f in got), "a view changed"
+    finally:
+        stop.set()
+        buffer.close()

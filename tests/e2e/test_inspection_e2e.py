@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from procgraph.agents.messages import Frame, PartOutcome, Trigger
+from procgraph.agents.messages import PartOutcome, Trigger
 from procgraph.agents.modbus.sim import SimulatedPlc
 
 from pgtest_util import wait_for
@@ -169,14 +169,14 @@ def trigger_times(client: redis.Redis) -> dict[str, int]:
         entries = client.xrange("pg:inspection:trigger:triggers")
         return {t.key: t.trigger_ns for t in (codec.decode(f, Trigger) for _, f in entries)}
     entries = client.xrange("pg:inspection:front_cam:frames")
-    return {f.key: f.capture_ns for f in (codec.decode(x, Frame) for _, x in entries)}
+    return {h["key"]: h["data"]["capture_ns"] for h in (codec.read_header(x) for _, x in entries)}
 
 
 def resumed_ns(client: redis.Redis, camera: str, after_ns: int) -> int:
     """Capture time of ``camera``'s first frame after ``after_ns``: when it was back."""
     entries = client.xrange(f"pg:inspection:{camera}:frames")
-    return min(f.capture_ns for f in (codec.decode(x, Frame) for _, x in entries)
-               if f.capture_ns > after_ns)
+    return min(t for t in (codec.read_header(x)["data"]["capture_ns"] for _, x in entries)
+               if t > after_ns)
 
 
 def outage_figures(plc: SimulatedPlc, client: redis.Redis, parts: int,
@@ -230,7 +230,7 @@ def test_camera_stalled_4s_only_parts_triggered_meanwhile_are_incomplete(valkey)
 def back_frames_after(client: redis.Redis, after_ns: int) -> int:
     """How many frames the back camera captured after ``after_ns``."""
     entries = client.xrevrange("pg:inspection:back_cam:frames", count=50)
-    return sum(codec.decode(x, Frame).capture_ns > after_ns for _, x in entries)
+    return sum(codec.read_header(x)["data"]["capture_ns"] > after_ns for _, x in entries)
 
 
 def last_trigger_seq(client: redis.Redis) -> int:

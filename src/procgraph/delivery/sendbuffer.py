@@ -7,6 +7,11 @@ thread of the port. What the source sends while a write is in flight is queued, 
 in one pipelined write as soon as the reply of the previous one is in. So a paced source
 pays one socket write per message, and a fast one gets batches as large as the backlog.
 
+The message's arrays are the sender's: one of at least 64 KiB is written from the sender's
+own buffer (no copy) and ``send()`` returns once the broker has it, so the sender may reuse
+the buffer at once; smaller ones are copied. (Frames that go through shared memory were
+copied into the ring already.)
+
 ``flush()`` (and so ``sleep()``) returns once everything sent before it is in the broker.
 Backpressure still holds: while a lossless stream is full the write waits, the queue fills,
 and ``send()`` blocks once :attr:`SendBuffer.MAX_ENTRIES` entries or
@@ -27,6 +32,11 @@ from redis.exceptions import ResponseError
 
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.transport.writer import Fields, StreamWriter
+
+#: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
+#: written before ``send()`` returns, since the sender may reuse the buffer; a smaller one is
+#: copied when queued
+BIG_BYTES = 64 * 1024
 
 
 def _nbytes(fields: Fields) -> int:
@@ -96,6 +106,17 @@ class _PortWriter:
         self.thread.start()
 
     def add(self, fields: Fields) -> None:
+        if any(isinstance(v, memoryview) for v in fields.values()):
+            if _nbytes(fields) >= BIG_BYTES:  # the sender's own array: written before return
+                self.flush()
+                self._add(fields)
+                self.flush()
+                return
+            fields = {k: bytes(v) if isinstance(v, memoryview) else v  # a copy of its own
+                      for k, v in fields.items()}
+        self._add(fields)
+
+    def _add(self, fields: Fields) -> None:
         size = _nbytes(fields)
         with self.cond:
             self._raise_error()

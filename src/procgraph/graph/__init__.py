@@ -240,6 +240,7 @@ def load_graph(file: str | Path, env: dict[str, str] | None = None,
             max_bytes=int((over.max_mb or decl.max_mb) * 2**20),
             encoding=dict(over.encoding or decl.encoding), quality=over.quality or decl.quality,
             lossless_groups=[], readers=[],
+            shm=spec.shm if over.shm is None else over.shm, shm_mb=over.shm_mb or 64.0,
         )
 
     outputs = {(n, p): out_plan(n, p) for n, cls in classes.items() for p in cls.outputs}

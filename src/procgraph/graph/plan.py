@@ -41,6 +41,10 @@ class OutputPlan(_Strict):
     quality: int
     lossless_groups: list[str]
     readers: list[str]
+    #: large raw arrays through shared memory where every reader is on this host
+    shm: bool = True
+    #: the size of each replica's ring for this port, MiB
+    shm_mb: float = 64.0
 
 
 class AgentPlan(_Strict):

@@ -149,6 +149,11 @@ class OutputSpec(_Strict):
     max_mb: float | None = Field(None, gt=0)
     encoding: dict[str, Literal["raw", "jpeg", "png"]] | None = None
     quality: int | None = Field(None, ge=1, le=100)
+    shm: bool | None = Field(None, description=(
+        "large raw arrays through shared memory when every reader runs on this host as a "
+        "process (default: the graph's shm, on); false: always inline in the stream"))
+    shm_mb: float | None = Field(None, gt=0, le=65536, description=(
+        "size of each replica's shared-memory ring for this port in MiB (default 64)"))
 
 
 class ResourcesSpec(_Strict):
@@ -239,3 +244,6 @@ class GraphSpec(_Strict):
         "the supervisor's Prometheus endpoint {enabled, host, port}"))
     logs: LogsSpec = Field(default_factory=LogsSpec, description=(
         "the line's log files {dir, max_mb, keep}"))
+    shm: bool = Field(True, description=(
+        "frames through shared memory between processes of one host (claim-check; "
+        "docs/wire-format.md); false: every port inline"))

@@ -21,14 +21,17 @@ from procgraph.settings import load_settings
 __all__ = ["AgentRunner", "configure_logging", "run_replica"]
 
 
-def run_replica(plan: GraphPlan, agent: str, replica: int, urls: dict[str, str]) -> None:
+def run_replica(plan: GraphPlan, agent: str, replica: int, urls: dict[str, str],
+                parent: str = "supervisor") -> None:
     """Run one replica of ``agent`` in this process until SIGTERM/SIGINT (``procgraph agent``).
 
     ``urls`` maps each broker name of the graph to its URL. Logging is at
     ``$PROCGRAPH_LOG_LEVEL`` (``@pg`` records under the supervisor, which files them; plain
     lines with the time alone). Under a supervisor the replica also stops when the
-    supervisor is gone. A crash (any exception out of the agent) is logged with its
-    traceback, and the process exits with code 1 for the supervisor to restart it.
+    supervisor is gone (its parent process, named ``parent`` in the message: the
+    supervisor, or the line's fork server, :mod:`procgraph.forkserver`). A crash (any
+    exception out of the agent) is logged with its traceback, and the process exits with
+    code 1 for the supervisor to restart it.
     """
     settings = load_settings()
     supervised = settings.supervised
@@ -37,7 +40,7 @@ def run_replica(plan: GraphPlan, agent: str, replica: int, urls: dict[str, str])
         runner = AgentRunner(plan, agent, replica, urls)
         runner.install_signal_handlers()
         if supervised:
-            runner.watch_parent()
+            runner.watch_parent(parent)
         runner.run()
     except Exception as exc:
         logging.getLogger("procgraph.runtime").critical(

@@ -22,6 +22,7 @@ import redis
 from procgraph.agent import Agent
 from procgraph.constants import stopping_key
 from procgraph.context import AgentContext
+from procgraph.delivery import claimcheck
 from procgraph.delivery.sendbuffer import SendBuffer
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan, import_agent
@@ -59,9 +60,13 @@ class AgentRunner:
         self._clients: dict[str, redis.Redis] = {}
         marked = Marked(plan.file, None, {})  # type: ignore[arg-type]
         self.cls = import_agent(self.spec.class_path, marked, ())
+        on_node = plan.agents_on(self.spec.node)  # node None: the whole graph, one host
         ctx = AgentContext(
             graph=plan.name, agent=agent, replica=replica, graph_dir=plan.graph_dir,
             redis_factory=lambda: self.client(self.spec.broker),
+            replicas_on_node=max(1, sum(a.replicas for a in on_node)),
+            class_replicas_on_node=max(1, sum(a.replicas for a in on_node
+                                              if a.class_path == self.spec.class_path)),
         )
         self.agent: Agent = self.cls(self.cls.Params.model_validate(self.spec.params), ctx)
         self.binding = self.agent.binding
@@ -78,6 +83,7 @@ class AgentRunner:
                                                   on_wait=self.binding.touch)
             encodings[out.port] = {f: (e, out.quality) for f, e in out.encoding.items()}
         self.outbox = Outbox(self.writers, encodings)
+        claimcheck.attach(self)  # same-host frames through shared memory (stash, on_sent)
         self.binding.bind_outputs(self.outbox.deliver)
         self.readers: list[GroupReader] = []
         by_broker: dict[str, list[ReadSpec]] = {}
@@ -120,18 +126,20 @@ class AgentRunner:
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
 
-    def watch_parent(self) -> None:
+    def watch_parent(self, name: str = "supervisor") -> None:
         """Under a supervisor: stop when it is gone (this process's parent changes).
 
-        The supervisor's guard process stops its replicas too; this is the replica's own
-        check. Stops like SIGTERM, and exits hard if that takes over ``ORPHAN_EXIT_S``.
+        The parent is the supervisor, or the line's fork server (``name`` says which in the
+        message), which exits as soon as the supervisor does. The supervisor's guard process
+        stops its replicas too; this is the replica's own check. Stops like SIGTERM, and
+        exits hard if that takes over ``ORPHAN_EXIT_S``.
         """
         parent = os.getppid()
 
         def watch() -> None:
             while os.getppid() == parent:
                 time.sleep(0.25)
-            log.warning("supervisor (pid %d) is gone: stopping", parent)
+            log.warning("%s (pid %d) is gone: stopping", name, parent)
             self.stop_event.set()
             time.sleep(ORPHAN_EXIT_S)
             os._exit(1)
@@ -172,7 +180,7 @@ class AgentRunner:
             self.agent.run()
         finally:
             with contextlib.suppress(InterruptedError, *TRANSIENT):
-                buffer.flush()
+                buffer.close()
 
     def _shut_down(self) -> None:
         self.stop_event.set()
