@@ -90,17 +90,22 @@ def run_procgraph(count: int, rate: float) -> dict:
             "incomplete": sum(o.outcome == "incomplete" for o in outs)}
 
 
-class _Model:
-    def __init__(self, path: Path) -> None:
+class Model:
+    """One ONNX classifier as a plain onnxruntime loop runs it (``threads`` 0: ORT's default)."""
+
+    def __init__(self, path: Path, threads: int = 0) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
         self.sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.sess.get_inputs()[0]
         self.name = inp.name
         self.hw = (int(inp.shape[2]), int(inp.shape[3]))  # NCHW, fixed H and W
 
     def defective(self, img: np.ndarray) -> bool:
+        """Resize, normalise, run; True when the 'defective' score is at least 0.5."""
         h, w = self.hw
         x = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
         x = ((x - 0.5) / 0.5)[None, None]
@@ -108,12 +113,18 @@ class _Model:
         return bool(probs[1] >= 0.5)
 
 
+def defects_outcome(front: bool, back: bool) -> str:
+    """The join's outcome name for the two views' defect decisions."""
+    return {(False, False): "ok", (True, False): "defective_front",
+            (False, True): "defective_back", (True, True): "defective_both"}[(front, back)]
+
+
 def run_baseline(count: int, rate: float) -> dict:
     """The same work in one loop: render, infer, decide, write to the PLC."""
     plc_port = free_port()
     plc = SimulatedPlc("127.0.0.1", plc_port)
     plc.start_thread()
-    models = {v: _Model(ROOT / "models" / f"parts-{v}.onnx") for v in ("front", "back")}
+    models = {v: Model(ROOT / "models" / f"parts-{v}.onnx") for v in ("front", "back")}
     writer = PlcWriter.tcp("127.0.0.1", plc_port)
     writer.connect()
     lat, right = [], 0
@@ -128,9 +139,7 @@ def run_baseline(count: int, rate: float) -> dict:
             capture = time.time_ns()
             spec = parts.make_part(n, np.random.default_rng([7, n]), 0.25)
             bad = {v: models[v].defective(parts.render_view(spec, v)) for v in models}
-            outcome = {(False, False): "ok", (True, False): "defective_front",
-                       (False, True): "defective_back", (True, True): "defective_both"}[
-                (bad["front"], bad["back"])]
+            outcome = defects_outcome(bad["front"], bad["back"])
             writer.write_outcome(writer.next_seq, f"part-{n}", outcome, outcome != "ok")
             lat.append((time.time_ns() - capture) / 1e6)
             right += (outcome != "ok") == spec.defective

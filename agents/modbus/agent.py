@@ -21,8 +21,9 @@ class ModbusPlcAgent(Agent):
     (pruned after ``done_ttl_s``) and the Modbus client remembers the part the PLC holds,
     so a redelivered outcome is never written twice. Every part written is emitted on
     ``written`` with ``part_seq`` and ``plc_written_ns`` set. The handshake and register
-    map are in :mod:`procgraph.agents.modbus.client` and ``docs/agents/modbus.md``. Run one
-    replica: the handshake is a single conversation.
+    map are in :mod:`procgraph.agents.modbus.client` and ``docs/agents/modbus.md``; with
+    ``slots`` > 1 the PLC has a mailbox of that many result slots, so a fast line is not held
+    to one part per PLC scan. Run one replica: the handshake is a single conversation.
     """
 
     class Params(Agent.Params):
@@ -35,6 +36,10 @@ class ModbusPlcAgent(Agent):
         base: int = Field(0, ge=0, description="first holding register (0-based)")
         use_coil_for_ready: bool = False
         ready_coil: int = 0
+        slots: int = Field(1, ge=1, le=64, description="mailbox slots (1: the single-slot "
+                           "handshake); the PLC program must implement as many")
+        taken_seq: bool = Field(False, description="the PLC writes the seq of each part it "
+                                "takes after the last slot (closes the restart window)")
         outcome_aliases: dict[str, str] = Field(
             default_factory=dict, description="outcome name -> register-map outcome name, "
             "e.g. {defective_top: defective_front} for a join with other view names")
@@ -52,7 +57,8 @@ class ModbusPlcAgent(Agent):
     def endpoints(cls, params: Any) -> dict[str, str]:
         """The PLC this agent writes to."""
         where = params.rtu_device or f"{params.host}:{params.port}"
-        return {"PLC": f"{where} unit {params.unit_id}, registers from {params.base}"}
+        slots = f", {params.slots} slots" if params.slots > 1 else ""
+        return {"PLC": f"{where} unit {params.unit_id}, registers from {params.base}{slots}"}
 
     def setup(self) -> None:
         """Build the Modbus writer (it connects on the first part)."""
@@ -60,7 +66,8 @@ class ModbusPlcAgent(Agent):
         from procgraph.agents.modbus.registers import RegisterMap
 
         p = self.params
-        regmap = RegisterMap(unit_id=p.unit_id, base=p.base,
+        regmap = RegisterMap(unit_id=p.unit_id, base=p.base, slots=p.slots,
+                             taken_seq=p.taken_seq,
                              use_coil_for_ready=p.use_coil_for_ready, ready_coil=p.ready_coil)
         if p.rtu_device:
             self.plc = PlcWriter.rtu(p.rtu_device, p.baudrate, regmap, parity=p.parity)
@@ -73,7 +80,8 @@ class ModbusPlcAgent(Agent):
         self.counts: dict[str, int] = {}
         self.last_summary = time.monotonic()
         self.last_prune = 0.0
-        self.log.info("PLC at %s, unit %d, registers from %d", where, p.unit_id, p.base)
+        self.log.info("PLC at %s, unit %d, registers from %d%s", where, p.unit_id, p.base,
+                      f", {p.slots} mailbox slots" if p.slots > 1 else "")
 
     def teardown(self) -> None:
         """Close the PLC connection."""

@@ -6,7 +6,10 @@ programmer sees it.
 
 Delivery rules, in one place:
 
-* A part is written only when the PLC has taken the previous one (``result_ready == 0``).
+* A part is written only into a mailbox slot the PLC has emptied (``result_ready == 0``):
+  with one slot (the default) that means once the PLC has taken the previous part; with
+  ``slots = N`` the parts go round the N slots in turn (slot 0, 1, .., N-1, 0, ..), so the
+  writer waits only when the PLC has not yet taken the part written N parts before.
 * Data first (one ``write_registers`` request), then ``result_ready = 1``, each checked by
   read-back. pymodbus' own request retries are disabled (``retries=0``): a blind resend of
   ``result_ready = 1`` after the PLC already took the part would make it take the part twice.
@@ -38,7 +41,7 @@ from pymodbus.client import ModbusSerialClient, ModbusTcpClient
 from pymodbus.client.base import ModbusBaseSyncClient
 from pymodbus.exceptions import ModbusException
 
-from .link import ModbusRequests, PlcState, PlcUnavailable
+from .link import ModbusRequests, PlcState, PlcUnavailable, newest
 from .registers import DEFAULT_REGISTER_MAP, U32_MAX, RegisterMap
 
 __all__ = ["PlcState", "PlcUnavailable", "PlcWriter"]
@@ -92,8 +95,9 @@ class PlcWriter(ModbusRequests):
         self._client: ModbusBaseSyncClient | None = None
         self._recent: OrderedDict[str, int] = OrderedDict()
         self._remember = max(1, remember_keys)
-        # (seq, key, stage) of a part whose write did not complete in this process.
-        self._pending: tuple[int, str, _Stage] | None = None
+        # (seq, key, stage, slot) of a part whose write did not complete in this process.
+        self._pending: tuple[int, str, _Stage, int] | None = None
+        self._slot = 0  # the mailbox slot of the next new part
 
     # ------------------------------------------------------------------ constructors
     @classmethod
@@ -194,10 +198,12 @@ class PlcWriter(ModbusRequests):
         return self._recent.get(key)
 
     def connect(self) -> None:
-        """Open the connection and read the PLC's registers once.
+        """Open the connection and read the PLC's registers once (every slot).
 
-        The part the PLC holds (the last ``seq`` and ``key`` it was given) becomes
-        ``last_written_seq`` / ``last_written_key`` and a known key, so :attr:`next_seq`
+        The part the PLC holds (the last ``seq`` and ``key`` it was given; with several
+        slots, the newest of them) becomes ``last_written_seq`` / ``last_written_key``, the
+        keys of every slot become known keys, and the next part goes to the slot after the
+        newest one, so :attr:`next_seq`
         continues the PLC's sequence and a redelivered last part is not written again, also
         when the writer has no memory of its own (a new process, its state lost with a
         broker). The writer's own unfinished write is left to the retry.
@@ -216,15 +222,24 @@ class PlcWriter(ModbusRequests):
                 client.close()
                 raise self._unavailable("cannot connect")
             self._client = client
-        state = self.read_state()
+        states = self.read_slots()
+        for other in states:  # every part in the mailbox was delivered, save our own unflagged
+            pend = self._pending
+            if (other.key and other.key.isascii() and other.key != "\ufffd"
+                    and (pend is None or (pend[0], pend[1]) != (other.seq, other.key))):
+                self._remember_key(other.key, other.seq)
+        state = newest(states)
         self._adopt(state)
+        if self.regmap.taken_seq and self._pending is None and not state.ready:
+            self._flag_if_never_taken(state)
         log.info(
-            "connected to PLC %s (%s); PLC holds seq=%d key=%r ready=%d",
+            "connected to PLC %s (%s); PLC holds seq=%d key=%r ready=%d%s",
             self.endpoint,
             self.regmap.describe(),
             state.seq,
             state.key,
             state.ready,
+            f" in slot {state.slot}; next part to slot {self._slot}" if len(states) > 1 else "",
         )
 
     def _adopt(self, state: PlcState) -> None:
@@ -249,6 +264,28 @@ class PlcWriter(ModbusRequests):
                         self.last_written_seq, self.last_written_key)
         self.last_written_seq, self.last_written_key = state.seq, state.key
         self._remember_key(state.key, state.seq)
+        self._slot = (state.slot + 1) % self.regmap.slots
+
+    def _flag_if_never_taken(self, state: PlcState) -> None:
+        """With ``taken_seq``: the newest part, not flagged, that the PLC never took was left
+        by a writer that stopped between the data write and the flag: flag it now."""
+        if not state.key or state.key == "\ufffd" or not state.key.isascii():
+            return
+        if self._never_taken(state.seq):
+            log.warning("PLC holds seq=%d key=%r in slot %d, never flagged nor taken: a "
+                        "writer stopped between the data write and the flag; flagging it now",
+                        state.seq, state.key, state.slot)
+            self._set_ready(state.seq, state.key, state.slot)
+            self._done(state.seq, state.key, state.slot)
+
+    def _never_taken(self, seq: int) -> bool:
+        """With ``taken_seq``: True when the PLC's ``taken_seq`` is before ``seq`` (it has
+        not taken that part). Without it the writer cannot tell: False."""
+        if not self.regmap.taken_seq:
+            return False
+        hi, lo = self._call("read taken_seq", self._read_registers,
+                            self.regmap.taken_seq_address, 2)
+        return 0 < (seq - (hi << 16 | lo)) % (U32_MAX + 1) < 1 << 31
 
     def close(self) -> None:
         """Close the connection (safe to call twice). The writer can connect again later."""
@@ -266,14 +303,24 @@ class PlcWriter(ModbusRequests):
         self.close()
 
     # ------------------------------------------------------------------ reading
-    def read_state(self) -> PlcState:
-        """Read the data registers and ``result_ready`` (connects if needed).
+    def read_state(self, slot: int = 0) -> PlcState:
+        """Read the data registers and ``result_ready`` of one mailbox slot (connects if
+        needed).
 
         Raises:
             PlcUnavailable: I/O failure or an exception response from the PLC.
         """
+        rm = self.regmap.slot(slot)
+        regs, ready = self._call("read the data registers and result_ready", self._read_all, rm)
+        return self._state(slot, regs, ready)
+
+    def read_slots(self) -> list[PlcState]:
+        """Read every mailbox slot (one request for up to 5 slots of the default size)."""
+        got = self._call("read the mailbox slots", self._read_slots)
+        return [self._state(i, regs, ready) for i, (regs, ready) in enumerate(got)]
+
+    def _state(self, slot: int, regs: list[int], ready: bool) -> PlcState:
         rm = self.regmap
-        regs, ready = self._call("read the data registers and result_ready", self._read_all)
         try:
             key = rm.decode_key(regs[2 : 2 + rm.key_registers])
         except ValueError:
@@ -284,6 +331,7 @@ class PlcWriter(ModbusRequests):
             outcome_code=regs[rm.outcome_offset],
             reject=regs[rm.reject_offset],
             ready=ready,
+            slot=slot,
         )
 
     # ------------------------------------------------------------------ writing
@@ -319,33 +367,35 @@ class PlcWriter(ModbusRequests):
                 )
             return
         deadline = time.monotonic() + timeout_s
-        rm = self.regmap
-        state = self.read_state()
+        pending = self._pending
+        slot = pending[3] if pending is not None and pending[:2] == (seq, key) else self._slot
+        rm = self.regmap.slot(slot)
+        state = self.read_state(slot)
         if state.holds(seq, key):
-            pending = self._pending
-            if not state.ready and pending is not None and pending == (seq, key, "data_sent"):
+            if not state.ready and (pending == (seq, key, "data_sent", slot) or (
+                    pending == (seq, key, "ready_sent", slot) and self._never_taken(seq))):
                 log.info("PLC holds seq=%d key=%r but was never flagged; flagging", seq, key)
-                self._set_ready(seq, key)
+                self._set_ready(seq, key, slot)
             else:
                 log.info(
                     "PLC already holds seq=%d key=%r (earlier write went through); not rewriting",
                     seq,
                     key,
                 )
-            self._done(seq, key)
+            self._done(seq, key, slot)
             return
         # The PLC must have taken the previous part before its data registers are overwritten.
         while state.ready:
             if time.monotonic() >= deadline:
                 raise PlcUnavailable(
                     f"PLC at {self.endpoint} did not clear result_ready "
-                    f"({self._ready_name()}) within {timeout_s:g} s; the previous part "
+                    f"({self._ready_name(rm)}) within {timeout_s:g} s; the previous part "
                     f"(seq={state.seq} key={state.key!r}) is still waiting to be taken. Check "
                     "that the PLC program is running and clears result_ready after reading."
                 )
             time.sleep(self.poll_interval_s)
-            state = self.read_state()
-        self._pending = (seq, key, "data_sent")
+            state = self.read_state(slot)
+        self._pending = (seq, key, "data_sent", slot)
         self._call("write the data registers", self._write_registers, rm.data_address, data)
         back = self._call(
             "read back the data registers", self._read_registers, rm.data_address, len(data)
@@ -357,14 +407,14 @@ class PlcWriter(ModbusRequests):
                 f"{rm.data_address}..{rm.data_address + len(data) - 1} (read back differs); "
                 "check that nothing else writes there and that the base address is right"
             )
-        self._set_ready(seq, key)
-        self._done(seq, key)
+        self._set_ready(seq, key, slot)
+        self._done(seq, key, slot)
 
     # ------------------------------------------------------------------ internals
-    def _set_ready(self, seq: int, key: str) -> None:
-        self._pending = (seq, key, "ready_sent")
-        self._call("set result_ready", self._write_ready)
-        state = self.read_state()
+    def _set_ready(self, seq: int, key: str, slot: int) -> None:
+        self._pending = (seq, key, "ready_sent", slot)
+        self._call("set result_ready", self._write_ready, self.regmap.slot(slot))
+        state = self.read_state(slot)
         # ready == 1: waiting for the PLC; ready == 0 with our data: the PLC already took it.
         if not state.holds(seq, key):
             self.close()
@@ -374,8 +424,9 @@ class PlcWriter(ModbusRequests):
                 "is another writer using the same registers?"
             )
 
-    def _done(self, seq: int, key: str) -> None:
+    def _done(self, seq: int, key: str, slot: int) -> None:
         self._pending = None
+        self._slot = (slot + 1) % self.regmap.slots
         self.last_written_seq, self.last_written_key = seq, key
         self._remember_key(key, seq)
 

@@ -19,6 +19,10 @@ first character in the HIGH byte (``reg = ord(c0) << 8 | ord(c1)``); unused char
 0 (NUL). The ready flag can live in a coil instead (``use_coil_for_ready=True``), and its
 holding-register offset can be moved with ``ready_offset``.
 
+The mailbox can have ``slots`` such blocks (default 1, the layout above): slot ``i`` is the
+same block ``i * slot_stride`` registers further on (21 with the defaults; its ready coil, if
+coils are used, is ``ready_coil + i``), see ``docs/agents/modbus.md`` ("Mailbox of N slots").
+
 The ``key_registers`` count (default 16 = 32 characters) is a parameter; a key longer than
 ``2 * key_registers`` characters is refused with :class:`ValueError`, never truncated:
 two parts whose keys share the first 32 characters would otherwise look identical to the
@@ -31,7 +35,7 @@ This module has no I/O and no dependency on pymodbus: it is shared by the writer
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 #: Outcome name -> code written to the ``outcome`` register.
 OUTCOME_CODES: dict[str, int] = {
@@ -51,6 +55,8 @@ KEY_OFFSET = 2
 DEFAULT_KEY_REGISTERS = 16
 
 U32_MAX = 0xFFFF_FFFF
+#: Most mailbox slots a map may have.
+MAX_SLOTS = 64
 
 
 def outcome_code(outcome: str | int) -> int:
@@ -101,6 +107,11 @@ class RegisterMap:
         ready_coil: 0-based coil address of the ready flag when ``use_coil_for_ready``.
         ready_offset: holding-register offset of ``result_ready`` from ``base``; ``None`` means
             right after the data block (offset 20 with the default key size).
+        slots: mailbox slots (1..64): that many copies of the block, back to back, each with
+            its own ``result_ready``. 1 (the default) is the single-slot handshake.
+        taken_seq: the PLC also writes the ``seq`` of each part it takes into a u32 right
+            after the last slot (``taken_seq_address``), so that a writer that died between
+            the data write and the flag can tell "never flagged" from "taken". Off by default.
     """
 
     unit_id: int = 1
@@ -109,8 +120,12 @@ class RegisterMap:
     use_coil_for_ready: bool = False
     ready_coil: int = 0
     ready_offset: int | None = None
+    slots: int = 1
+    taken_seq: bool = False
 
     def __post_init__(self) -> None:
+        if not 1 <= self.slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be 1..{MAX_SLOTS}, got {self.slots}")
         if not 0 <= self.unit_id <= 255:
             raise ValueError(f"unit_id must be 0..255, got {self.unit_id}")
         if not 1 <= self.key_registers <= 100:
@@ -124,8 +139,9 @@ class RegisterMap:
                 f"ready_offset {self.ready_offset} overlaps the data registers "
                 f"(offsets 0..{self.data_count - 1})"
             )
-        if not 0 <= self.ready_coil <= 0xFFFF:
-            raise ValueError(f"ready_coil must be 0..65535, got {self.ready_coil}")
+        if not 0 <= self.ready_coil <= 0x10000 - self.slots:
+            raise ValueError(f"ready_coil must be 0..{0x10000 - self.slots} with {self.slots} "
+                             f"slot(s), got {self.ready_coil}")
         if self.span_end > 0x10000:
             raise ValueError(f"register map does not fit below address 65535 (base={self.base})")
 
@@ -191,13 +207,35 @@ class RegisterMap:
         return (not self.use_coil_for_ready) and self.ready_address == self.base + self.data_count
 
     @property
-    def span_end(self) -> int:
-        """One past the highest holding-register address used by the map."""
-        end = self.base + self.data_count
+    def slot_stride(self) -> int:
+        """Holding registers one slot takes (the data block, and ``result_ready`` unless it
+        is a coil): slot ``i`` starts at ``base + i * slot_stride``."""
+        span = self.data_count
         if not self.use_coil_for_ready:
             offset = self.data_count if self.ready_offset is None else self.ready_offset
-            end = max(end, self.base + offset + 1)
-        return end
+            span = max(span, offset + 1)
+        return span
+
+    @property
+    def span_end(self) -> int:
+        """One past the highest holding-register address used by the map (all slots, and
+        ``taken_seq`` when the PLC writes it)."""
+        return self.taken_seq_address + (2 if self.taken_seq else 0)
+
+    @property
+    def taken_seq_address(self) -> int:
+        """Address of ``taken_seq`` (high word; low word at +1): right after the last slot."""
+        return self.base + self.slots * self.slot_stride
+
+    def slot(self, index: int) -> RegisterMap:
+        """The single-slot map of mailbox slot ``index`` (0-based): the same layout moved
+        ``index * slot_stride`` registers on (and ``index`` coils on, for a ready coil)."""
+        if not 0 <= index < self.slots:
+            raise ValueError(f"slot must be 0..{self.slots - 1}, got {index}")
+        if self.slots == 1 and not self.taken_seq:
+            return self
+        return replace(self, base=self.base + index * self.slot_stride,
+                       ready_coil=self.ready_coil + index, slots=1, taken_seq=False)
 
     # ----- codec -----
     def encode_key(self, key: str) -> list[int]:
@@ -271,6 +309,13 @@ class RegisterMap:
             if self.use_coil_for_ready
             else f"holding register {self.ready_address}"
         )
+        if self.slots > 1:
+            return (
+                f"unit {self.unit_id}, {self.slots} slots of {self.slot_stride} holding "
+                f"registers from {self.base} (slot 0: seq, key, outcome, reject at "
+                f"{self.base}..{self.base + self.data_count - 1}, result_ready at {ready}; "
+                f"slot i {self.slot_stride}*i further on)"
+            )
         return (
             f"unit {self.unit_id}, holding registers {self.base}..{self.base + self.data_count - 1}"
             f" (seq, key, outcome, reject), result_ready at {ready}"

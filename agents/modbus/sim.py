@@ -3,11 +3,15 @@
 The server exposes the register map of :mod:`procgraph.agents.modbus.registers`. The PLC
 program polls ``result_ready`` every ``poll_interval_s`` (10 ms); when it is 1 it reads the
 part (seq, key, outcome, reject), logs one line, records it and clears ``result_ready``,
-exactly as the real PLC program is expected to.
+exactly as the real PLC program is expected to. With a mailbox of N slots it takes, each
+scan, every slot whose flag is 1, the lowest ``seq`` first (docs/agents/modbus.md); with
+``taken_seq`` it writes each part's seq there before clearing the flag.
 
 It also watches the writer's behaviour: a second part with a key already seen (a duplicate)
-is logged at ERROR level, gaps in ``seq`` are counted, and handshake violations (data
-registers written while ``result_ready`` is still 1) are recorded in ``violations``.
+is logged at ERROR level, gaps in ``seq`` are counted, handshake violations (data
+registers written while ``result_ready`` is still 1) are recorded in ``violations``, and
+parts whose data was written but never flagged (a writer killed between the two requests:
+the documented residual window) are listed in ``unflagged``.
 
 Register memory survives :meth:`SimulatedPlc.stop` / :meth:`SimulatedPlc.start` on the same
 object, like a PLC with retentive memory being power-cycled.
@@ -21,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import threading
 import time
 from collections import Counter
@@ -74,6 +77,8 @@ class SimulatedPlc:
         self.invalid: list[str] = []
         self.hold = False
         self._seen_keys: Counter[str] = Counter()
+        self._dirty: dict[int, bool] = {}  # slot -> data written by a client, not yet flagged
+        self._unflagged: list[str] = []  # keys overwritten before they were ever flagged
         self._gaps: list[tuple[int, int]] = []
         self._cond = threading.Condition()
         self._server: ModbusTcpServer | None = None
@@ -81,7 +86,8 @@ class SimulatedPlc:
         self._internal = False  # True while the PLC program itself accesses the registers
         n = regmap.span_end - regmap.base
         self._memory: list[int] = [0] * n  # retained holding registers base..span_end-1
-        self._memory_coil = False
+        self._memory_coil = [False] * regmap.slots
+        self._image: list[int] = list(self._memory)  # the registers as last read
         # thread helper state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -96,7 +102,8 @@ class SimulatedPlc:
         if self._server is not None:
             raise RuntimeError("SimulatedPlc already started")
         rm = self.regmap
-        coils = [SimData(address=rm.ready_coil, values=[self._memory_coil], datatype=DataType.BITS)]
+        coils = [SimData(address=rm.ready_coil, values=list(self._memory_coil),
+                         datatype=DataType.BITS)]
         device = SimDevice(
             id=rm.unit_id,
             simdata=(
@@ -129,8 +136,11 @@ class SimulatedPlc:
             self._program = None
         if self._server is not None:
             try:
-                regs, coil = await self._read_memory()
-                self._memory, self._memory_coil = regs, coil
+                regs, _ = await self._read_memory()
+                coil = await self._server.async_getValues(
+                    self.regmap.unit_id, _FC_READ_COILS, self.regmap.ready_coil,
+                    self.regmap.slots)
+                self._memory, self._memory_coil = regs, [bool(c) for c in coil]
             finally:
                 await self._server.shutdown()
                 self._server = None
@@ -194,7 +204,24 @@ class SimulatedPlc:
                 "gaps": [{"expected": a, "got": b} for a, b in self._gaps],
                 "violations": list(self.violations),
                 "invalid": list(self.invalid),
+                "unflagged": self.unflagged(),
             }
+
+    def unflagged(self) -> list[str]:
+        """Keys of parts whose data a client wrote but never flagged: overwritten since, or
+        still in a slot with ``result_ready = 0`` (the writer died between the two writes)."""
+        with self._cond:
+            held = [self._slot_key(i) for i, dirty in self._dirty.items() if dirty]
+            return self._unflagged + [k for k in held if k]
+
+    def _slot_key(self, slot: int) -> str:
+        """The key in a slot of the retained memory image (the last one read), or ''."""
+        rm = self.regmap
+        off = slot * rm.slot_stride + 2
+        try:
+            return rm.decode_key(self._image[off : off + rm.key_registers])
+        except ValueError:
+            return ""
 
     # ------------------------------------------------------------------ PLC program
     async def _run_program(self) -> None:
@@ -208,24 +235,34 @@ class SimulatedPlc:
                 log.exception("simulated PLC program scan failed")
 
     async def _scan(self) -> None:
+        """One PLC scan: take every slot whose ``result_ready`` is 1, the lowest seq first."""
         assert self._server is not None
-        rm = self.regmap
         self._internal = True
         try:
-            if not await self._get_ready():
+            regs, flags = await self._read_memory()
+            ready = [i for i, f in enumerate(flags) if f]
+            if not ready:
                 return
-            regs = await self._server.async_getValues(
-                rm.unit_id, _FC_READ_HOLDING, rm.data_address, rm.data_count
-            )
-            self._take([int(r) for r in regs])
-            if rm.use_coil_for_ready:
-                await self._server.async_setValues(
-                    rm.unit_id, _FC_WRITE_COIL, rm.ready_address, [False]
-                )
-            else:
-                await self._server.async_setValues(
-                    rm.unit_id, _FC_WRITE_REGISTER, rm.ready_address, [0]
-                )
+            stride, count = self.regmap.slot_stride, self.regmap.data_count
+            blocks = {i: regs[i * stride : i * stride + count] for i in ready}
+            last = self.received[-1]["seq"] if self.received else 0
+            # oldest first: seq counted on from the last part taken (modulo 2**32)
+            for i in sorted(ready, key=lambda i: ((blocks[i][0] << 16 | blocks[i][1]) - last)
+                            % (1 << 32)):
+                self._take(blocks[i])
+                if self.regmap.taken_seq:  # the part's seq, before its flag is cleared
+                    await self._server.async_setValues(
+                        self.regmap.unit_id, _FC_WRITE_REGISTERS,
+                        self.regmap.taken_seq_address, blocks[i][:2])
+                rm = self.regmap.slot(i)
+                if rm.use_coil_for_ready:
+                    await self._server.async_setValues(
+                        rm.unit_id, _FC_WRITE_COIL, rm.ready_address, [False]
+                    )
+                else:
+                    await self._server.async_setValues(
+                        rm.unit_id, _FC_WRITE_REGISTER, rm.ready_address, [0]
+                    )
         finally:
             self._internal = False
 
@@ -267,9 +304,8 @@ class SimulatedPlc:
             )
 
     # ------------------------------------------------------------------ register access
-    async def _get_ready(self) -> bool:
+    async def _get_ready(self, rm: RegisterMap) -> bool:
         assert self._server is not None
-        rm = self.regmap
         if rm.use_coil_for_ready:
             bits = await self._server.async_getValues(
                 rm.unit_id, _FC_READ_COILS, rm.ready_address, 1
@@ -278,18 +314,26 @@ class SimulatedPlc:
         regs = await self._server.async_getValues(rm.unit_id, _FC_READ_HOLDING, rm.ready_address, 1)
         return bool(regs[0])
 
-    async def _read_memory(self) -> tuple[list[int], bool]:
+    async def _read_memory(self) -> tuple[list[int], list[bool]]:
+        """The whole register image and every slot's ready flag (also kept in ``_image``)."""
         assert self._server is not None
         rm = self.regmap
-        self._internal = True
+        internal, self._internal = self._internal, True
         try:
             regs = await self._server.async_getValues(
                 rm.unit_id, _FC_READ_HOLDING, rm.base, rm.span_end - rm.base
             )
-            coil = await self._server.async_getValues(rm.unit_id, _FC_READ_COILS, rm.ready_coil, 1)
+            coil = await self._server.async_getValues(
+                rm.unit_id, _FC_READ_COILS, rm.ready_coil, rm.slots
+            )
         finally:
-            self._internal = False
-        return [int(r) for r in regs], bool(coil[0])
+            self._internal = internal
+        image = [int(r) for r in regs]
+        self._image = image
+        if rm.use_coil_for_ready:
+            return image, [bool(c) for c in coil[: rm.slots]]
+        off = rm.ready_address - rm.base
+        return image, [bool(image[i * rm.slot_stride + off]) for i in range(rm.slots)]
 
     async def _on_access(
         self,
@@ -303,7 +347,14 @@ class SimulatedPlc:
         """Datastore hook, called on every request: records handshake violations."""
         if self._internal or function_code not in _WRITE_FCS or set_values is None:
             return None
-        rm = self.regmap
+        for slot in range(self.regmap.slots):
+            await self._check_slot(slot, function_code, address, count, set_values)
+        return None
+
+    async def _check_slot(self, slot: int, function_code: int, address: int, count: int,
+                          set_values: list[int] | list[bool]) -> None:
+        """Record the handshake violations of one client write on one mailbox slot."""
+        rm = self.regmap.slot(slot)
         is_coil = function_code in (_FC_WRITE_COIL, _FC_WRITE_COILS)
         data_lo, data_hi = rm.data_address, rm.data_address + rm.data_count
         touches_data = not is_coil and address < data_hi and address + count > data_lo
@@ -312,12 +363,26 @@ class SimulatedPlc:
         else:
             sets_ready = not is_coil and address <= rm.ready_address < address + count
         if not (touches_data or sets_ready):
-            return None
+            return
         self._internal = True
         try:
-            ready = await self._get_ready()
+            ready = await self._get_ready(rm)
+            if touches_data and self._dirty.get(slot):  # the part there was never flagged
+                await self._read_memory()
+                old = self._slot_key(slot)
+                new = self.regmap.decode_key([int(v) for v in set_values[2 : 2 + rm.key_registers]]
+                                             ) if address == data_lo and count >= 2 else ""
+                if old and old != new:
+                    with self._cond:
+                        self._unflagged.append(old)
+        except ValueError:
+            pass
         finally:
             self._internal = False
+        if touches_data:
+            self._dirty[slot] = True
+        if sets_ready and any(set_values):
+            self._dirty[slot] = False
         if ready and touches_data:
             self._violation(
                 f"data registers {address}..{address + count - 1} written while "
@@ -330,7 +395,6 @@ class SimulatedPlc:
             )
         if sets_ready and touches_data:
             self._violation("data and result_ready written in the same request")
-        return None
 
     def _violation(self, msg: str) -> None:
         log.error("PLC HANDSHAKE VIOLATION: %s", msg)
@@ -346,56 +410,3 @@ def run_in_thread(
     plc.start_thread()
     return plc
 
-
-def format_summary(summary: dict[str, Any]) -> str:
-    """:meth:`SimulatedPlc.summary` as one line: parts by outcome, rejects, and any
-    duplicate keys, seq gaps, handshake violations or invalid writes (named)."""
-    outcomes = ", ".join(f"{k} {v}" for k, v in summary["outcomes"].items() if v) or "none"
-    text = (f"PLC summary: {summary['parts']} parts ({outcomes}), "
-            f"{summary['rejects']} rejects")
-    problems = [f"{len(summary[k])} {label}" for k, label in (
-        ("duplicates", "duplicate keys"), ("gaps", "seq gaps"),
-        ("violations", "handshake violations"), ("invalid", "invalid writes")) if summary[k]]
-    text += "; " + ", ".join(problems) if problems else "; no duplicates, gaps or violations"
-    if summary["duplicates"]:
-        text += f"; DUPLICATES: {summary['duplicates']}"
-    return text
-
-
-def main(
-    host: str = "127.0.0.1",
-    port: int = 5020,
-    summary_every_s: float = 10.0,
-    regmap: RegisterMap = DEFAULT_REGISTER_MAP,
-) -> None:
-    """Run a simulated PLC until Ctrl-C, printing a summary every ``summary_every_s``
-    seconds (0 = only at exit) and once on exit. Entry point of ``procgraph plc-sim``."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    plc = SimulatedPlc(host, port, regmap)
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, stop.set)
-        await plc.start()
-        print(f"simulated PLC on {host}:{port}: {regmap.describe()}. Ctrl-C to stop.", flush=True)
-        try:
-            while not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(
-                        stop.wait(), summary_every_s if summary_every_s > 0 else None
-                    )
-                if summary_every_s > 0 and not stop.is_set():
-                    print(format_summary(plc.summary()), flush=True)
-        finally:
-            await plc.stop()
-
-    try:
-        asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        print(format_summary(plc.summary()), flush=True)

@@ -28,6 +28,9 @@ class SimulatedPlcAgent(Agent):
         base: int = Field(0, ge=0)
         use_coil_for_ready: bool = False
         ready_coil: int = 0
+        slots: int = Field(1, ge=1, le=64, description="mailbox slots (as the writer's)")
+        taken_seq: bool = Field(False, description="write each taken part's seq (as the "
+                                "writer's taken_seq)")
         summary_every_s: float = Field(10.0, gt=0)
 
     params: Params
@@ -47,10 +50,12 @@ class SimulatedPlcAgent(Agent):
                 pass
             return
         from procgraph.agents.modbus.registers import RegisterMap
-        from procgraph.agents.modbus.sim import SimulatedPlc, format_summary
+        from procgraph.agents.modbus.sim import SimulatedPlc
+        from procgraph.agents.modbus.sim_main import format_summary
 
         p = self.params
-        regmap = RegisterMap(unit_id=p.unit_id, base=p.base,
+        regmap = RegisterMap(unit_id=p.unit_id, base=p.base, slots=p.slots,
+                             taken_seq=p.taken_seq,
                              use_coil_for_ready=p.use_coil_for_ready, ready_coil=p.ready_coil)
         plc = SimulatedPlc(p.host, p.port, regmap)
         plc.start_thread()
@@ -64,7 +69,7 @@ class SimulatedPlcAgent(Agent):
         finally:
             summary = plc.summary()
             clean = not (summary["duplicates"] or summary["gaps"] or summary["violations"]
-                         or summary["invalid"])
+                         or summary["invalid"] or summary["unflagged"])
             self.log.log(logging.INFO if clean else logging.WARNING, "%s",
                          format_summary(summary))
             plc.stop_thread()
