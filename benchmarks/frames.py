@@ -176,7 +176,8 @@ def run_procgraph(url: str, size: int, count: int, interval_ms: float, shm: bool
                                       interval=interval_ms, ring_mb=RING_MB))
         os.environ["PYTHONPATH"] = str(HERE) + os.pathsep + os.environ.get("PYTHONPATH", "")
         plan = load_graph(graph)
-        clean_line_rings(plan, None, stopping=False)
+        urls = dict.fromkeys(plan.brokers, url)  # the supervisor's: --redis for every broker
+        clean_line_rings(plan, None, stopping=False, urls=urls)
         sup = Supervisor(plan, redis_url=url, out=io.StringIO(), colour=False)
         sup.start()
         try:
@@ -185,7 +186,7 @@ def run_procgraph(url: str, size: int, count: int, interval_ms: float, shm: bool
             _wait(sup.poll, lambda: bool(client.exists("fb:result")), WAIT_S)
         finally:
             sup.shutdown()
-            clean_line_rings(plan, None, stopping=True)
+            clean_line_rings(plan, None, stopping=True, urls=urls)
     return _result(client.get("fb:result"), count)
 
 

@@ -15,18 +15,20 @@ import time
 from pathlib import Path
 from typing import Any, Literal, Self
 
+import cv2
 import numpy as np
 from procgraph.agents.classifier.follow import REGISTRY_PREFIX, RegistryModel
 from procgraph.agents.classifier.session import (
     ModelSession,
     SessionSpec,
+    Threading,
     choose_providers,
     to_probs,
 )
 from procgraph.agents.messages import Frame, ModelInfo, Verdict
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from procgraph import Agent, Input, Output
+from procgraph import Agent, AgentContext, Input, Output
 from procgraph.registry import ModelRegistryError, check_model_file, read_model_file
 from procgraph.safetext import printable
 
@@ -65,7 +67,15 @@ class OnnxClassifier(Agent):
         positive_label: str | list[str] = "defective"
         threshold: float = Field(0.5, ge=0.0, le=1.0)
         providers: list[str] = Field(default_factory=lambda: ["CPUExecutionProvider"])
-        intra_op_threads: int = Field(0, ge=0, description="0: onnxruntime's default")
+        intra_op_threads: int | None = Field(
+            None, ge=0, description="onnxruntime intra-op threads (None: derived from the "
+            "CPUs and the replicas on the node; 0: onnxruntime's default)")
+        inter_op_threads: int | None = Field(
+            None, ge=0, description="inter-op threads, used with execution_mode parallel "
+            "(None: derived; 0: onnxruntime's default)")
+        allow_spinning: bool | None = Field(
+            None, description="let onnxruntime's idle pool threads spin (None: derived)")
+        execution_mode: Literal["sequential", "parallel"] = "sequential"
         poll_s: float = Field(0.5, gt=0, description="registry check period (registry:NAME)")
 
         @field_validator("model")
@@ -132,14 +142,22 @@ class OnnxClassifier(Agent):
             p = self.positive_label
             return [p] if isinstance(p, str) else list(p)
 
-        def session_spec(self) -> SessionSpec:
-            """The params that decide how the model is fed."""
+        def threading(self, context: AgentContext) -> Threading:
+            """onnxruntime's threading for a replica running in ``context`` (see Threading)."""
+            return Threading.choose(
+                intra=self.intra_op_threads, inter=self.inter_op_threads,
+                spinning=self.allow_spinning, parallel=self.execution_mode == "parallel",
+                cpus=context.cpus, replicas_on_node=context.replicas_on_node,
+                class_replicas_on_node=context.class_replicas_on_node)
+
+        def session_spec(self, threading: Threading | None = None) -> SessionSpec:
+            """The params that decide how the model is fed (and how onnxruntime threads)."""
             return SessionSpec(
                 input_name=self.input_name, output_name=self.output_name, layout=self.layout,
                 color=self.color, size=(self.size[0], self.size[1]) if self.size else None,
                 dtype=self.dtype, mean=tuple(self.mean) if self.mean is not None else None,
                 std=tuple(self.std) if self.std is not None else None,
-                intra_op_threads=self.intra_op_threads)
+                threading=threading)
 
     params: Params
     frames = Input(Frame, batch=8, max_wait_ms=5, doc="images to classify")
@@ -150,9 +168,13 @@ class OnnxClassifier(Agent):
         """Load the model (file or registry) and, for the registry, start following it."""
         p = self.params
         self._providers = choose_providers(p.providers, self.log)
-        self._spec = p.session_spec()
+        threads = p.threading(self.context)
+        if p.intra_op_threads is None and self.context.replicas_on_node > 1:
+            cv2.setNumThreads(threads.intra_op_threads)  # its own process: OpenCV's pool too
+        self._spec = p.session_spec(threads)
         self._positive_idx = np.array([p.labels.index(x) for x in p.positives])
-        self._others = [i for i in range(len(p.labels)) if i not in set(self._positive_idx)]
+        self._positive_list = [int(i) for i in self._positive_idx]
+        self._others = [i for i in range(len(p.labels)) if i not in set(self._positive_list)]
         self._registry_model: RegistryModel[ModelSession] | None = None
         self.swaps = 0
         if p.model.startswith(REGISTRY_PREFIX):
@@ -172,10 +194,10 @@ class OnnxClassifier(Agent):
             self._model = self._load(data, info)
         m = self._model
         self.log.info(
-            "model %s v%s (sha256 %s) on %s: input %r %s %s %dx%d %s, output %r",
+            "model %s v%s (sha256 %s) on %s: input %r %s %s %dx%d %s, output %r; %s",
             m.info.name, m.info.version, m.info.sha256[:12], ",".join(self._providers),
             m.input_name, m.layout, m.color, m.size[0], m.size[1], np.dtype(m.dtype).name,
-            m.output_name)
+            m.output_name, threads.describe())
 
     @classmethod
     def check_model(cls, params: OnnxClassifier.Params, data: bytes) -> None:
@@ -214,18 +236,19 @@ class OnnxClassifier(Agent):
         per_frame_ms = (time.perf_counter() - t0) * 1000 / len(frames)
         labels = self.params.labels
         probs = to_probs(out, len(frames), labels, self.params.softmax)
-        scores = probs[:, self._positive_idx].sum(axis=1)
-        defective = scores >= self.params.threshold
-        best_other = np.array(self._others)[probs[:, self._others].argmax(axis=1)]
-        best_pos = self._positive_idx[probs[:, self._positive_idx].argmax(axis=1)]
-        chosen = np.where(defective, best_pos, best_other)
+        scores_np = probs[:, self._positive_idx].sum(axis=1)
+        defective = (scores_np >= self.params.threshold).tolist()  # float32, as the scores
+        scores = scores_np.tolist()
         rows = probs.tolist()
+        positives, others = self._positive_list, self._others
         for i, f in enumerate(frames):
+            row = rows[i]  # the best positive label when defective, else the best other one
+            chosen = max(positives if defective[i] else others, key=row.__getitem__)
             self.verdicts.send(Verdict(  # the key names the frame: its trace is inherited
                 key=f.key, camera=f.camera, seq=f.seq,
                 capture_ns=f.capture_ns, truth=f.truth,
-                label=labels[int(chosen[i])], score=float(scores[i]),
-                defective=bool(defective[i]),
+                label=labels[chosen], score=scores[i],
+                defective=defective[i],
                 scores=dict(zip(labels, rows[i], strict=True)),
                 inference_ms=per_frame_ms, model=model.info,
             ))

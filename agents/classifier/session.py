@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import cv2
@@ -67,7 +67,68 @@ class SessionSpec:
     dtype: Literal["float32", "float16"] | None = None
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
+    threading: Threading | None = None  # None: onnxruntime's defaults
+
+
+@dataclass(frozen=True)
+class Threading:
+    """How onnxruntime may use the CPUs: its thread pools and whether they spin.
+
+    ``intra_op_threads`` / ``inter_op_threads`` 0 and ``allow_spinning`` None leave
+    onnxruntime's own defaults (one intra-op thread per physical core, spinning on).
+    """
+
     intra_op_threads: int = 0
+    inter_op_threads: int = 0
+    allow_spinning: bool | None = None
+    parallel: bool = False  # ExecutionMode.ORT_PARALLEL (the inter-op pool is used)
+
+    @classmethod
+    def choose(cls, *, intra: int | None, inter: int | None, spinning: bool | None,
+               parallel: bool, cpus: int, replicas_on_node: int,
+               class_replicas_on_node: int) -> Threading:
+        """The threading for one replica: what the params set, the rest derived.
+
+        Alone on its node (one replica), onnxruntime's defaults. In a multi-process line,
+        the classifier replicas on the node share the CPUs, less one kept for the other
+        agents if there are any: ``intra = max(1, (cpus - others) // classifiers)``
+        (``others`` is 1 when the node runs replicas of other agents, else 0); the pools
+        do not spin (a spinning pool burns a core that the line's other processes need);
+        one inter-op thread.
+        """
+        if replicas_on_node <= 1:
+            return cls(intra or 0, inter or 0, spinning, parallel)
+        others = 1 if replicas_on_node > class_replicas_on_node else 0
+        auto_intra = max(1, (cpus - others) // max(1, class_replicas_on_node))
+        return cls(auto_intra if intra is None else intra, 1 if inter is None else inter,
+                   False if spinning is None else spinning, parallel)
+
+    def options(self) -> Any:
+        """These settings as ``onnxruntime.SessionOptions``."""
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if self.intra_op_threads:
+            opts.intra_op_num_threads = self.intra_op_threads
+        if self.inter_op_threads:
+            opts.inter_op_num_threads = self.inter_op_threads
+        if self.parallel:
+            opts.execution_mode = ort.ExecutionMode.ORT_PARALLEL
+        if self.allow_spinning is not None:
+            flag = "1" if self.allow_spinning else "0"
+            opts.add_session_config_entry("session.intra_op.allow_spinning", flag)
+            opts.add_session_config_entry("session.inter_op.allow_spinning", flag)
+        return opts
+
+    def describe(self) -> str:
+        """One line for the log, e.g. ``intra-op 1, inter-op 1, spinning off``."""
+        def n(v: int) -> str:
+            return str(v) if v else "default"
+
+        spin = {None: "default", True: "on", False: "off"}[self.allow_spinning]
+        mode = ", parallel" if self.parallel else ""
+        return (f"intra-op {n(self.intra_op_threads)}, inter-op {n(self.inter_op_threads)}, "
+                f"spinning {spin}{mode}")
 
 
 @dataclass
@@ -85,6 +146,9 @@ class ModelSession:
     fixed_batch: int | None
     mean: np.ndarray | None
     std: np.ndarray | None
+    #: per scale: ``-mean / std`` and the gains per full scale (see :meth:`preprocess`)
+    _affine_cache: dict[float, tuple[np.ndarray | None, dict[float | None, np.ndarray]]] = \
+        field(default_factory=dict, init=False, repr=False)
 
     @classmethod
     def load(cls, data: bytes, info: ModelInfo, spec: SessionSpec,
@@ -92,10 +156,8 @@ class ModelSession:
         """A new session on ``data``, its input worked out and checked by one warm-up run."""
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
+        opts = (spec.threading or Threading()).options()
         opts.log_severity_level = 3
-        if spec.intra_op_threads:
-            opts.intra_op_num_threads = spec.intra_op_threads
         session = ort.InferenceSession(data, sess_options=opts, providers=providers)
         loaded = cls.from_session(session, info, spec)
         loaded.warm_up()
@@ -164,8 +226,12 @@ class ModelSession:
                    std=per_channel(p.std))
 
     # -- pre-processing ---------------------------------------------------------------------
-    def _one(self, f: Frame, roi: list[int] | None) -> np.ndarray:
-        """ROI, colour, resize, bit depth: one frame as float32 H, W, C on 0..255."""
+    def _one(self, f: Frame, roi: list[int] | None) -> tuple[np.ndarray, float | None]:
+        """ROI, colour, resize: one frame at its bit depth, and its full-scale value.
+
+        The full scale (255 for 8 bits, 4095 for 12...) is None for float frames, which
+        ``imaging.to_float`` brings to 0..255 itself.
+        """
         img = f.image
         if roi is not None:
             x, y, w, h = roi
@@ -177,23 +243,55 @@ class ModelSession:
         w, h = self.size
         if img.shape[1] != w or img.shape[0] != h:
             img = cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
-        # the converted image is gray/rgb/bgr of the frame's bit depth: name it so
-        converted = f"{_FORMAT_OF_COLOR[self.color]}{imaging.bit_depth(fmt)}"
-        return imaging.to_float(img, converted, self.color)
+        bits = imaging.bit_depth(fmt)
+        if img.dtype.kind != "u":  # float frames: 0..1 -> 0..255, as imaging.to_float does
+            converted = f"{_FORMAT_OF_COLOR[self.color]}{bits}"
+            return imaging.to_float(img, converted, self.color), None
+        full = 2 ** min(bits, 8 * img.dtype.itemsize) - 1
+        if full != np.iinfo(img.dtype).max:  # e.g. 12 bits in uint16: clip stray high bits
+            img = np.minimum(img, img.dtype.type(full))
+        return img, float(full)
 
     def preprocess(self, frames: list[Frame], roi: list[int] | None, scale: float) -> np.ndarray:
-        """Frames -> one input tensor for the whole batch."""
-        x: np.ndarray = np.stack([self._one(f, roi) for f in frames])  # N, H, W, C float32
-        x *= np.float32(scale)
-        if self.mean is not None:
-            x -= self.mean
-        if self.std is not None:
-            x /= self.std
-        if self.layout == "NCHW":
-            x = x.transpose(0, 3, 1, 2)
-        elif self.layout == "NHW":
-            x = x[..., 0]
-        return np.ascontiguousarray(x, dtype=self.dtype)
+        """Frames -> one input tensor for the whole batch.
+
+        Each frame is written straight into its place in the tensor (its layout, float32)
+        in one pass: ``x = pixels * (255 / full) * scale / std - mean / std``, the same
+        numbers as docs/agents/classifier.md's steps in fewer passes.
+        """
+        w, h = self.size
+        c = 1 if self.color == "gray" else 3
+        n = len(frames)
+        shape = {"NCHW": (n, c, h, w), "NHWC": (n, h, w, c), "NHW": (n, h, w)}[self.layout]
+        x: np.ndarray = np.empty(shape, dtype=np.float32)
+        bias, gains = self._affine(scale)
+        for i, f in enumerate(frames):
+            img, full = self._one(f, roi)
+            if self.layout == "NCHW":
+                dst = x[i].transpose(1, 2, 0)  # H, W, C view of C, H, W
+            elif self.layout == "NHWC":
+                dst = x[i]
+            else:
+                dst = x[i][:, :, None]
+            gain = gains.get(full)
+            if gain is None:
+                gain = gains[full] = (np.float32(scale) * np.float32(255.0 / full if full else 1)
+                                      / self._std()).astype(np.float32)
+            np.multiply(img.reshape(h, w, c), gain, out=dst, casting="unsafe")
+            if bias is not None:
+                dst += bias
+        return x if self.dtype == np.float32 else x.astype(self.dtype)
+
+    def _std(self) -> np.ndarray:
+        return self.std if self.std is not None else np.ones(1, np.float32)
+
+    def _affine(self, scale: float) -> tuple[np.ndarray | None, dict[float | None, np.ndarray]]:
+        """``-mean / std`` and the per-full-scale gains for ``scale``, worked out once."""
+        cache = self._affine_cache
+        if scale not in cache:
+            bias = None if self.mean is None else (-self.mean / self._std()).astype(np.float32)
+            cache[scale] = (bias, {})
+        return cache[scale]
 
     # -- inference --------------------------------------------------------------------------
     def infer(self, x: np.ndarray) -> np.ndarray:
@@ -248,4 +346,5 @@ def to_probs(out: np.ndarray, n: int, labels: Sequence[str], softmax: bool) -> n
     return out
 
 
-__all__ = ["PROVIDER_ALIASES", "ModelSession", "SessionSpec", "choose_providers", "to_probs"]
+__all__ = ["PROVIDER_ALIASES", "ModelSession", "SessionSpec", "Threading", "choose_providers",
+           "to_probs"]

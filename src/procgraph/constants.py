@@ -38,6 +38,9 @@ IMAGE_CACHE_ENV = "PROCGRAPH_IMAGE_CACHE"
 LOG_LEVEL_ENV = "PROCGRAPH_LOG_LEVEL"
 #: "0" turns the supervisor's fork server off: replicas are spawned as new processes
 FORKSERVER_ENV = "PROCGRAPH_FORKSERVER"
+#: JSON {broker name: key}: how shared-memory files name the embedded brokers a supervisor
+#: owns (the line's state folder, not the port, which changes each run)
+SHM_KEYS_ENV = "PROCGRAPH_SHM_KEYS"
 #: the XDG base directory under which each graph's state folder lives by default
 XDG_STATE_ENV = "XDG_STATE_HOME"
 

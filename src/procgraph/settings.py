@@ -32,6 +32,9 @@ class Settings(BaseSettings):
         None, description="cache folder of procgraph image build (default ~/.cache/procgraph)")
     log_level: Literal["debug", "info", "warning", "error", "critical"] = Field(
         "info", description="a replica's log level (the supervisor sets it per agent)")
+    shm_keys: dict[str, str] = Field(
+        default_factory=dict, description="broker name -> what names it in shared-memory "
+        "file names (the supervisor sets it for the embedded brokers it owns)")
     forkserver: bool = Field(
         True, description="fork process replicas from the line's fork server "
         "(procgraph.forkserver); 0 spawns each as a new process")

@@ -29,6 +29,7 @@ from procgraph.constants import (
     BROKERS_ENV,
     LOG_LEVEL_ENV,
     RESTARTS_ENV,
+    SHM_KEYS_ENV,
     SUPERVISED_ENV,
     stopping_key,
 )
@@ -50,6 +51,7 @@ from procgraph.replicas import (
     ProcessHandle,
     ReplicaHandle,
 )
+from procgraph.transport.shmring import LINE_KEY_PREFIX
 
 if TYPE_CHECKING:
     from procgraph.forkserver import ForkServer
@@ -270,6 +272,7 @@ class Supervisor:
         """
         env = dict(os.environ)
         env[BROKERS_ENV] = json.dumps(self.urls)
+        env[SHM_KEYS_ENV] = json.dumps(self._shm_keys())
         env[SUPERVISED_ENV] = "1"
         env["PYTHONUNBUFFERED"] = "1"
         env[RESTARTS_ENV] = str(replica.restarts)
@@ -349,7 +352,8 @@ class Supervisor:
         self._next_renew = time.monotonic() + RENEW_EVERY_S
         self._write_run_record()
         self.create_groups()
-        clean_line_rings(self.plan, self.node, stopping=False)  # stale shared-memory rings
+        # stale shared-memory rings (only this line's: named by its brokers' locations)
+        clean_line_rings(self.plan, self.node, stopping=False, urls=self._shm_names())
         self._parts_at_start = self._parts_counted()
         agents = self.plan.agents_on(self.node)
         if self.node is not None:
@@ -619,16 +623,28 @@ class Supervisor:
             self.shutdown()
         return 0
 
+    def _shm_keys(self) -> dict[str, str]:
+        """The line keys of the embedded brokers this supervisor owns: shared-memory files
+        are named after the line's state folder, not the port, which changes each run."""
+        folder = graph_state_dir(self.plan.name, self.state_dir)
+        return {name: f"{LINE_KEY_PREFIX}{folder}:{name}" for name in self.line.brokers}
+
+    def _shm_names(self) -> dict[str, str]:
+        """What names each broker in shared-memory file names (keys, else URLs)."""
+        return {**self.line.urls, **self._shm_keys()}
+
     def _clean_rings_at_stop(self) -> None:
         """Remove the shared-memory rings of this node's producers, but those whose frames
         a reader has not read or acknowledged yet (a durable broker hands them out again
         after the restart, and the restarted producer keeps honouring their slots)."""
         try:
-            needed = rings_still_needed(self.plan, self.node, self.line.client)
+            needed = rings_still_needed(self.plan, self.node, self.line.client,
+                                        self._shm_names())
         except Exception as exc:  # the broker is gone: nothing can be read again from it
             log.debug("rings: could not ask the brokers (%s); removing them", exc)
             needed = set()
-        clean_line_rings(self.plan, self.node, stopping=True, keep=needed)
+        clean_line_rings(self.plan, self.node, stopping=True, keep=needed,
+                         urls=self._shm_names())
         if needed:
             self.say("supervisor", f"kept {len(needed)} shared-memory ring(s) in /dev/shm: "
                      "frames in them are not read yet (the next run reads them)")

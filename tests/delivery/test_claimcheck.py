@@ -13,6 +13,7 @@ from __future__ import annotations
 import gc
 import io
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,11 +28,20 @@ import redis
 
 from pgtest_util import wait_for
 from procgraph import Message, codec
+from procgraph.brokers import EmbeddedBroker
+from procgraph.constants import dead_letter_key
 from procgraph.delivery import claimcheck as cc
 from procgraph.errors import CodecError
 from procgraph.graph import load_graph
+from procgraph.graph.plan import GraphPlan
 from procgraph.supervisor import Supervisor
-from procgraph.transport.shmring import SHM_DIR, ShmRing
+from procgraph.transport.shmring import (
+    SHM_DIR,
+    ShmRing,
+    broker_digest,
+    broker_location,
+    ring_name,
+)
 
 STREAM = "pg:cc:cam:frames"
 
@@ -233,7 +243,7 @@ def test_who_uses_shared_memory_is_decided_from_the_plan(tmp_path) -> None:
     assert plan(top="shm: false") == (False,)
 
 
-def test_line_clean_up_at_start_and_stop(tmp_path) -> None:
+def test_line_clean_up_at_start_and_stop(tmp_path: Path) -> None:
     """At start: stale rings go, rings of the plan stay (still referenced); at stop: the
     node's rings go; another node's readers' presence files stay."""
     (tmp_path / "ccmod.py").write_text(_AGENTS)
@@ -244,18 +254,76 @@ def test_line_clean_up_at_start_and_stop(tmp_path) -> None:
           sink: {class: "ccmod:FrameSink", node: b, inputs: {frames: cam.frames}}
         """))
     plan = load_graph(tmp_path / "g.yaml")
-    names = ["procgraph.ccclean.cam.0.frames", "procgraph.ccclean.old.0.frames",
-             "procgraph.ccclean.cam.frames.reader-sink"]
-    for name in names:
+    url, other = f"redis://127.0.0.1:6390/{os.getpid()}", f"redis://127.0.0.1:6391/{os.getpid()}"
+    urls = dict.fromkeys(plan.brokers, url)
+    d = broker_digest(url)
+    names = [f"procgraph.ccclean.{d}.cam.0.frames", f"procgraph.ccclean.{d}.old.0.frames",
+             f"procgraph.ccclean.{d}.cam.frames.reader-sink"]
+    assert names[0] == ring_name("ccclean", "cam", 0, "frames", url)
+    assert names[2] == cc.presence_name("ccclean", "cam", "frames", "sink", url)
+    # the same graph name on another broker (another line): never touched
+    theirs = [ring_name("ccclean", "old", 0, "frames", other),
+              cc.presence_name("ccclean", "cam", "frames", "sink", other)]
+    for name in names + theirs:
         (SHM_DIR / name).touch()
     try:
-        assert cc.clean_line_rings(plan, "a", stopping=False) == [names[1]]
-        assert cc.clean_line_rings(plan, "a", stopping=True) == [names[0]]
+        assert cc.clean_line_rings(plan, "a", stopping=False, urls=urls) == [names[1]]
+        assert cc.clean_line_rings(plan, "a", stopping=True, urls=urls) == [names[0]]
         assert (SHM_DIR / names[2]).exists()
-        assert cc.clean_line_rings(plan, None, stopping=True) == [names[2]]
+        assert cc.clean_line_rings(plan, None, stopping=True, urls=urls) == [names[2]]
+        assert all((SHM_DIR / name).exists() for name in theirs)
     finally:
-        for name in names:
+        for name in names + theirs:
             (SHM_DIR / name).unlink(missing_ok=True)
+
+
+def test_names_carry_the_brokers_location_without_credentials() -> None:
+    """The same stream on the same broker shares its files (whatever the credentials or
+    options in the URL); another host, port, database or socket does not."""
+    same = ["redis://127.0.0.1:6379", "redis://:secret@127.0.0.1:6379/0",
+            "rediss://user:pw@127.0.0.1:6379?ssl_cert_reqs=none", "redis://127.0.0.1/0",
+            "redis://127.0.0.1:6379?db=0"]
+    assert len({broker_digest(u) for u in same}) == 1
+    others = ["redis://127.0.0.1:6380", "redis://127.0.0.1:6379/1", "redis://10.0.0.2:6379",
+              "unix:///run/valkey.sock", "unix:///run/valkey.sock?db=1",
+              "unix:///tmp/other.sock"]
+    assert len({broker_digest(u) for u in [same[0], *others]}) == 1 + len(others)
+    assert "secret" not in broker_location(same[1])
+    assert broker_location("unix://:pw@/run/v.sock?db=2") == "unix:/run/v.sock?db=2"
+    assert re.fullmatch(r"[0-9a-f]{8}", broker_digest(same[0]))
+
+
+def test_a_line_on_its_embedded_broker_names_files_after_its_state_folder(
+        tmp_path: Path) -> None:
+    """The embedded broker gets a new free port each run; the files are named after the
+    line's state folder instead, so the next run of the line finds (and cleans) what a
+    killed run left, and another state folder is another line."""
+    (tmp_path / "ccmod.py").write_text(_AGENTS)
+    (tmp_path / "g.yaml").write_text(textwrap.dedent("""
+        name: ccstable
+        brokers: {main: {url: embedded}}
+        agents:
+          cam: {class: "ccmod:FrameSource"}
+          sink: {class: "ccmod:FrameSink", inputs: {frames: cam.frames}}
+        """))
+    plan = load_graph(tmp_path / "g.yaml")
+    keys = []
+    for _ in range(2):
+        sup = Supervisor(plan, out=io.StringIO(), colour=False, state_dir=tmp_path / "state")
+        sup.line.start()
+        try:
+            keys.append(sup._shm_keys())
+            stale = SHM_DIR / ring_name("ccstable", "gone", 0, "frames", keys[-1]["main"])
+            stale.touch()  # a ring of a port the graph no longer has, left by a killed run
+            assert cc.clean_line_rings(plan, None, stopping=False,
+                                       urls=sup._shm_names()) == [stale.name]
+        finally:
+            for broker in sup.line.brokers.values():
+                broker.close()
+    assert keys[0] == keys[1] and keys[0]["main"].startswith("line:")
+    other = Supervisor(plan, out=io.StringIO(), colour=False, state_dir=tmp_path / "other")
+    other.line.brokers = {"main": None}  # type: ignore[dict-item]  # owned, not started
+    assert other._shm_keys() != keys[0]
 
 
 # -- real processes, kill -9 --------------------------------------------------------------------
@@ -424,7 +492,10 @@ def test_line_with_kill9_loses_corrupts_and_doubles_nothing(valkey, tmp_path) ->
     plan = load_graph(tmp_path / "g.yaml")
     client = redis.Redis.from_url(valkey.url)
     sup = Supervisor(plan, redis_url=valkey.url, out=io.StringIO(), colour=False)
-    assert cc.clean_line_rings(plan, None, stopping=False) == []
+    urls = dict.fromkeys(plan.brokers, valkey.url)
+    ring = SHM_DIR / ring_name("cckill", "cam", 0, "frames", valkey.url)
+    presence = SHM_DIR / cc.presence_name("cckill", "cam", "frames", "sink", valkey.url)
+    assert cc.clean_line_rings(plan, None, stopping=False, urls=urls) == []
     sup.start_in_thread()
     try:
         def handled() -> int:
@@ -439,12 +510,77 @@ def test_line_with_kill9_loses_corrupts_and_doubles_nothing(valkey, tmp_path) ->
         kill("sink")
         wait_for(lambda: handled() > 150, 30, "the restarted sink to go on")
         kill("cam")
-        assert (SHM_DIR / "procgraph.cckill.cam.0.frames").exists()
+        assert ring.exists()
         wait_for(lambda: client.scard("cc:seen") == 300, 40, "all 300 frames at the sink")
     finally:
         sup.shutdown()  # every frame was read and acked: the line's files go with it
-    assert not (SHM_DIR / "procgraph.cckill.cam.0.frames").exists()
-    assert not (SHM_DIR / "procgraph.cckill.cam.frames.reader-sink").exists()
+    assert not ring.exists()
+    assert not presence.exists()
     assert int(client.get("cc:bad") or 0) == 0
     assert int(client.get("cc:shm") or 0) > 150
     assert handled() - 300 <= 2 * 64 + 2  # only what was in hand at a kill came again
+
+
+def _twin_plan(folder: Path, count: int) -> GraphPlan:
+    folder.mkdir()
+    (folder / "ccmod.py").write_text(_AGENTS)
+    (folder / "g.yaml").write_text(textwrap.dedent(f"""
+        name: cctwin
+        agents:
+          cam: {{class: "ccmod:FrameSource", params: {{count: {count}}},
+                outputs: {{frames: {{shm_mb: 2}}}}}}
+          sink: {{class: "ccmod:FrameSink", inputs: {{frames: cam.frames}}}}
+        """))
+    return load_graph(folder / "g.yaml")
+
+
+def test_two_lines_of_one_graph_name_on_two_brokers_keep_apart(valkey: EmbeddedBroker,
+                                                               tmp_path: Path) -> None:
+    """Two lines with the same graph name, each on its own broker, run at the same time: each
+    has its own ring and presence files (named by its broker), every frame of both reaches its
+    sink intact through shared memory, and one line's start and stop leave the other's files."""
+    plan_a, plan_b = _twin_plan(tmp_path / "a", 80), _twin_plan(tmp_path / "b", 100000)
+    stream = plan_a.agents["cam"].outputs[0].stream
+    with EmbeddedBroker() as other:
+        a, b = redis.Redis.from_url(valkey.url), redis.Redis.from_url(other.url)
+        ring_a, ring_b = (SHM_DIR / ring_name("cctwin", "cam", 0, "frames", u)
+                          for u in (valkey.url, other.url))
+        seen_a, seen_b = (SHM_DIR / cc.presence_name("cctwin", "cam", "frames", "sink", u)
+                          for u in (valkey.url, other.url))
+        files = [ring_a, ring_b, seen_a, seen_b]
+        assert len(set(files)) == 4
+        for path in files:  # left by an earlier, killed run on these ports
+            path.unlink(missing_ok=True)
+        sup_a = Supervisor(plan_a, redis_url=valkey.url, out=io.StringIO(), colour=False,
+                           state_dir=tmp_path / "a" / "state")
+        sup_b = Supervisor(plan_b, redis_url=other.url, out=io.StringIO(), colour=False,
+                           state_dir=tmp_path / "b" / "state")
+        try:
+            sup_b.start_in_thread()
+            wait_for(lambda: int(b.get("cc:shm") or 0) > 10, 30, "line b to use its ring")
+            try:
+                sup_a.start_in_thread()  # its start clean-up leaves line b's files
+                wait_for(lambda: a.scard("cc:seen") == 80, 40, "all 80 frames of line a")
+                assert all(path.exists() for path in files)
+            finally:
+                sup_a.shutdown()
+            assert not ring_a.exists() and not seen_a.exists()
+            assert ring_b.exists() and seen_b.exists()  # line a's stop left line b's files
+            after = int(b.get("cc:handled") or 0)
+            wait_for(lambda: int(b.get("cc:handled") or 0) > after + 30, 30,
+                     "line b to go on after line a stopped")
+        finally:
+            sup_b.shutdown()
+            left = [path for path in files if path.exists()]
+            for path in left:
+                path.unlink(missing_ok=True)
+        assert left in ([], [ring_b])  # b's ring stays while it has frames not read yet
+        seen = {k.decode() if isinstance(k, bytes) else k for k in a.smembers("cc:seen")}
+        assert seen == {f"f{n}" for n in range(80)}
+        # line b was stopped while sending: what it had not read yet is still in its stream
+        # (and its ring); a frame gone stale would be dead-lettered
+        for client in (a, b):
+            seen = {k.decode() if isinstance(k, bytes) else k for k in client.smembers("cc:seen")}
+            assert int(client.get("cc:bad") or 0) == 0
+            assert not client.xlen(dead_letter_key(stream))
+            assert int(client.get("cc:shm") or 0) > len(seen) // 2

@@ -45,6 +45,7 @@ from redis.exceptions import ResponseError
 from procgraph import codec
 from procgraph.constants import ARRAY_FIELD_PREFIX, HEADER_FIELD
 from procgraph.errors import CodecError
+from procgraph.settings import load_settings
 from procgraph.transport.shmring import (
     RING_PREFIX,
     SENT,
@@ -54,6 +55,7 @@ from procgraph.transport.shmring import (
     RingView,
     ShmRing,
     Slot,
+    broker_digest,
     remove_rings,
     ring_name,
 )
@@ -96,9 +98,10 @@ def host_id() -> str:
     return hashlib.sha256(f"{boot}\0{socket.gethostname()}".encode()).hexdigest()[:16]
 
 
-def presence_name(graph: str, agent: str, port: str, group: str) -> str:
-    """The file a reading agent puts in /dev/shm to say it sees this host's shared memory."""
-    return f"{RING_PREFIX}{graph}.{agent}.{port}.reader-{group}"
+def presence_name(graph: str, agent: str, port: str, group: str, broker_url: str) -> str:
+    """The file a reading agent puts in /dev/shm to say it sees this host's shared memory
+    (for the stream of ``agent.port`` on ``broker_url``)."""
+    return f"{RING_PREFIX}{graph}.{broker_digest(broker_url)}.{agent}.{port}.reader-{group}"
 
 
 def _id(entry_id: bytes | str) -> Id:
@@ -329,27 +332,39 @@ def needed_entries(client: redis.Redis, stream: str, groups: list[str],
     return maybe
 
 
+def _names_of(runner: AgentRunner) -> dict[str, str]:
+    """What names each broker in file names: the supervisor's line keys for the embedded
+    brokers it owns (stable across runs), else the broker's URL."""
+    keys = load_settings().shm_keys
+    return {name: keys.get(name, url) for name, url in runner.urls.items()}
+
+
 def attach(runner: AgentRunner) -> None:
     """Give each output of a replica that uses shared memory its stash; register the
     reader store for the agent's consumer group."""
     plan, spec = runner.plan, runner.spec
+    names = _names_of(runner)
     if spec.inputs:
         codec.register_payload_store(ShmReader(group=spec.name))
         for inp in spec.inputs:
             src, _, port = inp.source.partition(".")
+            url = names.get(inp.broker)
+            if url is None:  # no broker to read it from: nothing to say
+                continue
             with contextlib.suppress(OSError):
-                (SHM_DIR / presence_name(plan.name, src, port, spec.name)).touch()
+                (SHM_DIR / presence_name(plan.name, src, port, spec.name, url)).touch()
     for out in spec.outputs:
         if not uses_shm(plan, spec, out):
             continue
         writer: StreamWriter = runner.writers[out.port]
-        path = SHM_DIR / ring_name(plan.name, spec.name, runner.replica, out.port)
+        url = names[out.broker]
+        path = SHM_DIR / ring_name(plan.name, spec.name, runner.replica, out.port, url)
         size, readers = int(out.shm_mb * 2**20), list(out.readers)
 
         def ring(path: Path = path, size: int = size, readers: list[str] = readers) -> ShmRing:
             return ShmRing.open(path, size, SLOTS, readers)
 
-        presence = [SHM_DIR / presence_name(plan.name, spec.name, out.port, r)
+        presence = [SHM_DIR / presence_name(plan.name, spec.name, out.port, r, url)
                     for r in out.readers]
         stash = FrameStash(ring, writer.client, out.stream, out.readers, presence=presence)
         runner.outbox.stash[out.port] = stash
@@ -472,14 +487,27 @@ def inline_refs(fields: Mapping[bytes, bytes]) -> tuple[dict[bytes, bytes], str 
 
 
 # -- the line's rings --------------------------------------------------------------------------
-def line_ring_names(plan: GraphPlan) -> set[str]:
+# Every name carries the digest of its stream's broker (``urls``: the line's broker URLs by
+# name): another line of the same graph name on another broker has other files, and the
+# clean-up touches only files of this line's brokers.
+def line_ring_names(plan: GraphPlan, urls: Mapping[str, str]) -> set[str]:
     """The ring file names this graph's producers use (every node)."""
-    return {ring_name(plan.name, a.name, i, o.port)
-            for a in plan.agents.values() for i in range(a.replicas) for o in a.outputs}
+    return {ring_name(plan.name, a.name, i, o.port, urls[o.broker])
+            for a in plan.agents.values() for i in range(a.replicas) for o in a.outputs
+            if o.broker in urls}
+
+
+def _presence_names(plan: GraphPlan, agents: list[AgentPlan],
+                    urls: Mapping[str, str]) -> set[str]:
+    """The presence files the readers among ``agents`` make."""
+    return {presence_name(plan.name, i.source.partition(".")[0], i.source.partition(".")[2],
+                          a.name, urls[i.broker])
+            for a in agents for i in a.inputs if i.broker in urls}
 
 
 def rings_still_needed(plan: GraphPlan, node: str | None,
-                       client_of: Callable[[str], redis.Redis]) -> set[str]:
+                       client_of: Callable[[str], redis.Redis],
+                       urls: Mapping[str, str]) -> set[str]:
     """The rings of ``node``'s producers (all when None) whose stream still has entries a
     reading group has not read or not acknowledged (``client_of``: a broker's client)."""
     needed: set[str] = set()
@@ -487,7 +515,9 @@ def rings_still_needed(plan: GraphPlan, node: str | None,
         if node is not None and agent.node != node:
             continue
         for out in agent.outputs:
-            rings = {ring_name(plan.name, agent.name, i, out.port)
+            if out.broker not in urls:
+                continue
+            rings = {ring_name(plan.name, agent.name, i, out.port, urls[out.broker])
                      for i in range(agent.replicas)}
             if not any((SHM_DIR / r).exists() for r in rings):
                 continue
@@ -501,22 +531,25 @@ def rings_still_needed(plan: GraphPlan, node: str | None,
 
 
 def clean_line_rings(plan: GraphPlan, node: str | None, stopping: bool,
-                     keep: set[str] | None = None) -> list[str]:
+                     keep: set[str] | None = None, *,
+                     urls: Mapping[str, str]) -> list[str]:
     """The supervisor's clean-up of a line's rings; returns the names removed.
 
-    At start (``stopping=False``): rings of this graph that no producer of the plan uses
-    (renamed ports, fewer replicas) and half-made ones; the others are kept, and their
-    restarted producers keep honouring the slots still referenced; the presence files of
-    the readers on ``node`` go (each makes its own again). At stop: the rings and presence
-    files of the agents placed on ``node`` (all when None), but those named in ``keep``.
+    Only files of this graph on this line's brokers (``urls``) are looked at. At start
+    (``stopping=False``): rings that no producer of the plan uses (renamed ports, fewer
+    replicas) and half-made ones; the others are kept, and their restarted producers keep
+    honouring the slots still referenced; the presence files of the readers on ``node`` go
+    (each makes its own again). At stop: the rings and presence files of the agents placed
+    on ``node`` (all when None), but those named in ``keep``.
     """
     extra = keep
     elsewhere = [a for a in plan.agents.values() if node is not None and a.node != node]
-    keep = {presence_name(plan.name, i.source.partition(".")[0], i.source.partition(".")[2],
-                          a.name) for a in elsewhere for i in a.inputs}
+    keep = _presence_names(plan, elsewhere, urls)
     if stopping:
-        keep |= {ring_name(plan.name, a.name, i, o.port)
-                 for a in elsewhere for i in range(a.replicas) for o in a.outputs}
+        keep |= {ring_name(plan.name, a.name, i, o.port, urls[o.broker])
+                 for a in elsewhere for i in range(a.replicas) for o in a.outputs
+                 if o.broker in urls}
     else:
-        keep |= line_ring_names(plan)
-    return remove_rings(plan.name, keep=keep | (extra or set()))
+        keep |= line_ring_names(plan, urls)
+    digests = {broker_digest(url) for url in urls.values()}
+    return remove_rings(plan.name, digests, keep=keep | (extra or set()))

@@ -9,6 +9,12 @@ dead-lettered after that. The entries of dead peers are claimed, and this replic
 kept from being claimed while it lives (:mod:`procgraph.delivery.claims`); a restart first
 waits for its own heartbeat, then re-handles this replica's own pending entries
 (:mod:`procgraph.delivery.recovery`).
+
+A batch is cut when full, when its ``max_wait_ms`` is up, or as soon as the input is idle
+(nothing more queued and the last read returned fewer entries than asked), so at low rates an
+entry waits for no other. What a handler call sent is written by a write-behind thread
+(:class:`_WriteBehind`) while the next call runs, in call order, and its entries are acked
+once written; a call that changed the agent state is written in line, after all before it.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -32,19 +39,26 @@ from procgraph.delivery.recovery import recover_own_pending
 from procgraph.errors import BrokerUnavailable, CodecError
 from procgraph.health import read_heartbeats
 from procgraph.message import Message
+from procgraph.runtime.readahead import ReadAhead
 from procgraph.safetext import printable
 from procgraph.transport.reader import Entry, GroupReader
 from procgraph.transport.retry import Backoff, retry
+from procgraph.transport.writer import Fields
 
 if TYPE_CHECKING:
+    from procgraph.runtime.outbox import Outbox
     from procgraph.runtime.runner import AgentRunner
 
 log = logging.getLogger("procgraph.runtime")
 READ_COUNT = 64
 IDLE_BLOCK_MS = 100
-#: queued acks wait at most this long for the next read, then are sent by the handler thread
+#: queued acks wait at most this long for the next read, then are sent by the thread that
+#: queued them (the write-behind thread, or the handler thread for calls written in line)
 #: (what a replica killed had handled but not acknowledged is delivered again)
 ACK_FLUSH_S = 0.05
+#: handler calls whose outputs may wait to be written while the next call runs (those
+#: waiting together are written in one round trip)
+WRITE_BEHIND = 4
 #: errors from a handler that mean "the broker is away" (e.g. agent state read in a handler)
 _BROKER_DOWN: tuple[type[BaseException], ...] = (
     BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
@@ -64,7 +78,10 @@ class _Prefetcher(threading.Thread):
 
     Socket reads of large entries then overlap with handling (e.g. inference, which
     releases the GIL). At most one chunk per reader waits in the queue; entries read but
-    not handled stay pending in the broker, so nothing is lost if the process dies.
+    not handled stay pending in the broker, so nothing is lost if the process dies. A chunk
+    is ``(reader, entries, short)``: ``short`` when the read returned fewer entries than
+    asked (nothing more was waiting). Decoding stays on the handler thread: done here, it
+    holds the GIL while the handler wants it back from inference (measured slower).
     """
 
     def __init__(self, reader: GroupReader, out: queue.Queue[Any], stop: threading.Event):
@@ -79,8 +96,8 @@ class _Prefetcher(threading.Thread):
             while not self.stop.is_set():
                 got = self.reader.read(READ_COUNT, IDLE_BLOCK_MS)
                 while got and not self.stop.is_set():
-                    try:
-                        self.out.put((self.reader, got), timeout=0.1)
+                    try:  # a short read: nothing more was waiting (the input is idle)
+                        self.out.put((self.reader, got, len(got) < READ_COUNT), timeout=0.1)
                         break
                     except queue.Full:
                         continue
@@ -89,6 +106,87 @@ class _Prefetcher(threading.Thread):
         except BaseException as exc:  # handed to the main thread, which re-raises it
             self.error = exc
             self.stop.set()
+
+
+def _write_sent(outbox: Outbox, collected: dict[str, list[Fields]]) -> None:
+    """Write ``collected`` (from ``Outbox.take``): one pipelined batch per port."""
+    for port, batch in collected.items():
+        outbox.writers[port].send_many(batch)
+
+
+_Job = tuple[dict[str, list[Fields]], str, list[_Pending]]
+
+
+class _WriteBehind(threading.Thread):
+    """Writes what handler calls sent, in call order, while the next call runs; then acks.
+
+    At most ``WRITE_BEHIND`` calls wait (the handler then blocks: backpressure from a slow
+    or lossless stream still reaches it); the calls found waiting are written together, one
+    pipelined batch per port in call order. A broker outage is waited out as before; a write
+    that fails otherwise is kept in ``error``, nothing after it is written, and the consume
+    loop raises it (the replica ends; its entries, not acked, are delivered again).
+    """
+
+    def __init__(self, outbox: Outbox, done: Callable[[str, list[_Pending]], None],
+                 stop: threading.Event) -> None:
+        super().__init__(name="write-behind", daemon=True)
+        self.outbox = outbox
+        self.done = done
+        self.stop = stop
+        self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=WRITE_BEHIND)
+        self.error: BaseException | None = None
+
+    def submit(self, collected: dict[str, list[Fields]], port: str,
+               items: list[_Pending]) -> None:
+        """Queue one call's outputs: they are written, then its entries acked."""
+        self.jobs.put((collected, port, items))
+
+    def drain(self) -> None:
+        """Wait until everything queued is written (and acked), or given up."""
+        if self.is_alive():
+            self.jobs.join()
+
+    def close(self) -> None:
+        """Write what is queued, then end the thread."""
+        if self.is_alive():
+            self.jobs.put(None)
+            self.join()
+
+    def _waiting(self) -> list[_Job | None]:
+        """The next job (waits for it), and every job queued behind it."""
+        jobs = [self.jobs.get()]
+        while jobs[-1] is not None:
+            try:
+                jobs.append(self.jobs.get_nowait())
+            except queue.Empty:
+                break
+        return jobs
+
+    def run(self) -> None:
+        while True:
+            jobs = self._waiting()
+            work = [j for j in jobs if j is not None]
+            try:
+                if work and self.error is None:
+                    merged: dict[str, list[Fields]] = {}
+                    for collected, _, _ in work:
+                        for port, batch in collected.items():
+                            merged.setdefault(port, []).extend(batch)
+                    _write_sent(self.outbox, merged)
+                    for _, port, items in work:
+                        self.done(port, items)
+            except InterruptedError as exc:  # stopped during an outage: delivered again
+                self.error = exc
+            except BaseException as exc:  # handed to the consume loop, which re-raises it
+                log.error("writing the outputs of a handler call failed: %s",
+                          printable(repr(exc)))
+                self.error = exc
+                self.stop.set()
+            finally:
+                for _ in jobs:
+                    self.jobs.task_done()
+            if jobs[-1] is None:
+                return
 
 
 class Consumer:
@@ -104,6 +202,9 @@ class Consumer:
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.inputs}
         self._batch_started: dict[str, float] = {}
         self._acks_sent = time.monotonic()
+        #: per reader: its last read was short (fewer entries than asked)
+        self._short: dict[int, bool] = {id(rd): True for rd in runner.readers}
+        self._behind = _WriteBehind(runner.outbox, self._handled, self.stop)
 
     def run(self) -> None:
         """Keep own entries, recover own pending ones, then read and handle until stopped."""
@@ -111,10 +212,15 @@ class Consumer:
         keeper = EntryKeeper(self.r.readers, kept, self.r.spec.claim_idle_ms,
                              stalled=self._stalled)
         keeper.start()
+        self._behind.start()
         try:
             self._run()
         finally:
+            self._behind.close()
             kept.set()
+        error = self._behind.error
+        if error is not None and not isinstance(error, InterruptedError):
+            raise error
 
     def _run(self) -> None:
         r = self.r
@@ -130,13 +236,16 @@ class Consumer:
                 handle_alone=partial(self._handle_alone, reader),
                 on_dead=self._count_dead,
             )
-        chunks: queue.Queue[tuple[GroupReader, list[tuple[str, Entry]]]] = queue.Queue(
+        if len(r.readers) == 1:  # the common case: one broker, read in this thread
+            self._run_one(r.readers[0], claimers)
+            return
+        chunks: queue.Queue[tuple[GroupReader, list[tuple[str, Entry]], bool]] = queue.Queue(
             maxsize=max(1, len(r.readers)))
         fetchers = [_Prefetcher(rd, chunks, self.stop) for rd in r.readers]
         for f in fetchers:
             f.start()
         last_claim = time.monotonic()
-        claim_every = min(DEFAULT_HEARTBEAT_S, max(0.5, r.spec.claim_idle_ms / 2000))
+        claim_every = self._claim_every()
         while not self.stop.is_set():
             self.binding.touch()
             if not r.readers:  # every input is optional and none is wired
@@ -144,11 +253,14 @@ class Consumer:
                 self._tick()
                 continue
             try:
-                reader, got = chunks.get(timeout=self._block_ms() / 1000)
+                reader, got, short = chunks.get(timeout=self._block_ms() / 1000)
+                self._short[id(reader)] = short
                 self.process(reader, got)
             except queue.Empty:
                 pass
-            self._flush_due_batches(force=False)
+            # the input is idle: nothing queued and every reader's last read was short
+            idle = chunks.empty() and all(self._short.values())
+            self._flush_due_batches(force=idle)
             self._tick()
             if time.monotonic() - last_claim > claim_every:
                 last_claim = time.monotonic()
@@ -158,6 +270,38 @@ class Consumer:
             f.join(timeout=2 * IDLE_BLOCK_MS / 1000 + 5)
             if f.error is not None:
                 raise f.error
+        self._flush_due_batches(force=True)
+
+    def _claim_every(self) -> float:
+        return min(DEFAULT_HEARTBEAT_S, max(0.5, self.r.spec.claim_idle_ms / 2000))
+
+    def _run_one(self, reader: GroupReader, claimers: list[Claimer]) -> None:
+        """The loop for inputs on one broker: a read blocks in this thread while idle (an
+        entry is handled by the thread that read it), and the next chunk is read ahead
+        while one is handled (:class:`~procgraph.runtime.readahead.ReadAhead`)."""
+        ahead = ReadAhead(reader, READ_COUNT, self.stop)
+        waiting: list[tuple[str, Entry]] = []  # read ahead, not handled yet
+        last_claim = time.monotonic()
+        claim_every = self._claim_every()
+        try:
+            while not self.stop.is_set():
+                self.binding.touch()
+                got, waiting = (waiting, []) if waiting else (ahead.read(self._block_ms()), [])
+                if got:
+                    ahead.start()
+                    self.process(reader, got)
+                idle = False
+                if self._batch_started:  # the input is idle: a short read, nothing after it
+                    waiting = ahead.take()
+                    idle = len(got) < READ_COUNT and not waiting
+                self._flush_due_batches(force=idle)
+                self._tick()
+                if time.monotonic() - last_claim > claim_every:
+                    last_claim = time.monotonic()
+                    for claimer in claimers:
+                        self._process_claimed(claimer)
+        finally:
+            ahead.close()
         self._flush_due_batches(force=True)
 
     def _stalled(self) -> bool:
@@ -203,6 +347,7 @@ class Consumer:
     def _handle_alone(self, reader: GroupReader, stream: str, entry: Entry) -> None:
         self.process(reader, [(stream, entry)])
         self._flush_due_batches(force=True)
+        self._behind.drain()
         reader.flush_acks()
 
     def _count_dead(self, stream: str) -> None:
@@ -224,10 +369,9 @@ class Consumer:
             if self.stop.is_set():
                 break  # the rest stays pending and is delivered again
             port = self.r.port_of[stream]
-            spec = self.inputs[port]
             in_ns = time.time_ns()
             try:
-                msg = codec.decode(entry[1], spec.type)
+                msg = codec.decode(entry[1], self.inputs[port].type)
             except Exception as exc:  # any failure is the entry's: never fatal
                 reason = f"decode: {exc}" if isinstance(exc, CodecError) else (
                     f"decode: {type(exc).__name__}: {exc}")
@@ -258,8 +402,12 @@ class Consumer:
         if items:
             self._run_handler(port, items)
 
-    def _call(self, port: str, items: list[_Pending], batched: bool) -> None:
-        """One handler attempt: outputs written, then state, or both dropped if it raised."""
+    def _call(self, port: str, items: list[_Pending], batched: bool) -> bool:
+        """One handler attempt: outputs written, then state, or both dropped if it raised.
+
+        Returns True when the outputs went to the write-behind thread (which acks the
+        entries once they are written), False when they were written here.
+        """
         payload: Message | list[Message] = [i.msg for i in items] if batched else items[0].msg
         mark = self.r.state.checkpoint()
         counts = self.agent.context.line_counts
@@ -270,8 +418,12 @@ class Consumer:
             self.binding.handle(port, payload, [i.in_ns for i in items])
             t1 = time.perf_counter_ns()
             end_ns = time.time_ns()
-            self.r.outbox.commit()
-            retry(self.r.state.flush, "write agent state", self.stop)
+            collected = self.r.outbox.take()
+            behind = self._write_behind_ok(collected)
+            if not behind:  # after everything sent before, then the state
+                self._behind.drain()
+                _write_sent(self.r.outbox, collected)
+                retry(self.r.state.flush, "write agent state", self.stop)
         except BaseException:
             self.r.outbox.discard()  # outputs and state changes of a failed attempt
             self.r.state.rollback(mark)
@@ -283,6 +435,17 @@ class Consumer:
         for i in items:  # trace origin (the source's capture) -> end of this handler
             origin = i.msg.trace[0].in_ns if i.msg.trace else i.msg.ts_ns
             stats.e2e_ms.observe(max(0.0, (end_ns - origin) / 1e6))
+        if behind:
+            self._behind.submit(collected, port, items)
+        return behind
+
+    def _write_behind_ok(self, collected: dict[str, list[Fields]]) -> bool:
+        """Whether this call's outputs may be written behind: the agent state is unchanged
+        (it is written after the outputs, in line), the writer thread is well, and no port
+        moves fields to shared memory (that bookkeeping stays on the handler thread)."""
+        if not self._behind.is_alive() or self._behind.error is not None or self.r.state.dirty:
+            return False
+        return not any(port in self.r.outbox.stash for port in collected)
 
     def _run_handler(self, port: str, items: list[_Pending]) -> None:
         stats = self.r.stats_in[port]
@@ -292,7 +455,7 @@ class Consumer:
         outage = Backoff()
         while True:
             try:
-                self._call(port, items, batched)
+                behind = self._call(port, items, batched)
                 break
             except InterruptedError:
                 raise
@@ -325,7 +488,8 @@ class Consumer:
                             f"handler on_{port} failed {attempt} times: {exc!r}", self.consumer)
                 stats.dead += 1
                 return
-        self._handled(port, items)
+        if not behind:
+            self._handled(port, items)
 
     def _handled(self, port: str, items: list[_Pending]) -> None:
         """Queue the acks of handled entries and count them."""
@@ -342,7 +506,7 @@ class Consumer:
 
     def _run_handler_single_batch(self, port: str, item: _Pending) -> None:
         try:
-            self._call(port, [item], batched=True)
+            behind = self._call(port, [item], batched=True)
         except InterruptedError:
             raise
         except _BROKER_DOWN:
@@ -352,4 +516,5 @@ class Consumer:
                         f"handler on_{port} failed: {exc!r}", self.consumer)
             self.r.stats_in[port].dead += 1
             return
-        self._handled(port, [item])
+        if not behind:
+            self._handled(port, [item])

@@ -55,6 +55,10 @@ class Outbox:
 
     def commit(self) -> None:
         """Write what the handler call sent, one pipelined batch per port."""
-        collected, self._collect = self._collect, None
-        for port, batch in (collected or {}).items():
+        for port, batch in self.take().items():
             self.writers[port].send_many(batch)
+
+    def take(self) -> dict[str, list[Fields]]:
+        """What the handler call sent, per port, to be written later (collecting ends)."""
+        collected, self._collect = self._collect or {}, None
+        return collected

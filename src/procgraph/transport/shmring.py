@@ -20,16 +20,20 @@ may be freed is decided in :mod:`procgraph.delivery.claimcheck`.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import mmap
 import os
 import secrets
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 #: where rings live (tmpfs: RAM, gone at reboot)
 SHM_DIR = Path("/dev/shm")
-#: every ring file name starts with this, then ``<graph>.<agent>.<replica>.<port>``
+#: every ring file name starts with this, then ``<graph>.<broker>.<agent>.<replica>.<port>``
+#: (``<broker>``: :func:`broker_digest` of the stream's broker)
 RING_PREFIX = "procgraph."
 MAGIC = b"PGRING01"
 LAYOUT_VERSION = 1
@@ -54,9 +58,42 @@ class RingError(Exception):
     """A ring file is missing, foreign or of another layout."""
 
 
-def ring_name(graph: str, agent: str, replica: int, port: str) -> str:
-    """The deterministic file name of one output port's ring."""
-    return f"{RING_PREFIX}{graph}.{agent}.{replica}.{port}"
+def broker_location(url: str) -> str:
+    """Where a broker is, from its URL, without user name or password: ``tcp:host:port/db``
+    or ``unix:path?db=N`` (the scheme, TLS and other options do not change which streams
+    are there)."""
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    db = (query.get("db") or [""])[0]
+    if parts.scheme == "unix":
+        return f"unix:{parts.path}?db={int(db) if db.isdigit() else 0}"
+    path = parts.path.strip("/")
+    db = path if path.isdigit() else db
+    host = (parts.hostname or "localhost").lower()
+    try:
+        port = str(parts.port or 6379)
+    except ValueError:  # not a number: kept as written
+        port = parts.netloc.rpartition("@")[2].rpartition(":")[2]
+    return f"tcp:{host}:{port}/{int(db) if db.isdigit() else 0}"
+
+
+#: how a supervisor names an embedded broker it owns, instead of its URL (which changes with
+#: the free port each run picks): ``line:<the line's state folder>:<broker name>``
+LINE_KEY_PREFIX = "line:"
+
+
+def broker_digest(url: str) -> str:
+    """8 hex digits naming a broker in file names: its location (:func:`broker_location`),
+    or for an embedded broker a supervisor owns, its line key (``line:...``, the same on
+    every run of that line). The same stream on the same broker shares its files, one on
+    another broker does not."""
+    where = url if url.startswith(LINE_KEY_PREFIX) else broker_location(url)
+    return hashlib.sha256(where.encode()).hexdigest()[:8]
+
+
+def ring_name(graph: str, agent: str, replica: int, port: str, broker_url: str) -> str:
+    """The deterministic file name of one output port's ring (its stream on ``broker_url``)."""
+    return f"{RING_PREFIX}{graph}.{broker_digest(broker_url)}.{agent}.{replica}.{port}"
 
 
 def _layout(nslots: int, ngroups: int) -> tuple[int, int, int]:
@@ -333,16 +370,20 @@ class RingView:
         return self._data[at:at + length]
 
 
-def remove_rings(graph: str, keep: set[str] | None = None,
+def remove_rings(graph: str, digests: Iterable[str], keep: set[str] | None = None,
                  folder: Path = SHM_DIR) -> list[str]:
-    """Delete this graph's ring files (but those named in ``keep``); return their names."""
-    removed = []
-    prefix = f"{RING_PREFIX}{graph}."
+    """Delete this graph's files of the brokers whose :func:`broker_digest` is in ``digests``
+    (but those named in ``keep``); return their names. Files of the same graph name on
+    other brokers (another line) are never touched."""
+    removed: list[str] = []
+    prefixes = tuple(f"{RING_PREFIX}{graph}.{d}." for d in digests)
+    if not prefixes:
+        return removed
+    hidden = tuple(f".{p}" for p in prefixes)  # a half-made ring of a dead producer
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(folder):
             name = entry.name
-            hidden = name.startswith(f".{prefix}")  # a half-made ring of a dead producer
-            if (name.startswith(prefix) or hidden) and name not in (keep or set()):
+            if name.startswith(prefixes + hidden) and name not in (keep or set()):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(entry.path)
                 removed.append(name)
