@@ -16,7 +16,7 @@ from procgraph.transport.packer import _ZeroCopyPacker
 
 def connect(url: str, **kwargs: Any) -> redis.Redis:
     """A redis-py client for ``url`` with the zero-copy packer and keepalive."""
-    pool = redis.ConnectionPool.from_url(
+    pool = _CountingPool.from_url(
         url,
         command_packer=_ZeroCopyPacker(),
         socket_keepalive=True,
@@ -24,17 +24,28 @@ def connect(url: str, **kwargs: Any) -> redis.Redis:
         health_check_interval=kwargs.pop("health_check_interval", 0),
         **kwargs,
     )
-    counter = _Connections()
-    make = pool.make_connection
+    client = redis.Redis(connection_pool=pool)
+    # the client owns its pool: dropping the client closes its sockets (redis-py's pools are
+    # in reference cycles, so left to the garbage collector they close in no set order)
+    client.auto_close_connection_pool = True
+    return client
 
-    def make_counted() -> Any:
-        connection = make()
-        connection.register_connect_callback(counter.made)  # type: ignore[no-untyped-call]
+
+class _CountingPool(redis.ConnectionPool):
+    """A connection pool that counts its (re)connections (a subclass, not a patched method:
+    no reference cycle, so a dropped client's sockets are closed at once, not by the
+    garbage collector)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._procgraph_connections = _Connections()
+
+    def make_connection(self) -> Any:
+        """A new connection whose connects are counted."""
+        connection = super().make_connection()
+        connection.register_connect_callback(  # type: ignore[no-untyped-call]
+            self._procgraph_connections.made)
         return connection
-
-    pool.make_connection = make_counted  # type: ignore[method-assign]
-    pool._procgraph_connections = counter  # type: ignore[attr-defined]
-    return redis.Redis(connection_pool=pool)
 
 
 class _Connections:
