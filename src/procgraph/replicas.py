@@ -158,60 +158,6 @@ class ProcessHandle:
 
     def terminate(self) -> None:
         """SIGTERM."""
-        self.proc.terminate()
-
-    def kill(self) -> None:
-        """SIGKILL."""
-        self.proc.kill()
-
-    def release(self) -> None:
-        """Nothing to free (the pump closes the pipe)."""
-
-
-class ForkedHandle:
-    """A replica forked by the fork server (:class:`procgraph.forkserver.ForkedProcess`)."""
-
-    def __init__(self, proc: ForkedProcess) -> None:
-        self.proc = proc
-
-    @property
-    def pid(self) -> int:
-        """The process id."""
-        return self.proc.pid
-
-    @property
-    def returncode(self) -> int | None:
-        """The exit code once the fork server reported it."""
-        return self.proc.returncode
-
-    @property
-    def stdout(self) -> IO[bytes] | None:
-        """The pipe of its stdout and stderr."""
-        return self.proc.stdout
-
-    @property
-    def agent_pid(self) -> int | None:
-        """The same pid: the replica reports ``os.getpid()``."""
-        return self.proc.pid
-
-    def describe(self) -> str:
-        """``pid N``."""
-        return f"pid {self.proc.pid}"
-
-    def poll(self) -> int | None:
-        """The exit code if it has ended (-1: ended while the fork server was gone)."""
-        return self.proc.poll()
-
-    def wait(self, timeout: float | None = None) -> int:
-        """Wait for the end; subprocess.TimeoutExpired after ``timeout`` seconds."""
-        return self.proc.wait(timeout)
-
-    def owns(self, beat: Heartbeat, host: str) -> bool:
-        """Its pid on this host."""
-        return beat.pid == self.proc.pid and beat.host in ("", host)
-
-    def terminate(self) -> None:
-        """SIGTERM."""
         self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
@@ -220,6 +166,15 @@ class ForkedHandle:
 
     def release(self) -> None:
         """Nothing to free (the pump closes the pipe)."""
+
+
+class ForkedHandle(ProcessHandle):
+    """A replica forked by the fork server (:class:`procgraph.forkserver.ForkedProcess`):
+    the same handle as a spawned process; its exit code is the one the fork server
+    reported (-1: it ended while the fork server was gone), signals go through its pidfd."""
+
+    def __init__(self, proc: ForkedProcess) -> None:
+        self.proc = proc  # type: ignore[assignment]  # duck-types the Popen calls used
 
 
 class _StreamReader(io.RawIOBase):
