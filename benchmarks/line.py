@@ -53,6 +53,7 @@ from procgraph.agents.messages import PartOutcome, Trigger
 from procgraph.agents.modbus.client import PlcWriter
 from procgraph.agents.modbus.registers import RegisterMap
 from procgraph.agents.modbus.sim import SimulatedPlc
+from startup import family
 
 from e2e import ROOT, Model, defects_outcome, pct
 from procgraph import codec
@@ -78,25 +79,6 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
-def family() -> list[int]:
-    """This process and all its descendants (the broker, the agents)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
-    out, todo = [os.getpid()], [os.getpid()]
-    while todo:
-        p = todo.pop()
-        kids = [c for c, pp in parents.items() if pp == p]
-        out += kids
-        todo += kids
-    return out
-
-
 class CpuWindow:
     """CPU of the whole process family between the first and the last part at the PLC."""
 
@@ -108,7 +90,7 @@ class CpuWindow:
     def sample(self, parts_done: int, last: bool = False) -> None:
         """Take the first sample at the first part, the last one when told."""
         if self.start is None and parts_done:
-            self.pids = family()
+            self.pids = family(os.getpid())
             self.start = (cpu_s(self.pids), parts_done)
         elif last and self.start is not None:
             self.end = (cpu_s(self.pids), parts_done)
