@@ -111,7 +111,7 @@ class _Prefetcher(threading.Thread):
 def _write_sent(outbox: Outbox, collected: dict[str, list[Fields]]) -> None:
     """Write ``collected`` (from ``Outbox.take``): one pipelined batch per port."""
     for port, batch in collected.items():
-        outbox.writers[port].send_many(batch)
+        outbox.writers[port].send_many(batch, checked=True)  # sizes checked on send()
 
 
 _Job = tuple[dict[str, list[Fields]], str, list[_Pending]]

@@ -56,7 +56,7 @@ class Outbox:
     def commit(self) -> None:
         """Write what the handler call sent, one pipelined batch per port."""
         for port, batch in self.take().items():
-            self.writers[port].send_many(batch)
+            self.writers[port].send_many(batch, checked=True)  # sizes checked in deliver()
 
     def take(self) -> dict[str, list[Fields]]:
         """What the handler call sent, per port, to be written later (collecting ends)."""
