@@ -20,6 +20,9 @@ written again through the writer's own retry (a reply lost on the way can double
 batch, as any retried XADD can). An error (an entry the broker refused, the line stopping)
 is raised in the source at its next ``send()`` or ``flush()``. A handler's sends do not
 come here: they are written together when the handler returns, before its input is acked.
+
+A source that uses its state (``state`` given) has its sends held for its next state change
+instead, and written with it in one transaction (:mod:`procgraph.delivery.together`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,9 @@ from typing import Any
 
 from redis.exceptions import ResponseError
 
+from procgraph.delivery.together import HeldSends
 from procgraph.errors import TRANSIENT_ERRORS
+from procgraph.state.buffer import Store
 from procgraph.transport.writer import Fields, StreamWriter
 
 #: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
@@ -50,13 +55,23 @@ class SendBuffer:
     MAX_ENTRIES = 256
     MAX_BYTES = 64 * 1024 * 1024
 
-    def __init__(self, writers: Mapping[str, StreamWriter], stop: threading.Event) -> None:
+    def __init__(self, writers: Mapping[str, StreamWriter], stop: threading.Event,
+                 state: tuple[Store, Any] | None = None) -> None:
+        """``state``: the source's state store and the client of its broker (sends to ports
+        on that broker are then written with the state changes that follow them)."""
         self.writers = writers
         self.stop = stop
         self._ports: dict[str, _PortWriter] = {}
+        self.held: HeldSends | None = None
+        if state is not None:
+            self.held = HeldSends(writers, state[0], state[1], stop, self._flush_ports,
+                                  self.MAX_ENTRIES, self.MAX_BYTES)
 
     def add(self, port: str, fields: Fields) -> None:
-        """Write one encoded entry now, or queue it behind the write in flight."""
+        """Write one encoded entry now, queue it behind the write in flight, or hold it for
+        the source's next state change."""
+        if self.held is not None and self.held.hold(port, fields):
+            return
         pipe = self._ports.get(port)
         if pipe is None:
             pipe = self._ports[port] = _PortWriter(self.writers[port], self.stop,
@@ -65,6 +80,11 @@ class SendBuffer:
 
     def flush(self) -> None:
         """Return once everything sent so far is in the broker (raise what a write hit)."""
+        self._flush_ports()
+        if self.held is not None:
+            self.held.commit()
+
+    def _flush_ports(self) -> None:
         for pipe in list(self._ports.values()):
             pipe.flush()
 
@@ -73,6 +93,8 @@ class SendBuffer:
         try:
             self.flush()
         finally:
+            if self.held is not None:
+                self.held.close()
             for pipe in self._ports.values():
                 pipe.close()
 

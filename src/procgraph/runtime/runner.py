@@ -168,7 +168,8 @@ class AgentRunner:
             self._shut_down()
 
     def _run_source(self) -> None:
-        buffer = SendBuffer(self.writers, self.stop_event)
+        buffer = SendBuffer(self.writers, self.stop_event,
+                            state=(self.state.store, self.client(self.spec.broker)))
         self.outbox.buffer = buffer
 
         def flush() -> None:  # a source's sends first, then its state

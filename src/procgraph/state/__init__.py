@@ -178,6 +178,11 @@ class AgentState:
         """Where the flushed state lives."""
         return self._store.backend
 
+    @property
+    def store(self) -> Store:
+        """The write buffer under this state (the runtime's: hooks, transactions)."""
+        return self._store
+
     def _key(self, name: str) -> str:
         return state_key(self.graph, self.agent, name, self._replica if self._scoped else None)
 

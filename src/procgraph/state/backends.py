@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 from procgraph.state.buffer import DELETED, Layer
 
@@ -26,8 +27,9 @@ class StateBackend(Protocol):
     def zscore(self, key: str, member: str) -> float | None:
         """The time of a keyset member, None if absent."""
 
-    def apply(self, layer: Layer) -> None:
-        """Write a layer's changes, all at once (prunes first, then the writes)."""
+    def apply(self, layer: Layer, before: Callable[[Any], None] | None = None) -> list[Any]:
+        """Write a layer's changes, all at once (prunes first, then the writes); ``before``
+        adds commands of its own to the same transaction, ahead of them."""
 
 
 def _text(raw: bytes | str) -> str:
@@ -58,9 +60,12 @@ class RedisStateBackend:
         score = self.client.zscore(key, member)
         return None if score is None else float(score)
 
-    def apply(self, layer: Layer) -> None:
-        """Write a layer's changes in one MULTI/EXEC pipeline."""
+    def apply(self, layer: Layer, before: Callable[[Any], None] | None = None) -> list[Any]:
+        """Write a layer's changes in one MULTI/EXEC pipeline (``before``'s commands first);
+        returns the replies."""
         pipe = self.client.pipeline(transaction=True)
+        if before is not None:
+            before(pipe)
         for key, cutoff in layer.prunes.items():
             pipe.zremrangebyscore(key, "-inf", f"({cutoff!r}")
         for key, fields in layer.hashes.items():
@@ -77,7 +82,7 @@ class RedisStateBackend:
                 pipe.zadd(key, adds)
             if rems:
                 pipe.zrem(key, *rems)
-        pipe.execute()
+        return list(pipe.execute())
 
 
 class MemoryStateBackend:
@@ -110,8 +115,10 @@ class MemoryStateBackend:
         with self._lock:
             return self.zsets.get(key, {}).get(member)
 
-    def apply(self, layer: Layer) -> None:
-        """Write a layer's changes at once."""
+    def apply(self, layer: Layer, before: Callable[[Any], None] | None = None) -> list[Any]:
+        """Write a layer's changes at once (``before`` is for a broker: not taken here)."""
+        if before is not None:
+            raise TypeError("state kept in memory cannot write other commands with it")
         with self._lock:
             self.flushes += 1
             for key, cutoff in layer.prunes.items():
@@ -132,5 +139,6 @@ class MemoryStateBackend:
                         z.pop(m, None)
                     else:
                         z[m] = s
+        return []
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -59,15 +60,27 @@ class Store:
         self.flush_lock = threading.Lock()
         self.current = Layer()
         self.flushing: Layer | None = None
+        #: the agent read or wrote its state in this process (a source's sends are then held
+        #: for its next state change: procgraph.delivery.together)
+        self.used = False
+        #: called after each write (outside the lock)
+        self.on_change: Callable[[], None] | None = None
+
+    def _changed(self) -> None:
+        self.used = True
+        if self.on_change is not None:
+            self.on_change()
 
     def _layers(self) -> list[Layer]:
         """Unflushed layers, newest first."""
+        self.used = True
         return [self.current] if self.flushing is None else [self.current, self.flushing]
 
     # -- hashes ---------------------------------------------------------------------------
     def hset(self, key: str, fld: str, value: Any) -> None:
         with self.lock:
             self.current.hashes.setdefault(key, {})[fld] = value
+        self._changed()
 
     def hget(self, key: str, fld: str) -> str | None:
         with self.lock:
@@ -113,10 +126,12 @@ class Store:
     def zadd(self, key: str, member: str, score: Any) -> None:
         with self.lock:
             self.current.zsets.setdefault(key, {})[member] = score
+        self._changed()
 
     def zprune(self, key: str, cutoff: float) -> None:
         with self.lock:
             self.current.prune(key, cutoff)
+        self._changed()
 
     def zcontains(self, key: str, member: str) -> bool:
         cutoff = -math.inf  # prunes made after an older layer's write remove it too
@@ -147,16 +162,18 @@ class Store:
         with self.lock:
             return not self.current.empty()
 
-    def flush(self) -> None:
+    def flush(self, before: Callable[[Any], None] | None = None) -> list[Any]:
+        """Write the unflushed changes in one transaction; ``before`` queues commands of
+        its own ahead of them in that transaction (its replies come first in the list)."""
         with self.flush_lock:
             with self.lock:
-                if self.current.empty():
-                    return
+                if self.current.empty() and before is None:
+                    return []
                 layer, self.current = self.current, Layer()
                 self.flushing = layer
             try:
                 with broker_unavailable_as("write agent state"):
-                    self.backend.apply(layer)
+                    replies = self.backend.apply(layer, before)
             except BaseException:
                 with self.lock:  # keep every write, in order, for the next flush
                     layer.merge(self.current)
@@ -164,5 +181,6 @@ class Store:
                 raise
             with self.lock:
                 self.flushing = None
+            return replies
 
 

@@ -107,7 +107,7 @@ class StreamWriter:
         self.prepare([fields])
         result: bytes = retry(lambda: self._xadd(self.client, fields),
                               f"XADD {self.config.stream}", self.stop,
-                              on_reconnect=self._on_reconnect)
+                              on_reconnect=self.on_reconnect)
         if self.on_sent is not None:
             self.on_sent([fields], [result])
         return result
@@ -129,7 +129,7 @@ class StreamWriter:
             return list(pipe.execute())
 
         ids: list[bytes] = retry(send, f"XADD {self.config.stream}", self.stop,
-                                 on_reconnect=self._on_reconnect)
+                                 on_reconnect=self.on_reconnect)
         if self.on_sent is not None:
             self.on_sent(batch, ids)
         return ids
@@ -165,5 +165,6 @@ class StreamWriter:
         return args
 
     @property
-    def _on_reconnect(self) -> Callable[[], None] | None:
+    def on_reconnect(self) -> Callable[[], None] | None:
+        """What to run before a retry on a new connection (re-create lost groups)."""
         return self.gate.recreate_reader_groups if self.gate is not None else None
