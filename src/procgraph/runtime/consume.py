@@ -420,8 +420,8 @@ class Consumer:
             end_ns = time.time_ns()
             collected = self.r.outbox.take()
             behind = self._write_behind_ok(collected)
-            if not behind:  # after everything sent before, then the state
-                self._behind.drain()
+            if not behind and (collected or self.r.state.dirty):
+                self._behind.drain()  # after everything sent before, then the state
                 _write_sent(self.r.outbox, collected)
                 retry(self.r.state.flush, "write agent state", self.stop)
         except BaseException:
@@ -440,11 +440,12 @@ class Consumer:
         return behind
 
     def _write_behind_ok(self, collected: dict[str, list[Fields]]) -> bool:
-        """Whether this call's outputs may be written behind: the agent state is unchanged
-        (it is written after the outputs, in line), the writer thread is well, and no port
-        moves fields to shared memory (that bookkeeping stays on the handler thread)."""
-        if not self._behind.is_alive() or self._behind.error is not None or self.r.state.dirty:
-            return False
+        """Whether this call's outputs may be written behind: there are some, the agent state
+        is unchanged (it is written after the outputs, in line), the writer thread is well,
+        and no port moves fields to shared memory (that bookkeeping stays on this thread)."""
+        if (not collected or not self._behind.is_alive() or self._behind.error is not None
+                or self.r.state.dirty):
+            return False  # nothing to write (acked at once; acks need no order), or in line
         return not any(port in self.r.outbox.stash for port in collected)
 
     def _run_handler(self, port: str, items: list[_Pending]) -> None:
