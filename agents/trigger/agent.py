@@ -67,7 +67,7 @@ class PartTrigger(Agent):
             self.triggers.send(Trigger(key=p.key_format.format(seq=seq), seq=seq,
                                        trigger_ns=time.time_ns()))
             seq += 1
-            self.state.put("next_seq", seq)  # written after the trigger, by sleep()/flush
+            self.state.put("next_seq", seq)  # written with the trigger, in one transaction
 
     def wait_for_agents(self) -> None:
         """Wait (up to ``wait_timeout_s``) until every agent in ``wait_for`` has a heartbeat."""

@@ -64,7 +64,7 @@ class SyntheticPartCamera(CameraAgent):
         return {"truth": grab.meta["truth"]}
 
     def sent_seq(self, seq: int) -> None:
-        """Remember progress; the runtime writes it after the frame is surely in the broker."""
+        """Remember progress; the runtime writes it with the frame, in one transaction."""
         self.state.put("next_seq", seq + 1)
 
 
