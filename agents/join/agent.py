@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from procgraph.agents.join import rules
-from procgraph.agents.messages import PartOutcome, Verdict
+from procgraph.agents.messages import PartOutcome, Trigger, Verdict
 from pydantic import Field, field_validator
 
 from procgraph import Agent, Input, Output
@@ -22,7 +22,12 @@ class JoinAgent(Agent):
     one gets ``incomplete`` with the fail-safe ``incomplete_reject``. The rules live in
     :mod:`procgraph.agents.join.rules`; this class keeps the state and talks to the stream.
 
+    Wire ``triggers`` (optional) from the part trigger, and a part no camera saw (every
+    camera skipped its trigger) is decided too: ``incomplete``, every view missing, its window
+    counted from the trigger. Without it such a part never reaches the join.
+
     State (``self.state``, written with the acks): ``pending`` (map of half-joined parts),
+    ``announced`` (map of triggered parts with no verdict yet: key -> trigger_ns),
     ``decided`` (keyset of decided keys, pruned after ``done_ttl_s``). A duplicate verdict,
     or one for a part already decided, is logged and ignored. Run one replica. Each part
     decided is counted by outcome in the line counter ``parts:<outcome>`` (``context.count``;
@@ -51,6 +56,9 @@ class JoinAgent(Agent):
     clock: ClassVar[Callable[[], int]] = time.time_ns
 
     verdicts = Input(Verdict, doc="verdicts of every view (fan-in)")
+    triggers = Input(Trigger, optional=True,
+                     doc="the part trigger: a part it announced that no view came of is "
+                     "still decided (incomplete)")
     outcomes = Output(PartOutcome, doc="one joined outcome per part (part_seq unset)")
 
     def setup(self) -> None:
@@ -65,6 +73,8 @@ class JoinAgent(Agent):
         self.decided = self.state.keyset("decided")
         # mirrored here so the window check on every tick reads no broker
         self.pending: dict[str, dict[str, Any]] = dict(self.pending_state.items())
+        self.announced_state = self.state.map("announced")
+        self.announced: dict[str, int] = {k: int(v) for k, v in self.announced_state.items()}
         self.last_prune = 0.0
         self.log.info("joining views %s by key, window %.0f ms, fail-safe %s; %d parts pending",
                       ", ".join(f"{c}->{v}" for c, v in self.view_of.items()), p.window_ms,
@@ -86,6 +96,7 @@ class JoinAgent(Agent):
         elif v.key not in self.pending and v.key in self.decided:  # decided: never pending
             self.log.warning("verdict for part %s (%s) ignored: already decided", v.key, view)
         else:
+            self._unannounce(v.key)  # a view came: the part is pending from now on
             part = dict(self.pending.get(v.key, {}))
             part[view] = v.model_dump(mode="json")
             if all(name in part for name in self.view_names):
@@ -94,6 +105,19 @@ class JoinAgent(Agent):
             self.pending[v.key] = part
             self.pending_state.put(v.key, part)
         self._expire()
+
+    def on_triggers(self, t: Trigger) -> None:
+        """Remember a triggered part, so that it is decided even if no view of it comes."""
+        self.expiry.alive()
+        if t.key and t.key not in self.pending and t.key not in self.announced and (
+                t.key not in self.decided):
+            self.announced[t.key] = t.trigger_ns
+            self.announced_state.put(t.key, t.trigger_ns)
+        self._expire()
+
+    def _unannounce(self, key: str) -> None:
+        if self.announced.pop(key, None) is not None:
+            self.announced_state.delete(key)
 
     def tick(self) -> None:
         """Give the fail-safe outcome to parts whose missing views can no longer come."""
@@ -108,13 +132,17 @@ class JoinAgent(Agent):
         done = complete[0] if complete is not None else None
         ready = [(rules.capture_ns(self.pending[k]), k, self.pending[k], self.expiry.reason(
             self.pending[k])) for k in self.expiry.due(self.pending) if k != done]
+        for key, trigger_ns in self.announced.items():  # no view came of these
+            why = self.expiry.reason_from(trigger_ns, self.view_names)
+            if why is not None:
+                ready.append((trigger_ns, key, {}, why))
         if complete is not None:
             ready.append((rules.capture_ns(complete[1]), complete[0], complete[1], None))
-        for _, key, part, why in sorted(ready, key=lambda r: (r[0], r[1])):
-            self._emit(key, part, why)
+        for start, key, part, why in sorted(ready, key=lambda r: (r[0], r[1])):
+            self._emit(key, part, why, start)
         return len(ready)
 
-    def _emit(self, key: str, part: dict[str, Any], why: str | None) -> None:
+    def _emit(self, key: str, part: dict[str, Any], why: str | None, start_ns: int) -> None:
         d = rules.decide(part, self.view_names, self.window_ns, self.params.incomplete_reject)
         verdicts = {name: Verdict.model_validate(x) for name, x in part.items()}
         if d.incomplete:
@@ -127,12 +155,13 @@ class JoinAgent(Agent):
                              "reject" if d.reject else "pass")
         truths = [x.truth for x in verdicts.values()]
         truth = None if None in truths or d.missing else any(t != "ok" for t in truths)
-        latest = max(verdicts.values(), key=lambda x: x.ts_ns)
+        latest = max(verdicts.values(), key=lambda x: x.ts_ns, default=None)
         self.outcomes.send(PartOutcome(
-            key=key, outcome=d.outcome, reject=d.reject, capture_ns=rules.capture_ns(part),
+            key=key, outcome=d.outcome, reject=d.reject, capture_ns=start_ns,
             verdicts=verdicts, missing=d.missing, truth_defective=truth,
-            trace=list(latest.trace)))
+            trace=list(latest.trace) if latest is not None else []))
         self.context.count(f"parts:{d.outcome}")  # procgraph_parts_total{outcome}
         self.pending.pop(key, None)
         self.pending_state.delete(key)
+        self._unannounce(key)
         self.decided.add(key)

@@ -27,6 +27,8 @@ The rules, in one place:
   outcomes. Event-time watermarks are unaffected.
 * A part's capture time is the earliest capture of its views; parts given up together are
   decided oldest first.
+* **Announced parts**: a part the trigger announced, of which no view came, is missing every
+  view; its window counts from the trigger (:meth:`Expiry.reason_from`).
 """
 
 from __future__ import annotations
@@ -157,12 +159,15 @@ class Expiry:
 
     def reason(self, part: Part) -> str | None:
         """Why the part's missing views are given up (``"watermark"``/``"clock"``) or None."""
-        start = capture_ns(part)
-        deadline = start + self.window_ns
-        for view in self.views:
-            if view not in part and self.watermark_ns.get(view, 0) > deadline:
-                return "watermark"
-        if self.clock() - max(start, self.resumed_ns) > self.window_ns:
+        return self.reason_from(capture_ns(part), [v for v in self.views if v not in part])
+
+    def reason_from(self, start_ns: int, missing: Iterable[str]) -> str | None:
+        """Why views ``missing`` of a part that began at ``start_ns`` are given up, or None
+        (a part announced by its trigger, with no view in yet, begins at the trigger)."""
+        deadline = start_ns + self.window_ns
+        if any(self.watermark_ns.get(view, 0) > deadline for view in missing):
+            return "watermark"
+        if self.clock() - max(start_ns, self.resumed_ns) > self.window_ns:
             return "clock"
         return None
 

@@ -19,7 +19,8 @@ from procgraph.cli.main import app
 from procgraph.logfiles import LogFiles, log_dir
 
 runner = CliRunner()
-LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d{3} (\S+) +([A-Z]+) +(.*)$")
+#: a record head: date (only for a record of another day), time, source, level, text
+LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d )?\d\d:\d\d:\d\d\.\d{3} (\S+) +([A-Z]+) +(.*)$")
 
 
 def _cli(*args: str) -> tuple[int, str, str]:

@@ -227,6 +227,39 @@ def test_camera_stalled_4s_only_parts_triggered_meanwhile_are_incomplete(valkey)
     assert 0 < f["incomplete"] <= 10 * (up - down) / 1e9 + 5, f  # 10 parts/s while down
 
 
+@pytest.mark.slow
+def test_both_cameras_stalled_4s_parts_no_camera_saw_still_reach_the_plc(valkey):
+    """SIGSTOP of both cameras for 4 s: the triggers older than max_trigger_age_ms (2 s) when
+    the cameras resume are skipped by both, so no verdict of those parts exists. The join
+    reads the trigger too and gives them the fail-safe outcome: every part reaches the PLC
+    once, the ones triggered meanwhile incomplete (before: those parts never reached it)."""
+    client = redis.Redis.from_url(valkey.url)
+    n = 100
+    with line(valkey.url, parts=n, rate=10) as (sup, plc):
+        plc.wait_for_parts(15, timeout_s=60)
+        pids = [r.pid for r in sup.replicas if r.agent.name in ("front_cam", "back_cam")]
+        assert len(pids) == 2 and None not in pids
+        down = time.time_ns()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)  # type: ignore[arg-type]
+        try:
+            time.sleep(4.0)
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)  # type: ignore[arg-type]
+        plc.wait_for_parts(n, timeout_s=90)
+        time.sleep(0.5)
+    up = max(resumed_ns(client, cam, down) for cam in ("front_cam", "back_cam"))
+    f = outage_figures(plc, client, n, [(down, up)])
+    unseen = [k for k, o in outcomes(client).items() if not o.verdicts]
+    print("parts no camera saw:", sorted(unseen, key=lambda k: int(k.split("-")[1])))
+    assert (f["lost"], f["duplicated"]) == (0, 0), f
+    assert plc.violations == []
+    assert f["incomplete_outside_outage"] == 0, f
+    assert unseen, "no part was skipped by both cameras: the stall did not test the rule"
+    assert all(outcomes(client)[k].missing == ["front", "back"] for k in unseen)
+
+
 def back_frames_after(client: redis.Redis, after_ns: int) -> int:
     """How many frames the back camera captured after ``after_ns``."""
     entries = client.xrevrange("pg:inspection:back_cam:frames", count=50)

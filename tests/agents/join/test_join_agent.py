@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from procgraph.agents.join import JoinAgent
-from procgraph.agents.messages import ModelInfo, PartOutcome, Verdict
+from procgraph.agents.messages import ModelInfo, PartOutcome, Trigger, Verdict
 
 from procgraph.testing import AgentHarness, FakeClock
 
@@ -240,3 +240,63 @@ def test_a_view_restarted_with_another_counter_never_stalls_the_join() -> None:
     assert set(keys) == {f"p{i}" for i in range(110)} | {f"p{i}" for i in range(200, 210)}
     assert [o.outcome for o in out[-10:]] == ["ok"] * 10
     assert all(o.outcome == "ok" for o in out if o.key in {f"p{i}" for i in range(10)})
+
+
+def trigger(key: str, at: int = T0) -> Trigger:
+    """The part trigger's message for part ``key``, triggered at ``at``."""
+    return Trigger(key=key, seq=int(key.rsplit("-", 1)[-1]), trigger_ns=at)
+
+
+def test_a_triggered_part_no_camera_saw_is_decided_incomplete() -> None:
+    """Both cameras skipped the trigger: without the trigger input the part never reached
+    the join; with it the part gets the fail-safe once its window from the trigger passed."""
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        h.feed("triggers", trigger("part-7"))
+        for _ in range(10):
+            clock.advance(0.1)
+            h.agent.tick()
+        assert outcomes(h) == []  # one window from the trigger: still on time
+        clock.advance(0.05)
+        h.agent.tick()
+        assert h.agent.announced == {}
+    [o] = outcomes(h)
+    assert (o.key, o.outcome, o.reject, o.missing) == (
+        "part-7", "incomplete", True, ["front", "back"])
+    assert (o.capture_ns, o.verdicts, o.truth_defective) == (T0, {}, None)
+
+
+def test_a_triggered_part_whose_views_came_is_joined_once() -> None:
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        h.feed("triggers", trigger("part-1"))
+        h.feed("verdicts", verdict("part-1", "front", T0 + 5 * MS))
+        assert h.agent.announced == {}  # a view came: pending from now on
+        h.feed("verdicts", verdict("part-1", "back", T0 + 6 * MS))
+        h.feed("triggers", trigger("part-1"))  # again (redelivered): already decided
+        clock.advance(5)
+        h.agent.tick()
+    assert [(o.key, o.outcome) for o in outcomes(h)] == [("part-1", "ok")]
+
+
+def test_a_camera_moving_on_gives_up_an_unseen_triggered_part() -> None:
+    """Event time: once a camera's frames are captured past the trigger plus the window, the
+    part it never sent is given up, before the wall-clock wait."""
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as h:
+        h.feed("triggers", [trigger("part-1"), trigger("part-2", T0 + 2 * S)])
+        h.feed("verdicts", verdict("part-2", "front", T0 + 2 * S))
+    assert [(o.key, o.missing) for o in outcomes(h)] == [("part-1", ["front", "back"])]
+
+
+def test_a_restart_keeps_the_announced_parts() -> None:
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000) as first:
+        first.feed("triggers", trigger("part-3"))
+    clock.advance(60)
+    with harness(clock, window_ms=1000, state=first.state) as second:
+        assert second.agent.announced == {"part-3": T0}
+        for _ in range(11):  # the restart does not count: a window of ticks from here
+            clock.advance(0.1)
+            second.agent.tick()
+    assert [(o.key, o.outcome) for o in outcomes(second)] == [("part-3", "incomplete")]
