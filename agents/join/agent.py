@@ -23,8 +23,9 @@ class JoinAgent(Agent):
     :mod:`procgraph.agents.join.rules`; this class keeps the state and talks to the stream.
 
     Wire ``triggers`` (optional) from the part trigger, and a part no camera saw (every
-    camera skipped its trigger) is decided too: ``incomplete``, every view missing, its window
-    counted from the trigger. Without it such a part never reaches the join.
+    camera skipped its trigger) is decided too: ``incomplete``, every view missing, once
+    ``trigger_grace_ms`` (the cameras' ``max_trigger_age_ms``) plus the window have passed
+    since the trigger. Without it such a part never reaches the join.
 
     State (``self.state``, written with the acks): ``pending`` (map of half-joined parts),
     ``announced`` (map of triggered parts with no verdict yet: key -> trigger_ns),
@@ -43,6 +44,10 @@ class JoinAgent(Agent):
         gap_s: float = Field(0.5, gt=0, description="a pause in the loop longer than this "
                              "(blocked, restarting) does not count toward the window")
         done_ttl_s: int = Field(86400, ge=60, description="how long decided keys are kept")
+        trigger_grace_ms: float = Field(
+            2000, ge=0, description="with the triggers input: how long after its trigger a "
+            "camera may still capture a part (the cameras' max_trigger_age_ms); a part no view "
+            "came of is given up this long plus the window after its trigger")
 
         @field_validator("views")
         @classmethod
@@ -132,8 +137,9 @@ class JoinAgent(Agent):
         done = complete[0] if complete is not None else None
         ready = [(rules.capture_ns(self.pending[k]), k, self.pending[k], self.expiry.reason(
             self.pending[k])) for k in self.expiry.due(self.pending) if k != done]
+        grace_ns = int(self.params.trigger_grace_ms * 1e6)
         for key, trigger_ns in self.announced.items():  # no view came of these
-            why = self.expiry.reason_from(trigger_ns, self.view_names)
+            why = self.expiry.reason_from(trigger_ns + grace_ns, self.view_names)
             if why is not None:
                 ready.append((trigger_ns, key, {}, why))
         if complete is not None:

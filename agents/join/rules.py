@@ -28,7 +28,8 @@ The rules, in one place:
 * A part's capture time is the earliest capture of its views; parts given up together are
   decided oldest first.
 * **Announced parts**: a part the trigger announced, of which no view came, is missing every
-  view; its window counts from the trigger (:meth:`Expiry.reason_from`).
+  view; its window counts from the last moment a camera could still capture it (the
+  agent's trigger plus grace, :meth:`Expiry.reason_from`).
 """
 
 from __future__ import annotations

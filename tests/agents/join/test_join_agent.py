@@ -251,7 +251,7 @@ def test_a_triggered_part_no_camera_saw_is_decided_incomplete() -> None:
     """Both cameras skipped the trigger: without the trigger input the part never reached
     the join; with it the part gets the fail-safe once its window from the trigger passed."""
     clock = FakeClock(T0)
-    with harness(clock, window_ms=1000) as h:
+    with harness(clock, window_ms=1000, trigger_grace_ms=0) as h:
         h.feed("triggers", trigger("part-7"))
         for _ in range(10):
             clock.advance(0.1)
@@ -283,20 +283,37 @@ def test_a_camera_moving_on_gives_up_an_unseen_triggered_part() -> None:
     """Event time: once a camera's frames are captured past the trigger plus the window, the
     part it never sent is given up, before the wall-clock wait."""
     clock = FakeClock(T0)
-    with harness(clock, window_ms=1000) as h:
+    with harness(clock, window_ms=1000, trigger_grace_ms=500) as h:
         h.feed("triggers", [trigger("part-1"), trigger("part-2", T0 + 2 * S)])
+        h.feed("verdicts", verdict("part-2", "front", T0 + 1400 * MS))
+        assert outcomes(h) == []  # not past the trigger + grace + window yet
         h.feed("verdicts", verdict("part-2", "front", T0 + 2 * S))
     assert [(o.key, o.missing) for o in outcomes(h)] == [("part-1", ["front", "back"])]
 
 
 def test_a_restart_keeps_the_announced_parts() -> None:
     clock = FakeClock(T0)
-    with harness(clock, window_ms=1000) as first:
+    with harness(clock, window_ms=1000, trigger_grace_ms=0) as first:
         first.feed("triggers", trigger("part-3"))
     clock.advance(60)
-    with harness(clock, window_ms=1000, state=first.state) as second:
+    with harness(clock, window_ms=1000, trigger_grace_ms=0, state=first.state) as second:
         assert second.agent.announced == {"part-3": T0}
         for _ in range(11):  # the restart does not count: a window of ticks from here
             clock.advance(0.1)
             second.agent.tick()
     assert [(o.key, o.outcome) for o in outcomes(second)] == [("part-3", "incomplete")]
+
+
+def test_a_camera_lagging_behind_its_trigger_does_not_make_the_part_incomplete() -> None:
+    """A camera may capture a part up to its max_trigger_age_ms after the trigger: a verdict
+    made within the window of that late capture still joins (trigger_grace_ms)."""
+    clock = FakeClock(T0)
+    with harness(clock, window_ms=1000, trigger_grace_ms=2000) as h:
+        h.feed("triggers", trigger("part-4"))
+        for _ in range(25):  # 2.5 s: past the window from the trigger, not from the capture
+            clock.advance(0.1)
+            h.agent.tick()
+        assert outcomes(h) == []
+        late = T0 + 1800 * MS  # both cameras captured it 1.8 s after the trigger
+        h.feed("verdicts", [verdict("part-4", "front", late), verdict("part-4", "back", late)])
+    assert [(o.key, o.outcome) for o in outcomes(h)] == [("part-4", "ok")]
