@@ -9,23 +9,11 @@ from typing import Any
 
 import numpy as np
 import redis
+from test_sendbuffer import _entry, _numbers, _writer
 
 from procgraph.delivery.sendbuffer import SendBuffer
 from procgraph.state import AgentState
 from procgraph.transport.connect import connect
-from procgraph.transport.writer import Fields, StreamWriter, WriterConfig
-
-
-def _writer(client: redis.Redis, stream: str, stop: threading.Event) -> StreamWriter:
-    return StreamWriter(client, WriterConfig(stream, 100_000, 512 * 2**20), stop)
-
-
-def _entry(n: int) -> Fields:
-    return {b"n": str(n).encode()}
-
-
-def _numbers(client: redis.Redis, stream: str) -> list[int]:
-    return [int(f[b"n"]) for _, f in client.xrange(stream)]
 
 
 def _line(client: redis.Redis, streams: dict[str, str],
