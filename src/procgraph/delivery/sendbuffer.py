@@ -36,16 +36,13 @@ from redis.exceptions import ResponseError
 from procgraph.delivery.together import HeldSends
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.state.buffer import Store
-from procgraph.transport.writer import Fields, StreamWriter
+from procgraph.transport.writer import Fields, StreamWriter, entry_bytes
 
 #: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
 #: written before ``send()`` returns, since the sender may reuse the buffer; a smaller one is
 #: copied when queued
 BIG_BYTES = 64 * 1024
 
-
-def _nbytes(fields: Fields) -> int:
-    return sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
 
 
 class SendBuffer:
@@ -129,7 +126,7 @@ class _PortWriter:
 
     def add(self, fields: Fields) -> None:
         if any(isinstance(v, memoryview) for v in fields.values()):
-            if _nbytes(fields) >= BIG_BYTES:  # the sender's own array: written before return
+            if entry_bytes(fields) >= BIG_BYTES:  # the sender's own array: written before return
                 self.flush()
                 self._add(fields)
                 self.flush()
@@ -139,7 +136,7 @@ class _PortWriter:
         self._add(fields)
 
     def _add(self, fields: Fields) -> None:
-        size = _nbytes(fields)
+        size = entry_bytes(fields)
         with self.cond:
             self._raise_error()
             while self.queue and (len(self.queue) >= self.max_entries

@@ -25,11 +25,7 @@ import redis
 
 from procgraph.state.buffer import Store
 from procgraph.transport.retry import retry
-from procgraph.transport.writer import Fields, StreamWriter
-
-
-def _nbytes(fields: Fields) -> int:
-    return sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
+from procgraph.transport.writer import Fields, StreamWriter, entry_bytes
 
 
 class HeldSends:
@@ -70,7 +66,7 @@ class HeldSends:
             fields = {k: bytes(v) if isinstance(v, memoryview) else v for k, v in fields.items()}
             self.held[port] = [fields]
             self.count += 1
-            self.nbytes += _nbytes(fields)
+            self.nbytes += entry_bytes(fields)
             if self.count >= self.max_entries or self.nbytes >= self.max_bytes:
                 self.commit()
         return True

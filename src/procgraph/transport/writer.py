@@ -27,6 +27,11 @@ from procgraph.transport.retry import retry
 Fields = Mapping[bytes, bytes | memoryview]
 
 
+def entry_bytes(fields: Fields) -> int:
+    """The bytes of an entry's values (its field names not counted)."""
+    return sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
+
+
 @dataclass
 class WriterConfig:
     """Where and how an output port writes."""
@@ -140,9 +145,7 @@ class StreamWriter:
         if not checked:
             for fields in batch:
                 self.check_size(fields)
-        nbytes = max(
-            sum(len(v) if isinstance(v, bytes) else v.nbytes for v in f.values()) for f in batch
-        )
+        nbytes = max(entry_bytes(f) for f in batch)
         self._cap = self._cap_for(nbytes)
         if self.gate is not None:
             self.gate.admit(len(batch), self._cap)
