@@ -43,8 +43,9 @@ class LineCounts:
 
     The runtime's heartbeat thread takes what was counted since its last look once a period
     and adds it to the line counters (one round trip). Counts made during a handler attempt
-    are held until the attempt commits (``end_attempt(keep=True)``) and dropped when it
-    raised, so a retried handler does not count twice. ``total`` is everything counted (and
+    are held until the attempt commits (``end_attempt(keep=True)``, or :meth:`release` once the
+    outputs written behind the handler are in the broker) and dropped when it raised or its
+    outputs could not be written, so a handler handled again does not count twice. ``total`` is everything counted (and
     kept) since the replica started: what a test reads.
     """
 
@@ -67,14 +68,21 @@ class LineCounts:
         with self._lock:
             self._attempt = {}
 
-    def end_attempt(self, keep: bool) -> None:
-        """The attempt committed (``keep``) or raised: release or drop what it counted."""
+    def end_attempt(self, keep: bool) -> dict[str, int]:
+        """The attempt committed (``keep``: release what it counted) or not (hold it back);
+        returns what it counted, for :meth:`release` once its outputs are written."""
         with self._lock:
             held, self._attempt = self._attempt or {}, None
-            if keep:
-                for name, n in held.items():
-                    self._ready[name] = self._ready.get(name, 0) + n
-                    self.total[name] = self.total.get(name, 0) + n
+        if keep:
+            self.release(held)
+        return held
+
+    def release(self, counted: dict[str, int]) -> None:
+        """Add what a committed attempt counted to the line counters."""
+        with self._lock:
+            for name, n in counted.items():
+                self._ready[name] = self._ready.get(name, 0) + n
+                self.total[name] = self.total.get(name, 0) + n
 
     def take(self) -> dict[str, int]:
         """Everything ready since the last ``take`` (and forget it)."""

@@ -45,6 +45,17 @@ class Counting(Agent):
         for m in msgs:
             self.out.send(Item(n=m.n, key=m.key))
         self.state.put("seen", self.state.get("seen", 0) + len(msgs))
+
+
+class CountsParts(Agent):
+    """Counts each item as a part and forwards it (its outputs are written behind)."""
+
+    items = Input(Item)
+    out = Output(Item)
+
+    def on_items(self, m):
+        self.context.count("parts:ok")
+        self.out.send(Item(n=m.n, key=m.key))
 '''
 
 STREAM = "pg:cut:src:out"
@@ -120,3 +131,30 @@ def test_a_handler_that_changes_its_state_gets_it_written(valkey, tmp_path: Path
                  "the state after 20 entries")
         wait_for(lambda: client.xpending(STREAM, "sink")["pending"] == 0, 20, "all acked")
     assert _out(client) == list(range(20))
+
+
+def test_a_count_is_kept_only_once_its_outputs_written_behind_are_in(valkey, tmp_path: Path):
+    """A handler's outputs written behind it fail (the output key is not a stream): the replica
+    ends, the entry is handled again later, so what the call counted must not be kept."""
+    client = redis.Redis.from_url(valkey.url)
+    client.set("pg:cut:sink:out", "not a stream")
+    runner = AgentRunner(load_graph(_graph(tmp_path, "CountsParts")), "sink", 0,
+                         {"main": valkey.url})
+    ended: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            runner.run()
+        except BaseException as exc:  # the replica ends with the write's error
+            ended.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    _send(client, range(1))
+    thread.join(20)
+    assert not thread.is_alive(), "the replica goes on after its outputs could not be written"
+    assert [type(e).__name__ for e in ended] == ["ResponseError"], ended
+    counts = runner.agent.context.line_counts
+    assert counts.total == {} and counts.take() == {}
+    [group] = client.xinfo_groups(STREAM)
+    assert group["pending"] == 1  # not acked: handled again after the restart

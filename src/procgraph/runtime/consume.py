@@ -33,6 +33,7 @@ import redis
 
 from procgraph import codec
 from procgraph.constants import DEFAULT_HEARTBEAT_S
+from procgraph.context import LineCounts
 from procgraph.delivery.claims import Claimer, EntryKeeper
 from procgraph.delivery.deadletter import dead_letter
 from procgraph.delivery.recovery import recover_own_pending
@@ -114,7 +115,7 @@ def _write_sent(outbox: Outbox, collected: dict[str, list[Fields]]) -> None:
         outbox.writers[port].send_many(batch, checked=True)  # sizes checked on send()
 
 
-_Job = tuple[dict[str, list[Fields]], str, list[_Pending]]
+_Job = tuple[dict[str, list[Fields]], str, list[_Pending], dict[str, int]]
 
 
 class _WriteBehind(threading.Thread):
@@ -128,18 +129,20 @@ class _WriteBehind(threading.Thread):
     """
 
     def __init__(self, outbox: Outbox, done: Callable[[str, list[_Pending]], None],
-                 stop: threading.Event) -> None:
+                 counts: LineCounts, stop: threading.Event) -> None:
         super().__init__(name="write-behind", daemon=True)
         self.outbox = outbox
         self.done = done
+        self.counts = counts
         self.stop = stop
         self.jobs: queue.Queue[_Job | None] = queue.Queue(maxsize=WRITE_BEHIND)
         self.error: BaseException | None = None
 
     def submit(self, collected: dict[str, list[Fields]], port: str,
-               items: list[_Pending]) -> None:
-        """Queue one call's outputs: they are written, then its entries acked."""
-        self.jobs.put((collected, port, items))
+               items: list[_Pending], counted: dict[str, int]) -> None:
+        """Queue one call's outputs: they are written, then its entries acked and what it
+        counted (``context.count``) released to the line counters."""
+        self.jobs.put((collected, port, items, counted))
 
     def drain(self) -> None:
         """Wait until everything queued is written (and acked), or given up."""
@@ -169,12 +172,13 @@ class _WriteBehind(threading.Thread):
             try:
                 if work and self.error is None:
                     merged: dict[str, list[Fields]] = {}
-                    for collected, _, _ in work:
+                    for collected, _, _, _ in work:
                         for port, batch in collected.items():
                             merged.setdefault(port, []).extend(batch)
                     _write_sent(self.outbox, merged)
-                    for _, port, items in work:
+                    for _, port, items, counted in work:
                         self.done(port, items)
+                        self.counts.release(counted)
             except InterruptedError as exc:  # stopped during an outage: delivered again
                 self.error = exc
             except BaseException as exc:  # handed to the consume loop, which re-raises it
@@ -204,7 +208,8 @@ class Consumer:
         self._acks_sent = time.monotonic()
         #: per reader: its last read was short (fewer entries than asked)
         self._short: dict[int, bool] = {id(rd): True for rd in runner.readers}
-        self._behind = _WriteBehind(runner.outbox, self._handled, self.stop)
+        self._behind = _WriteBehind(runner.outbox, self._handled,
+                                    runner.agent.context.line_counts, self.stop)
 
     def run(self) -> None:
         """Keep own entries, recover own pending ones, then read and handle until stopped."""
@@ -429,14 +434,14 @@ class Consumer:
             self.r.state.rollback(mark)
             counts.end_attempt(keep=False)
             raise
-        counts.end_attempt(keep=True)
+        counted = counts.end_attempt(keep=not behind)  # written behind: released once written
         stats = self.r.stats_in[port]
         stats.handler_ms.observe((t1 - t0) / 1e6)
         for i in items:  # trace origin (the source's capture) -> end of this handler
             origin = i.msg.trace[0].in_ns if i.msg.trace else i.msg.ts_ns
             stats.e2e_ms.observe(max(0.0, (end_ns - origin) / 1e6))
         if behind:
-            self._behind.submit(collected, port, items)
+            self._behind.submit(collected, port, items, counted)
         return behind
 
     def _write_behind_ok(self, collected: dict[str, list[Fields]]) -> bool:
