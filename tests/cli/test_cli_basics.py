@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from procgraph import __version__
 from procgraph.cli.main import app
+from procgraph.graph import load_graph
 
 ROOT = Path(__file__).resolve().parents[2]
 GRAPHS = ROOT / "graphs"
@@ -85,7 +86,9 @@ def test_graph_html_is_self_contained(tmp_path: Path) -> None:
     assert sorted(names) == sorted(["trigger", "front_cam", "back_cam", "front_clf",  # type: ignore[type-var]
                                     "back_clf", "join", "plc", "plc_sim", "hmi"])
     edges = list(svg.iter("{http://www.w3.org/2000/svg}path"))
-    assert len([e for e in edges if e.get("class") == "edge"]) == 12
+    plan = load_graph(GRAPHS / "inspection.yaml")
+    wired = sum(len(a.inputs) for a in plan.agents.values())  # one edge per wired input
+    assert wired == 13 and len([e for e in edges if e.get("class") == "edge"]) == wired
     code, out = cli("graph", str(GRAPHS / "inspection.yaml"), "--format", "png")
     assert code == 1 and "html, mermaid or dot" in out  # a usage error, as the other options
 
