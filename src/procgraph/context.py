@@ -45,8 +45,8 @@ class LineCounts:
     and adds it to the line counters (one round trip). Counts made during a handler attempt
     are held until the attempt commits (``end_attempt(keep=True)``, or :meth:`release` once the
     outputs written behind the handler are in the broker) and dropped when it raised or its
-    outputs could not be written, so a handler handled again does not count twice. ``total`` is everything counted (and
-    kept) since the replica started: what a test reads.
+    outputs could not be written, so a handler handled again does not count twice. ``total``
+    is everything counted (and kept) since the replica started: what a test reads.
     """
 
     def __init__(self) -> None:
