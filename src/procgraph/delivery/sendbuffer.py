@@ -44,7 +44,6 @@ from procgraph.transport.writer import Fields, StreamWriter, entry_bytes
 BIG_BYTES = 64 * 1024
 
 
-
 class SendBuffer:
     """Writes a source agent's sends as they come, one pipelined port writer per output."""
 

@@ -43,8 +43,8 @@ class HeldSends:
         self.max_bytes = max_bytes
         self.ports = {p for p, w in writers.items() if w.client is client}
         self.lock = threading.RLock()
-        self.held: dict[str, list[Fields]] = {}
-        self.count = 0
+        #: per port, its one held entry (a second send on the port writes the first)
+        self.held: dict[str, Fields] = {}
         self.nbytes = 0
         #: ports whose last send was not followed by a state change: written at once
         self.at_once: set[str] = set()
@@ -64,10 +64,9 @@ class HeldSends:
                 self.sent_at_once.add(port)
                 return False
             fields = {k: bytes(v) if isinstance(v, memoryview) else v for k, v in fields.items()}
-            self.held[port] = [fields]
-            self.count += 1
+            self.held[port] = fields
             self.nbytes += entry_bytes(fields)
-            if self.count >= self.max_entries or self.nbytes >= self.max_bytes:
+            if len(self.held) >= self.max_entries or self.nbytes >= self.max_bytes:
                 self.commit()
         return True
 
@@ -82,26 +81,23 @@ class HeldSends:
     def commit(self) -> None:
         """Write the held sends and the state's unflushed changes in one transaction."""
         with self.lock:
-            held, self.held, self.count, self.nbytes = self.held, {}, 0, 0
+            held, self.held, self.nbytes = self.held, {}, 0
             if not held:
                 return
             self.before_commit()
-            for port, batch in held.items():
-                self.writers[port].prepare(batch, checked=True)  # sizes checked on send()
+            for port, fields in held.items():
+                self.writers[port].prepare([fields], checked=True)  # sizes checked on send()
 
             def queue(pipe: Any) -> None:
-                for port, batch in held.items():
-                    for fields in batch:
-                        pipe.execute_command(*self.writers[port].xadd_args(fields))
+                for port, fields in held.items():
+                    pipe.execute_command(*self.writers[port].xadd_args(fields))
 
             replies = retry(lambda: self.store.flush(before=queue), "write sends and state",
                             self.stop, on_reconnect=self._on_reconnect(held))
-            at = 0
-            for port, batch in held.items():
+            for (port, fields), entry_id in zip(held.items(), replies, strict=False):
                 writer = self.writers[port]
                 if writer.on_sent is not None:
-                    writer.on_sent(batch, list(replies[at:at + len(batch)]))
-                at += len(batch)
+                    writer.on_sent([fields], [entry_id])
 
     def _on_reconnect(self, held: Mapping[str, Any]) -> Callable[[], None]:
         hooks = [h for h in (self.writers[p].on_reconnect for p in held) if h is not None]
