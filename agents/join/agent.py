@@ -80,6 +80,13 @@ class JoinAgent(Agent):
         self.pending: dict[str, dict[str, Any]] = dict(self.pending_state.items())
         self.announced_state = self.state.map("announced")
         self.announced: dict[str, int] = {k: int(v) for k, v in self.announced_state.items()}
+        self.grace_ns = int(p.trigger_grace_ms * 1e6)
+        # pending parts by capture, announced ones by trigger + grace: where windows end
+        self.starts = rules.StartOrder()
+        for key, part in self.pending.items():
+            self.starts.put(key, rules.capture_ns(part))
+        for key, trigger_ns in self.announced.items():
+            self.starts.put(key, trigger_ns + self.grace_ns)
         self.last_prune = 0.0
         self.log.info("joining views %s by key, window %.0f ms, fail-safe %s; %d parts pending",
                       ", ".join(f"{c}->{v}" for c, v in self.view_of.items()), p.window_ms,
@@ -98,7 +105,8 @@ class JoinAgent(Agent):
             self.log.warning("verdict from %s without a part key ignored", v.camera)
         elif view in self.pending.get(v.key, {}):
             self.log.warning("duplicate verdict for part %s (%s) ignored", v.key, view)
-        elif v.key not in self.pending and v.key in self.decided:  # decided: never pending
+        elif (v.key not in self.pending and v.key not in self.announced
+              and v.key in self.decided):  # decided: neither pending nor announced
             self.log.warning("verdict for part %s (%s) ignored: already decided", v.key, view)
         else:
             self._unannounce(v.key)  # a view came: the part is pending from now on
@@ -109,6 +117,7 @@ class JoinAgent(Agent):
                 return
             self.pending[v.key] = part
             self.pending_state.put(v.key, part)
+            self.starts.put(v.key, rules.capture_ns(part))
         self._expire()
 
     def on_triggers(self, t: Trigger) -> None:
@@ -118,11 +127,13 @@ class JoinAgent(Agent):
                 t.key not in self.decided):
             self.announced[t.key] = t.trigger_ns
             self.announced_state.put(t.key, t.trigger_ns)
+            self.starts.put(t.key, t.trigger_ns + self.grace_ns)
         self._expire()
 
     def _unannounce(self, key: str) -> None:
         if self.announced.pop(key, None) is not None:
             self.announced_state.delete(key)
+            self.starts.drop(key)
 
     def tick(self) -> None:
         """Give the fail-safe outcome to parts whose missing views can no longer come."""
@@ -135,11 +146,16 @@ class JoinAgent(Agent):
     def _expire(self, complete: tuple[str, dict[str, Any]] | None = None) -> int:
         """Emit the parts given up now and the one just completed, oldest capture first."""
         done = complete[0] if complete is not None else None
-        ready = [(rules.capture_ns(self.pending[k]), k, self.pending[k], self.expiry.reason(
-            self.pending[k])) for k in self.expiry.due(self.pending) if k != done]
-        grace_ns = int(self.params.trigger_grace_ms * 1e6)
-        for key, trigger_ns in self.announced.items():  # no view came of these
-            why = self.expiry.reason_from(trigger_ns + grace_ns, self.view_names)
+        ready: list[tuple[int, str, dict[str, Any], str | None]] = []
+        for key in self.starts.before(self.expiry.horizon()):  # the others are in time
+            part = self.pending.get(key)
+            if part is not None:
+                why = self.expiry.reason(part)
+                if why is not None and key != done:
+                    ready.append((rules.capture_ns(part), key, part, why))
+                continue
+            trigger_ns = self.announced[key]  # no view came of this one
+            why = self.expiry.reason_from(trigger_ns + self.grace_ns, self.view_names)
             if why is not None:
                 ready.append((trigger_ns, key, {}, why))
         if complete is not None:
@@ -169,5 +185,6 @@ class JoinAgent(Agent):
         self.context.count(f"parts:{d.outcome}")  # procgraph_parts_total{outcome}
         self.pending.pop(key, None)
         self.pending_state.delete(key)
+        self.starts.drop(key)
         self._unannounce(key)
         self.decided.add(key)

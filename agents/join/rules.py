@@ -34,6 +34,7 @@ The rules, in one place:
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -172,6 +173,12 @@ class Expiry:
             return "clock"
         return None
 
+    def horizon(self) -> int:
+        """No part that began at or after this time (ns) can be given up now: a missing view
+        is given up only past the window, by a watermark or by the wall clock."""
+        latest = max(self.watermark_ns.values(), default=0)
+        return max(latest, self.clock()) - self.window_ns
+
     def expired(self, part: Part) -> bool:
         """True when a missing view of ``part`` can no longer arrive in time."""
         return self.reason(part) is not None
@@ -180,3 +187,38 @@ class Expiry:
         """Keys of the pending parts to give up now, oldest capture first."""
         found = [(capture_ns(part), key) for key, part in pending.items() if self.expired(part)]
         return [key for _, key in sorted(found)]
+
+
+class StartOrder:
+    """Keys in order of their start time, so that the parts a window may have ended for
+    (those begun before :meth:`Expiry.horizon`) are found without looking at the rest.
+
+    A key has one start; :meth:`put` moves it. Ties are ordered by key.
+    """
+
+    def __init__(self) -> None:
+        self._order: list[tuple[int, str]] = []
+        self._start: dict[str, int] = {}
+
+    def put(self, key: str, start_ns: int) -> None:
+        """Place ``key`` at ``start_ns`` (moved if it was elsewhere)."""
+        old = self._start.get(key)
+        if old == start_ns:
+            return
+        if old is not None:
+            self.drop(key)
+        self._start[key] = start_ns
+        bisect.insort(self._order, (start_ns, key))
+
+    def drop(self, key: str) -> None:
+        """Forget ``key`` (no error if absent)."""
+        old = self._start.pop(key, None)
+        if old is not None:
+            del self._order[bisect.bisect_left(self._order, (old, key))]
+
+    def before(self, when_ns: int) -> list[str]:
+        """The keys that start before ``when_ns``, earliest first."""
+        return [key for _, key in self._order[:bisect.bisect_left(self._order, (when_ns, ""))]]
+
+    def __len__(self) -> int:
+        return len(self._order)

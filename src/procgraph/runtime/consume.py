@@ -12,9 +12,11 @@ waits for its own heartbeat, then re-handles this replica's own pending entries
 
 A batch is cut when full, when its ``max_wait_ms`` is up, or as soon as the input is idle
 (nothing more queued and the last read returned fewer entries than asked), so at low rates an
-entry waits for no other. What a handler call sent is written by a write-behind thread
-(:class:`_WriteBehind`) while the next call runs, in call order, and its entries are acked
-once written; a call that changed the agent state is written in line, after all before it.
+entry waits for no other. While more entries wait, what a handler call sent is written by a
+write-behind thread (:class:`_WriteBehind`) while the next call runs, in call order, and its
+entries are acked once written; otherwise, and for a call that changed the agent state, it
+is written in line, after all before it. A write the broker refuses ends the replica either
+way (the entries, not acked, are handled again after the restart).
 """
 
 from __future__ import annotations
@@ -118,6 +120,16 @@ def _write_sent(outbox: Outbox, collected: dict[str, list[Fields]]) -> None:
 _Job = tuple[dict[str, list[Fields]], str, list[_Pending], dict[str, int]]
 
 
+class _WriteFailed(Exception):
+    """The broker refused a handler call's outputs written in line (e.g. the output key is
+    not a stream): as when they are written behind, the replica ends and the entries, not
+    acked, are handled again after the restart; it is not the message's fault."""
+
+    def __init__(self, error: redis.ResponseError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class _WriteBehind(threading.Thread):
     """Writes what handler calls sent, in call order, while the next call runs; then acks.
 
@@ -208,6 +220,9 @@ class Consumer:
         self._acks_sent = time.monotonic()
         #: per reader: its last read was short (fewer entries than asked)
         self._short: dict[int, bool] = {id(rd): True for rd in runner.readers}
+        #: entries wait behind the call being made (the rest of its chunk, or a full read
+        #: that likely left more): only then are its outputs written behind
+        self._queued = False
         self._behind = _WriteBehind(runner.outbox, self._handled,
                                     runner.agent.context.line_counts, self.stop)
 
@@ -282,8 +297,8 @@ class Consumer:
 
     def _run_one(self, reader: GroupReader, claimers: list[Claimer]) -> None:
         """The loop for inputs on one broker: a read blocks in this thread while idle (an
-        entry is handled by the thread that read it), and the next chunk is read ahead
-        while one is handled (:class:`~procgraph.runtime.readahead.ReadAhead`)."""
+        entry is handled by the thread that read it), and after a full read the next chunk
+        is read ahead while one is handled (:class:`~procgraph.runtime.readahead.ReadAhead`)."""
         ahead = ReadAhead(reader, READ_COUNT, self.stop)
         waiting: list[tuple[str, Entry]] = []  # read ahead, not handled yet
         last_claim = time.monotonic()
@@ -293,7 +308,8 @@ class Consumer:
                 self.binding.touch()
                 got, waiting = (waiting, []) if waiting else (ahead.read(self._block_ms()), [])
                 if got:
-                    ahead.start()
+                    if len(got) >= READ_COUNT:  # a backlog: read the next chunk meanwhile
+                        ahead.start()
                     self.process(reader, got)
                 idle = False
                 if self._batch_started:  # the input is idle: a short read, nothing after it
@@ -370,9 +386,10 @@ class Consumer:
 
     def process(self, reader: GroupReader, got: list[tuple[str, Entry]]) -> None:
         """Decode entries and hand them to their handlers (or batches)."""
-        for stream, entry in got:
+        for n, (stream, entry) in enumerate(got, 1):
             if self.stop.is_set():
                 break  # the rest stays pending and is delivered again
+            self._queued = n < len(got) or len(got) >= READ_COUNT
             port = self.r.port_of[stream]
             in_ns = time.time_ns()
             try:
@@ -397,6 +414,7 @@ class Consumer:
 
     def _flush_due_batches(self, force: bool) -> None:
         now = time.monotonic()
+        self._queued = not force  # forced: the input is idle (or the loop ends)
         for port, t0 in list(self._batch_started.items()):
             if force or (now - t0) * 1000 >= self.r.max_wait_ms[port]:
                 self._dispatch_batch(port)
@@ -427,7 +445,12 @@ class Consumer:
             behind = self._write_behind_ok(collected)
             if not behind and (collected or self.r.state.dirty):
                 self._behind.drain()  # after everything sent before, then the state
-                _write_sent(self.r.outbox, collected)
+                try:
+                    _write_sent(self.r.outbox, collected)
+                except redis.ResponseError as exc:
+                    log.error("writing the outputs of a handler call failed: %s",
+                              printable(repr(exc)))
+                    raise _WriteFailed(exc) from exc
                 retry(self.r.state.flush, "write agent state", self.stop)
         except BaseException:
             self.r.outbox.discard()  # outputs and state changes of a failed attempt
@@ -445,13 +468,15 @@ class Consumer:
         return behind
 
     def _write_behind_ok(self, collected: dict[str, list[Fields]]) -> bool:
-        """Whether this call's outputs may be written behind: there are some, the agent state
-        is unchanged (it is written after the outputs, in line), the writer thread is well,
-        and no port moves fields to shared memory (that bookkeeping stays on this thread)."""
-        if (not collected or not self._behind.is_alive() or self._behind.error is not None
-                or self.r.state.dirty):
+        """Whether this call's outputs may be written behind: there are some, more input waits
+        (else there is nothing to overlap the write with: written in line, it goes out
+        without a hand-over to another thread), the agent state is unchanged (it is written
+        after the outputs, in line), the writer thread is well, and no entry had fields
+        moved to shared memory (that bookkeeping stays on this thread)."""
+        if (not collected or not self._queued or not self._behind.is_alive()
+                or self._behind.error is not None or self.r.state.dirty):
             return False  # nothing to write (acked at once; acks need no order), or in line
-        return not any(port in self.r.outbox.stash for port in collected)
+        return not self.r.outbox.moved
 
     def _run_handler(self, port: str, items: list[_Pending]) -> None:
         stats = self.r.stats_in[port]
@@ -465,6 +490,10 @@ class Consumer:
                 break
             except InterruptedError:
                 raise
+            except _WriteFailed as exc:  # ends the replica as a failed write behind does
+                self._behind.error = exc.error
+                self.stop.set()
+                return
             except _BROKER_DOWN as exc:
                 # the broker is away, not the message at fault: retry without counting it
                 delay = outage.next_delay()
@@ -515,6 +544,10 @@ class Consumer:
             behind = self._call(port, [item], batched=True)
         except InterruptedError:
             raise
+        except _WriteFailed as exc:
+            self._behind.error = exc.error
+            self.stop.set()
+            return
         except _BROKER_DOWN:
             return  # the broker is away: left unacked, handled again later
         except Exception as exc:

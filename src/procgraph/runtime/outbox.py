@@ -30,6 +30,8 @@ class Outbox:
         #: claim-check moves large fields out of the entry); absent: sent as encoded
         self.stash: dict[str, Callable[[Fields], Fields]] = {}
         self._collect: dict[str, list[Fields]] | None = None
+        #: a stash moved fields of an entry collected since :meth:`begin`
+        self.moved = False
 
     def deliver(self, port: str, msg: Message) -> None:
         """Encode ``msg`` for output ``port`` and send, collect or buffer it."""
@@ -37,7 +39,9 @@ class Outbox:
         self.writers[port].check_size(fields, f"output {port!r}")
         stash = self.stash.get(port)
         if stash is not None:
-            fields = stash(fields)
+            sent = stash(fields)
+            self.moved = self.moved or sent is not fields
+            fields = sent
         if self._collect is not None:  # inside a handler: sent together when it returns
             self._collect.setdefault(port, []).append(fields)
         elif self.buffer is not None:
@@ -48,6 +52,7 @@ class Outbox:
     def begin(self) -> None:
         """Start collecting the sends of one handler call."""
         self._collect = {}
+        self.moved = False
 
     def discard(self) -> None:
         """Drop what a failed handler attempt sent."""

@@ -2,11 +2,12 @@
 
 When nothing is waiting, the consume loop blocks in ``XREADGROUP`` itself, so an entry that
 arrives is handled by the thread that read it (no hand-over between threads, which costs a
-wake-up and a wait for the interpreter lock). While a chunk is being handled, a helper
-thread reads the next one without blocking, so the socket reads of large entries overlap
-with handling (e.g. inference, which releases the GIL). Reads never overlap: the loop takes
-the read-ahead's result before it reads again, so the reader's bookkeeping (acks sent along,
-lost replies) sees one read at a time, in order.
+wake-up and a wait for the interpreter lock). While a full chunk (a backlog) is being
+handled, a helper thread reads the next one without blocking, so the socket reads of large
+entries overlap with handling (e.g. inference, which releases the GIL); after a short read
+nothing else was waiting, and the consume loop does not ask for one. Reads never overlap:
+the loop takes the read-ahead's result before it reads again, so the reader's bookkeeping
+(acks sent along, lost replies) sees one read at a time, in order.
 """
 
 from __future__ import annotations
