@@ -19,7 +19,8 @@ import math
 import re
 from collections.abc import Mapping
 from functools import cache
-from typing import Any, Protocol
+from types import UnionType
+from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origin
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
@@ -45,8 +46,10 @@ MAX_INT_DIGITS = 1000
 #: envelope integers (``ts_ns``, a hop's ``in_ns``/``out_ns``/``replica``) lie in 0..2**63-1
 _MAX_NS = 2**63 - 1
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-#: a long digit run or a 3-digit exponent: only then are numbers parsed one by one, checked
-_SUSPECT_NUMBER = re.compile(rf"\d{{{MAX_INT_DIGITS + 1}}}|[eE][+-]?\d{{3}}")
+#: a 3-digit exponent or (in a header long enough to hold one) a long digit run: only then
+#: are numbers parsed one by one, checked
+_SUSPECT_EXPONENT = re.compile(r"[eE][+-]?\d{3}")
+_LONG_DIGITS = re.compile(rf"\d{{{MAX_INT_DIGITS + 1}}}")
 _ENVELOPE = ("id", "key", "ts_ns", "trace")
 
 Fields = dict[bytes, bytes | memoryview]
@@ -196,6 +199,11 @@ def _parse_constant(text: str) -> float:
     raise CodecError(f"header has {text}: not JSON (NaN and infinities cannot travel)")
 
 
+_JSON = json.JSONDecoder(parse_constant=_parse_constant)
+_CHECKED_JSON = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
+                                 parse_constant=_parse_constant)
+
+
 def _has_lone_surrogate(value: Any) -> bool:
     if isinstance(value, str):
         return any("\ud800" <= ch <= "\udfff" for ch in value)
@@ -224,11 +232,11 @@ def _read_header(fields: Mapping[bytes, bytes]) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError as exc:
         raise CodecError(f"header is not UTF-8 (byte {exc.start}: {exc.reason})") from exc
     try:
-        if _SUSPECT_NUMBER.search(text):
-            header = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
-                                parse_constant=_parse_constant)
+        if _SUSPECT_EXPONENT.search(text) or (
+                len(text) > MAX_INT_DIGITS and _LONG_DIGITS.search(text)):
+            header = _CHECKED_JSON.decode(text)
         else:  # the common case, at the speed of plain json.loads
-            header = json.loads(text, parse_constant=_parse_constant)
+            header = _JSON.decode(text)
     except (json.JSONDecodeError, RecursionError) as exc:
         raise CodecError(f"header is not valid JSON: {_show(str(exc))}") from exc
     if _SURROGATE_ESCAPE.search(text) and _has_lone_surrogate(header):
@@ -324,6 +332,42 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
     raise CodecError(f"array {name!r}: unknown encoding {_show(encoding)}")
 
 
+def _json_native(tp: Any, seen: set[type]) -> bool:
+    """Whether a field of type ``tp``, validated strictly from what ``json.loads`` made,
+    accepts and refuses exactly what strict validation from the JSON text does (not so for
+    tuples, dates, enums, bytes...: those are strings or arrays in JSON)."""
+    if tp in _PLAIN or tp is Any:
+        return True
+    origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        return _json_native(args[0], seen)
+    if origin in (Union, UnionType):
+        return all(_json_native(a, seen) for a in args)
+    if origin is Literal:
+        return all(type(a) is str for a in args)
+    if tp is list or tp is dict:
+        return True
+    if origin is list:
+        return _json_native(args[0], seen)
+    if origin is dict:
+        return args[0] is str and _json_native(args[1], seen)
+    if isinstance(tp, type) and issubclass(tp, BaseModel) and not tp.model_config.get("strict"):
+        if tp in seen:
+            return True
+        seen.add(tp)
+        return all(_json_native(f.annotation, seen) for f in tp.model_fields.values())
+    return False
+
+
+@cache
+def _strict_from_parsed(cls: type[Message]) -> bool:
+    """Whether ``cls`` can be checked in one strict pass over the parsed header (every
+    field but the arrays of a JSON-native type), instead of a strict pass over the header
+    text and a second, lax one that builds the message."""
+    return all(_json_native(f.annotation, {cls}) for name, f in cls.model_fields.items()
+               if name not in cls.array_fields)
+
+
 @cache
 def _wire_model(cls: type[Message]) -> type[BaseModel]:
     """The header's envelope and ``data`` of ``cls``, validated strictly from JSON text."""
@@ -352,7 +396,10 @@ def _check_envelope(values: Mapping[str, Any]) -> None:
 
 def _invalid(exc: ValidationError, target: type[Message], sent_type: Any) -> CodecError:
     first = exc.errors()[0]
-    where = ".".join(printable(p, 40) for p in first["loc"])
+    loc = first["loc"]
+    if loc and loc[0] in target.scalar_fields:  # where it sits in the header
+        loc = ("data", *loc)
+    where = ".".join(printable(p, 40) for p in loc)
     return CodecError(
         f"entry does not validate as {target.type_label()}: {where}: {printable(first['msg'])}"
         f" ({exc.error_count()} error(s); sender type {_show(sent_type)})"
@@ -375,6 +422,15 @@ def decode(fields: Mapping[bytes, bytes], cls: type[Message]) -> Message:
     for name in _ENVELOPE:
         if name in header:
             values[name] = header[name]
+    if _strict_from_parsed(target):  # one strict pass over the values parsed above
+        _check_envelope(values)
+        for name, desc in arrays.items():
+            if name in target.array_fields:
+                values[name] = _decode_array(name, desc, fields)
+        try:
+            return target.model_validate(values, strict=True)
+        except ValidationError as exc:
+            raise _invalid(exc, target, sent_type) from exc
     try:  # strict JSON types first: no "1" or true for an int
         _wire_model(target).model_validate_json(text, strict=True)
     except ValidationError as exc:

@@ -130,3 +130,35 @@ def test_error_messages_quote_outside_values_escaped_and_capped() -> None:
             codec.decode({b"h": json.dumps(h).encode()}, StrictFrame)
         text = str(err.value)
         assert len(text) < 300 and "\x1b" not in text and "\n" not in text, text
+
+
+class PairItem(Message):
+    """A field JSON has no type for (a tuple travels as an array): checked from the text."""
+
+    n: int
+    pair: tuple[int, int] = (0, 0)
+
+
+def decode_pair(**data_fields: Any) -> Message:
+    text = json.dumps(header(type="PairItem", data=data_fields))
+    return codec.decode({b"h": text.encode()}, PairItem)
+
+
+def test_fields_json_has_types_for_are_checked_in_one_pass_others_from_the_text() -> None:
+    assert codec._strict_from_parsed(StrictItem)  # int, float, str, bool, the envelope
+    assert not codec._strict_from_parsed(PairItem)
+    msg = decode_pair(n=1, pair=[3, 4])
+    assert isinstance(msg, PairItem) and msg.pair == (3, 4)
+
+
+@pytest.mark.parametrize("fields", [{"n": "1"}, {"n": 1, "pair": ["3", 4]}, {"n": 1, "pair": 5}],
+                         ids=["n-string", "pair-string", "pair-number"])
+def test_a_field_checked_from_the_text_is_as_strict(fields: dict[str, Any]) -> None:
+    with pytest.raises(CodecError, match="does not validate as PairItem/v1: data"):
+        decode_pair(**fields)
+
+
+def test_a_bad_data_field_is_named_where_it_sits_in_the_header() -> None:
+    with pytest.raises(CodecError, match=r"StrictItem/v1: data\.n: Input should be a valid "
+                                         r"integer"):
+        decode_text(json.dumps(header(data=data(n="1"))))
