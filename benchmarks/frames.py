@@ -164,7 +164,7 @@ agents:
 
 def run_procgraph(url: str, size: int, count: int, interval_ms: float, shm: bool) -> dict:
     """One procgraph run under the real supervisor; the sink's record."""
-    from procgraph.delivery.claimcheck import clean_line_rings
+    from procgraph.delivery.shmfiles import clean_line_rings
     from procgraph.graph import load_graph
     from procgraph.supervisor import Supervisor
 

@@ -282,7 +282,7 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
             raise CodecError(f"array {name!r}: ref must be a string, got {_show(ref)}")
         scheme = ref.split(":", 1)[0]
         if scheme == "shm" and scheme not in _stores:  # same-host frames (claim-check)
-            import procgraph.delivery.claimcheck  # noqa: F401  (registers its store)
+            import procgraph.delivery.shmreader  # noqa: F401  (registers its store)
         store = _stores.get(scheme)
         if store is None:
             raise CodecError(f"array {name!r}: no payload store for reference {_show(ref)} here")
@@ -293,7 +293,7 @@ def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.nda
             payload: Any = store.get(ref)
         except KeyError as exc:
             raise CodecError(f"array {name!r}: payload {_show(ref)} is gone") from exc
-        except CodecError as exc:  # its kind kept (claimcheck.StaleReference)
+        except CodecError as exc:  # its kind kept (shmreader.StaleReference)
             raise type(exc)(f"array {name!r}: {exc}") from exc
         if isinstance(payload, np.ndarray):  # a read-only view of shared memory: no copy
             expected = math.prod(shape) * dtype.itemsize

@@ -329,7 +329,7 @@ class Recorder:
                   ) -> dict[bytes, bytes]:
         """The entry with frames sent through shared memory put back inline (the file keeps
         the pixels); as it is, said once per stream, when they cannot be read here."""
-        from procgraph.delivery.claimcheck import inline_refs
+        from procgraph.delivery.shmreader import inline_refs
 
         inline, problem = inline_refs(fields)
         if problem is not None:

@@ -33,7 +33,7 @@ from procgraph.constants import (
     SUPERVISED_ENV,
     stopping_key,
 )
-from procgraph.delivery.claimcheck import clean_line_rings, rings_still_needed
+from procgraph.delivery.shmfiles import clean_line_rings, rings_still_needed
 from procgraph.durability import graph_state_dir
 from procgraph.errors import TRANSIENT_ERRORS, BrokerUnavailable
 from procgraph.graph import AgentPlan, GraphPlan

@@ -32,6 +32,7 @@ from procgraph import Message, codec
 from procgraph.brokers import EmbeddedBroker
 from procgraph.constants import dead_letter_key
 from procgraph.delivery import claimcheck as cc
+from procgraph.delivery import shmfiles, shmreader
 from procgraph.errors import CodecError
 from procgraph.graph import load_graph
 from procgraph.graph.plan import GraphPlan
@@ -85,11 +86,11 @@ def _read(client: redis.Redis, group: str = "g", count: int = 100) -> list[tuple
 
 
 @pytest.fixture
-def reader() -> Iterator[cc.ShmReader]:
-    store = cc.ShmReader(group="g")
+def reader() -> Iterator[shmreader.ShmReader]:
+    store = shmreader.ShmReader(group="g")
     codec.register_payload_store(store)
     yield store
-    codec.register_payload_store(cc.ShmReader())
+    codec.register_payload_store(shmreader.ShmReader())
 
 
 def test_reference_view_hold_and_reclaim_by_acks(broker, ring_path, reader) -> None:
@@ -156,13 +157,13 @@ def test_stale_reference_other_host_and_missing_ring_are_codec_errors(valkey, ri
     fields = dict(_read(client)[0][1])
     header = codec.read_header(fields)
     ref = header["arrays"]["pixels"]["ref"]
-    other = ref.replace(cc.host_id(), "0" * 16)
-    with pytest.raises(cc.StaleReference, match="another host"):
-        cc.ShmReader("g").get(other)
+    other = ref.replace(shmreader.host_id(), "0" * 16)
+    with pytest.raises(shmreader.StaleReference, match="another host"):
+        shmreader.ShmReader("g").get(other)
     ring_path.unlink()
-    with pytest.raises(cc.StaleReference, match="gone"):
-        cc.ShmReader("g").get(ref)
-    assert cc.inline_refs(fields)[1] is not None  # record says it could not
+    with pytest.raises(shmreader.StaleReference, match="gone"):
+        shmreader.ShmReader("g").get(ref)
+    assert shmreader.inline_refs(fields)[1] is not None  # record says it could not
 
 
 def test_discarded_attempt_frees_its_slot_and_record_inlines(valkey, ring_path) -> None:
@@ -175,7 +176,7 @@ def test_discarded_attempt_frees_its_slot_and_record_inlines(valkey, ring_path) 
     _send(stash, client, _frame(1))
     assert len(stash.ring.live) == 1
     fields = client.xrange(STREAM)[0][1]
-    inline, problem = cc.inline_refs(fields)
+    inline, problem = shmreader.inline_refs(fields)
     assert problem is None and b"a:pixels" in inline
     msg = codec.decode(inline, Frame)
     assert zlib.crc32(msg.pixels) == msg.crc
@@ -208,7 +209,7 @@ def test_record_keeps_the_pixels_and_says_when_it_cannot(valkey, ring_path, read
     _send(stash, client, _frame(1))
     fields = client.xrange(STREAM)[1][1]
     broken = dict(fields)
-    broken[b"h"] = fields[b"h"].replace(cc.host_id().encode(), b"0" * 16)
+    broken[b"h"] = fields[b"h"].replace(shmreader.host_id().encode(), b"0" * 16)
     client.xadd(STREAM, broken)
     recorder = Recorder({valkey.url: [STREAM]}, from_start=True)
     with RecordingWriter(tmp_path / "r.pgrec") as writer:
@@ -261,17 +262,17 @@ def test_line_clean_up_at_start_and_stop(tmp_path: Path) -> None:
     names = [f"procgraph.ccclean.{d}.cam.0.frames", f"procgraph.ccclean.{d}.old.0.frames",
              f"procgraph.ccclean.{d}.cam.frames.reader-sink"]
     assert names[0] == ring_name("ccclean", "cam", 0, "frames", url)
-    assert names[2] == cc.presence_name("ccclean", "cam", "frames", "sink", url)
+    assert names[2] == shmfiles.presence_name("ccclean", "cam", "frames", "sink", url)
     # the same graph name on another broker (another line): never touched
     theirs = [ring_name("ccclean", "old", 0, "frames", other),
-              cc.presence_name("ccclean", "cam", "frames", "sink", other)]
+              shmfiles.presence_name("ccclean", "cam", "frames", "sink", other)]
     for name in names + theirs:
         (SHM_DIR / name).touch()
     try:
-        assert cc.clean_line_rings(plan, "a", stopping=False, urls=urls) == [names[1]]
-        assert cc.clean_line_rings(plan, "a", stopping=True, urls=urls) == [names[0]]
+        assert shmfiles.clean_line_rings(plan, "a", stopping=False, urls=urls) == [names[1]]
+        assert shmfiles.clean_line_rings(plan, "a", stopping=True, urls=urls) == [names[0]]
         assert (SHM_DIR / names[2]).exists()
-        assert cc.clean_line_rings(plan, None, stopping=True, urls=urls) == [names[2]]
+        assert shmfiles.clean_line_rings(plan, None, stopping=True, urls=urls) == [names[2]]
         assert all((SHM_DIR / name).exists() for name in theirs)
     finally:
         for name in names + theirs:
@@ -316,7 +317,7 @@ def test_a_line_on_its_embedded_broker_names_files_after_its_state_folder(
             keys.append(sup._shm_keys())
             stale = SHM_DIR / ring_name("ccstable", "gone", 0, "frames", keys[-1]["main"])
             stale.touch()  # a ring of a port the graph no longer has, left by a killed run
-            assert cc.clean_line_rings(plan, None, stopping=False,
+            assert shmfiles.clean_line_rings(plan, None, stopping=False,
                                        urls=sup._shm_names()) == [stale.name]
         finally:
             for broker in sup.line.brokers.values():
@@ -373,9 +374,9 @@ time.sleep(60)
 _READER = """
 import sys, time, redis
 from procgraph import codec
-from procgraph.delivery import claimcheck as cc
+from procgraph.delivery import shmreader
 url, stream = sys.argv[1:3]
-codec.register_payload_store(cc.ShmReader(group="g"))
+codec.register_payload_store(shmreader.ShmReader(group="g"))
 client = redis.Redis.from_url(url)
 held = []
 for eid, fields in client.xreadgroup("g", "r", {stream: ">"}, count=100)[0][1]:
@@ -515,8 +516,8 @@ def test_line_with_kill9_loses_corrupts_and_doubles_nothing(valkey, tmp_path) ->
     sup = Supervisor(plan, redis_url=valkey.url, out=io.StringIO(), colour=False)
     urls = dict.fromkeys(plan.brokers, valkey.url)
     ring = SHM_DIR / ring_name("cckill", "cam", 0, "frames", valkey.url)
-    presence = SHM_DIR / cc.presence_name("cckill", "cam", "frames", "sink", valkey.url)
-    assert cc.clean_line_rings(plan, None, stopping=False, urls=urls) == []
+    presence = SHM_DIR / shmfiles.presence_name("cckill", "cam", "frames", "sink", valkey.url)
+    assert shmfiles.clean_line_rings(plan, None, stopping=False, urls=urls) == []
     sup.start_in_thread()
     try:
         def handled() -> int:
@@ -566,7 +567,7 @@ def test_two_lines_of_one_graph_name_on_two_brokers_keep_apart(valkey: EmbeddedB
         a, b = redis.Redis.from_url(valkey.url), redis.Redis.from_url(other.url)
         ring_a, ring_b = (SHM_DIR / ring_name("cctwin", "cam", 0, "frames", u)
                           for u in (valkey.url, other.url))
-        seen_a, seen_b = (SHM_DIR / cc.presence_name("cctwin", "cam", "frames", "sink", u)
+        seen_a, seen_b = (SHM_DIR / shmfiles.presence_name("cctwin", "cam", "frames", "sink", u)
                           for u in (valkey.url, other.url))
         files = [ring_a, ring_b, seen_a, seen_b]
         assert len(set(files)) == 4

@@ -11,11 +11,8 @@ acknowledged it, or it was trimmed from the stream) and no live reader process h
 decoded array (a hold cell in the ring; a dead pid's hold counts as released). The broker is
 asked (``XINFO GROUPS``, ``XPENDING`` summary, ``XRANGE id id``) only when the ring is full.
 
-Reader side (:class:`ShmReader`, the codec's payload store for ``shm:`` references): the
-decoded array is a read-only view of the mapped ring (no copy), held while it lives. A
-reference whose slot was reused, whose host differs or whose ring is missing raises
-:class:`StaleReference` (a :class:`~procgraph.errors.CodecError`: the entry is
-dead-lettered with the reason).
+Reader side: :mod:`procgraph.delivery.shmreader` (a read-only view of the ring, held while
+it lives). The line's files in /dev/shm and their clean-up: :mod:`procgraph.delivery.shmfiles`.
 
 Which ports use it, the reference format and the crash rules: docs/wire-format.md,
 "Frames through shared memory".
@@ -24,39 +21,28 @@ Which ports use it, the reference format and the crash rules: docs/wire-format.m
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
-import os
-import re
-import socket
 import threading
 import time
-import weakref
-from collections.abc import Callable, Mapping
-from functools import cache
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import redis
 from redis.exceptions import ResponseError
 
 from procgraph import codec
 from procgraph.constants import ARRAY_FIELD_PREFIX, HEADER_FIELD
-from procgraph.errors import CodecError
+from procgraph.delivery.shmfiles import presence_name
+from procgraph.delivery.shmreader import ShmReader, host_id
 from procgraph.settings import load_settings
 from procgraph.transport.shmring import (
-    RING_PREFIX,
     SENT,
     SHM_DIR,
     UNKNOWN,
-    RingError,
-    RingView,
     ShmRing,
     Slot,
-    broker_digest,
-    remove_rings,
     ring_name,
 )
 
@@ -67,7 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("procgraph.claimcheck")
 
-SCHEME = "shm"
 #: arrays of at least this many bytes go through shared memory; smaller ones stay inline
 MIN_BYTES = 64 * 1024
 #: a ring's default data size (a port's ``shm_mb`` changes it)
@@ -79,29 +64,7 @@ RETRY_RECLAIM_S = 0.002
 #: past this fraction of the ring in use, a reclaim comes first (keeps the pages in use few
 #: and warm; the rest of the ring is the reserve while readers lag)
 SOFT_FILL = 0.25
-_REF = re.compile(r"^shm:1:([0-9a-f]{16}):(procgraph\.[A-Za-z0-9_.-]{1,200}):([0-9a-f]{1,16}):"
-                  r"(\d{1,6}):(\d{1,20}):(\d{1,20}):(\d{1,20})$")
 Id = tuple[int, int]
-
-
-class StaleReference(CodecError):
-    """A shared-memory reference that no longer resolves (slot reused, ring gone, host)."""
-
-
-@cache
-def host_id() -> str:
-    """This host's id in references: boot id and host name (a container has its own)."""
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return hashlib.sha256(f"{boot}\0{socket.gethostname()}".encode()).hexdigest()[:16]
-
-
-def presence_name(graph: str, agent: str, port: str, group: str, broker_url: str) -> str:
-    """The file a reading agent puts in /dev/shm to say it sees this host's shared memory
-    (for the stream of ``agent.port`` on ``broker_url``)."""
-    return f"{RING_PREFIX}{graph}.{broker_digest(broker_url)}.{agent}.{port}.reader-{group}"
 
 
 def _id(entry_id: bytes | str) -> Id:
@@ -371,185 +334,3 @@ def attach(runner: AgentRunner) -> None:
         writer.on_sent = stash.on_sent
 
 
-# -- the reader -------------------------------------------------------------------------------
-class ShmReader:
-    """The codec's store for ``shm:`` references on this host.
-
-    With a ``group`` the ring was made for, :meth:`get` returns a read-only array viewing
-    the ring and holds the slot until that array is garbage-collected; without one (tap,
-    record, other tools) it returns a copy, checked after copying.
-    """
-
-    scheme = SCHEME
-
-    def __init__(self, group: str | None = None) -> None:
-        self.group = group
-        self._views: dict[str, RingView] = {}
-        self._holds: dict[tuple[str, int, int], int] = {}
-        self._lock = threading.RLock()
-
-    def _view(self, name: str, ring_id: int) -> RingView:
-        view = self._views.get(name)
-        if view is None or view.ring_id != ring_id:
-            try:
-                view = RingView(SHM_DIR / name)
-            except (RingError, OSError) as exc:
-                raise StaleReference(f"frame in shared memory is gone: {exc}") from None
-            self._views[name] = view
-        if view.ring_id != ring_id:
-            raise StaleReference(f"frame in shared memory is gone: ring {name} was made anew "
-                                 "(its producer's line restarted with other options)")
-        return view
-
-    def put(self, data: memoryview) -> str:
-        """Not here: a port's :class:`FrameStash` writes its ring."""
-        raise CodecError("shared-memory payloads are written by an output's FrameStash")
-
-    def get(self, ref: str) -> bytes | np.ndarray:
-        """The payload of ``ref``: a held read-only view, or a checked copy."""
-        m = _REF.match(ref)
-        if m is None:
-            raise StaleReference(f"not a shared-memory reference of version 1: {ref[:120]!r}")
-        host, name = m.group(1), m.group(2)
-        ring_id = int(m.group(3), 16)
-        index, gen, offset, length = (int(m.group(i)) for i in range(4, 8))
-        if host != host_id():
-            raise StaleReference("frame is in shared memory on another host or container; "
-                                 "set shm: false on the output (or run the reader beside it)")
-        with self._lock:
-            view = self._view(name, ring_id)
-            if not view.matches(index, gen, offset, length):
-                raise StaleReference(f"frame in shared memory was reclaimed (slot {index} "
-                                     "reused) before this reader got it")
-            column = view.group_index(self.group)
-            if column is None:
-                data = bytes(view.view(offset, length))
-                if not view.matches(index, gen, offset, length):
-                    raise StaleReference("frame in shared memory was reused while copied")
-                return data
-            key, pid = (name, index, gen), os.getpid()
-            if key not in self._holds:
-                view.hold(index, column, gen, pid)
-                if not view.matches(index, gen, offset, length):
-                    view.release(index, column, gen, pid)
-                    raise StaleReference(f"frame in shared memory was reclaimed (slot {index}"
-                                         " reused) before this reader got it")
-            self._holds[key] = self._holds.get(key, 0) + 1
-            arr = np.frombuffer(view.view(offset, length), dtype=np.uint8)
-            weakref.finalize(arr, self._release, key, view, column)
-            return arr
-
-    def _release(self, key: tuple[str, int, int], view: RingView, column: int) -> None:
-        with self._lock:  # with the lock: a decode of the same slot meanwhile holds again
-            left = self._holds.get(key, 0) - 1
-            if left > 0:
-                self._holds[key] = left
-                return
-            self._holds.pop(key, None)
-            view.release(key[1], column, key[2], os.getpid())
-
-    @property
-    def holding(self) -> int:
-        """Slots this process holds now."""
-        return len(self._holds)
-
-
-#: the store of tools (tap, record): copies; an agent with inputs registers its own
-_TOOLS = ShmReader()
-codec.register_payload_store(_TOOLS)
-
-
-def inline_refs(fields: Mapping[bytes, bytes]) -> tuple[dict[bytes, bytes], str | None]:
-    """The entry with its shared-memory payloads put back inline (``a:<name>`` fields).
-
-    Returns ``(fields, None)``, or the original fields and the reason when a payload could
-    not be read (e.g. recorded on another host, or already reclaimed).
-    """
-    try:
-        header = codec.read_header(fields)
-    except CodecError:
-        return dict(fields), None
-    arrays: Any = header.get("arrays")
-    refs = {n: d["ref"] for n, d in (arrays.items() if isinstance(arrays, dict) else [])
-            if isinstance(d, dict) and isinstance(d.get("ref"), str)
-            and d["ref"].startswith(f"{SCHEME}:")}
-    if not refs:
-        return dict(fields), None
-    out = dict(fields)
-    try:
-        for name, ref in refs.items():
-            out[f"{ARRAY_FIELD_PREFIX}{name}".encode()] = bytes(_TOOLS.get(ref))
-            del arrays[name]["ref"]
-    except CodecError as exc:
-        return dict(fields), str(exc)
-    out[HEADER_FIELD] = json.dumps(header, separators=(",", ":")).encode()
-    return {HEADER_FIELD: out.pop(HEADER_FIELD), **out}, None
-
-
-# -- the line's rings --------------------------------------------------------------------------
-# Every name carries the digest of its stream's broker (``urls``: the line's broker URLs by
-# name): another line of the same graph name on another broker has other files, and the
-# clean-up touches only files of this line's brokers.
-def line_ring_names(plan: GraphPlan, urls: Mapping[str, str]) -> set[str]:
-    """The ring file names this graph's producers use (every node)."""
-    return {ring_name(plan.name, a.name, i, o.port, urls[o.broker])
-            for a in plan.agents.values() for i in range(a.replicas) for o in a.outputs
-            if o.broker in urls}
-
-
-def _presence_names(plan: GraphPlan, agents: list[AgentPlan],
-                    urls: Mapping[str, str]) -> set[str]:
-    """The presence files the readers among ``agents`` make."""
-    return {presence_name(plan.name, i.source.partition(".")[0], i.source.partition(".")[2],
-                          a.name, urls[i.broker])
-            for a in agents for i in a.inputs if i.broker in urls}
-
-
-def rings_still_needed(plan: GraphPlan, node: str | None,
-                       client_of: Callable[[str], redis.Redis],
-                       urls: Mapping[str, str]) -> set[str]:
-    """The rings of ``node``'s producers (all when None) whose stream still has entries a
-    reading group has not read or not acknowledged (``client_of``: a broker's client)."""
-    needed: set[str] = set()
-    for agent in plan.agents.values():
-        if node is not None and agent.node != node:
-            continue
-        for out in agent.outputs:
-            if out.broker not in urls:
-                continue
-            rings = {ring_name(plan.name, agent.name, i, out.port, urls[out.broker])
-                     for i in range(agent.replicas)}
-            if not any((SHM_DIR / r).exists() for r in rings):
-                continue
-            try:
-                groups = client_of(out.broker).xinfo_groups(out.stream)
-            except ResponseError:  # no such stream: nothing to read
-                continue
-            if any(g.get("pending") or g.get("lag") != 0 for g in groups):
-                needed |= rings
-    return needed
-
-
-def clean_line_rings(plan: GraphPlan, node: str | None, stopping: bool,
-                     keep: set[str] | None = None, *,
-                     urls: Mapping[str, str]) -> list[str]:
-    """The supervisor's clean-up of a line's rings; returns the names removed.
-
-    Only files of this graph on this line's brokers (``urls``) are looked at. At start
-    (``stopping=False``): rings that no producer of the plan uses (renamed ports, fewer
-    replicas) and half-made ones; the others are kept, and their restarted producers keep
-    honouring the slots still referenced; the presence files of the readers on ``node`` go
-    (each makes its own again). At stop: the rings and presence files of the agents placed
-    on ``node`` (all when None), but those named in ``keep``.
-    """
-    extra = keep
-    elsewhere = [a for a in plan.agents.values() if node is not None and a.node != node]
-    keep = _presence_names(plan, elsewhere, urls)
-    if stopping:
-        keep |= {ring_name(plan.name, a.name, i, o.port, urls[o.broker])
-                 for a in elsewhere for i in range(a.replicas) for o in a.outputs
-                 if o.broker in urls}
-    else:
-        keep |= line_ring_names(plan, urls)
-    digests = {broker_digest(url) for url in urls.values()}
-    return remove_rings(plan.name, digests, keep=keep | (extra or set()))
