@@ -66,6 +66,8 @@ MAX_MESSAGE = 1 << 20
 READY_TIMEOUT_S = 60.0
 #: how long the supervisor waits for the answer to one spawn
 SPAWN_TIMEOUT_S = 10.0
+#: how long a replica seen gone (its pidfd readable) may wait for its exit code
+EXIT_REPORT_S = 5.0
 
 
 class ForkServerGone(Exception):
@@ -121,6 +123,8 @@ class ForkedProcess:
         self.stdout = stdout
         self.returncode: int | None = None
         self.ended = threading.Event()
+        #: when the process was first seen gone with no exit code reported yet
+        self._gone_at: float | None = None
 
     def _exited(self) -> bool:
         """True once the process is gone (its pidfd readable), whoever reaped it."""
@@ -130,9 +134,19 @@ class ForkedProcess:
         return bool(readable)
 
     def poll(self) -> int | None:
-        """The exit code once reported; -1 when the server died and the process is gone."""
-        if self.returncode is None and self.server.gone and self._exited():
-            self._set(-1)
+        """The exit code once reported; -1 when the process is gone and the server died, or
+        sent no exit code within :data:`EXIT_REPORT_S` (the supervisor must not wait for a
+        report that never comes)."""
+        if self.returncode is None and self._exited():
+            now = time.monotonic()
+            if self._gone_at is None:
+                self._gone_at = now
+            if self.server.gone or now - self._gone_at > EXIT_REPORT_S:
+                if not self.server.gone:
+                    self.server.say(f"replica pid {self.pid} ended but the fork server "
+                                    f"reported no exit code in {EXIT_REPORT_S:g} s; taken "
+                                    "as -1")
+                self._set(-1)
         return self.returncode
 
     def _set(self, code: int) -> None:

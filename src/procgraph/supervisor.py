@@ -62,6 +62,8 @@ RESTART_MAX_S = 30.0
 STABLE_S = 30.0
 #: how long a replica that is ending by itself (its stopping marker set) may take to exit
 EXIT_GRACE_S = 10.0
+#: how long the stop waits for a replica killed (SIGKILL) after its grace, then goes on
+KILL_WAIT_S = 10.0
 #: how long ``run`` waits at start for a broker it does not start itself
 CONNECT_TIMEOUT_S = 10.0
 #: a line not ready (every replica's first heartbeat) after this long is said to be slow
@@ -674,7 +676,11 @@ class Supervisor:
             except subprocess.TimeoutExpired:
                 self.say("supervisor", f"{r.name} did not stop in {grace_s:g}s; killing it")
                 r.proc.kill()
-                r.proc.wait()
+                try:
+                    r.proc.wait(KILL_WAIT_S)
+                except subprocess.TimeoutExpired:  # never hang the stop on one process
+                    self.say("supervisor", f"{r.name} (pid {r.proc.pid}) has not ended "
+                             f"{KILL_WAIT_S:g}s after SIGKILL; left to the system")
         for r in self.replicas:
             if r.pump is not None:
                 r.pump.join(timeout=2)

@@ -199,3 +199,36 @@ def test_the_off_switch(valkey: EmbeddedBroker, tmp_path: Path,
         assert "fork server" not in out.getvalue()
     finally:
         sup.shutdown()
+
+
+def test_a_replica_gone_with_no_exit_code_reported_is_not_waited_for_forever(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's stop waits for each replica's exit code from the fork server; one
+    whose process is gone (its pidfd readable) but whose code never comes is taken as -1 after
+    EXIT_REPORT_S, said on the console, instead of hanging the stop (seen once in CI: a stop
+    that never returned after SIGKILL). A real process; a server that reports nothing."""
+    import subprocess
+    import sys
+
+    from procgraph import forkserver
+
+    class SilentServer:
+        gone = False
+        said: list[str] = []
+
+        def say(self, line: str) -> None:
+            self.said.append(line)
+
+    monkeypatch.setattr(forkserver, "EXIT_REPORT_S", 0.3)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    server = SilentServer()
+    pidfd = os.pidfd_open(child.pid)
+    proc = forkserver.ForkedProcess(server, child.pid, pidfd, io.BytesIO())  # type: ignore[arg-type]
+    try:
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(10) == -1
+        assert server.said and f"pid {child.pid} ended" in server.said[0]
+    finally:
+        child.kill()
+        child.wait()
