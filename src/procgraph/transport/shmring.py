@@ -290,8 +290,11 @@ class ShmRing:
         return sum(s.end - s.offset for s in self.live.values())
 
     def _put(self, s: Slot) -> None:
-        _SLOT.pack_into(self._m.mm, self._m.slots_at + s.index * _SLOT.size,
-                        s.gen, s.offset, s.length, s.id_ms, s.id_seq, s.state)
+        # one copy of the packed record: struct.pack_into zeroes the record before it writes
+        # the fields, and a reader checking the slot meanwhile would see it FREE
+        at = self._m.slots_at + s.index * _SLOT.size
+        self._m.mm[at:at + _SLOT.size] = _SLOT.pack(s.gen, s.offset, s.length, s.id_ms,
+                                                     s.id_seq, s.state)
 
     def close(self) -> None:
         """Unmap (the file stays for a restarted producer and for readers)."""
@@ -356,13 +359,14 @@ class RingView:
     def hold(self, index: int, group: int, gen: int, pid: int) -> None:
         """Set this reader's hold cell on a slot (generation first, then the pid)."""
         at = self._m.cell_at(index, group)
-        _CELL.pack_into(self._m.mm, at, gen, pid)
+        self._m.mm[at:at + _CELL.size] = _CELL.pack(gen, pid)  # no zeroed moment (see _put)
 
     def release(self, index: int, group: int, gen: int, pid: int) -> None:
         """Clear the cell if it is still this reader's hold of that generation."""
         with contextlib.suppress(ValueError):  # unmapped at interpreter exit
             if self._m.cell(index, group) == (gen, pid):
-                _CELL.pack_into(self._m.mm, self._m.cell_at(index, group), 0, 0)
+                at = self._m.cell_at(index, group)
+                self._m.mm[at:at + _CELL.size] = _CELL.pack(0, 0)
 
     def view(self, offset: int, length: int) -> memoryview:
         """A read-only view of a payload (no copy)."""
