@@ -422,24 +422,17 @@ def decode(fields: Mapping[bytes, bytes], cls: type[Message]) -> Message:
     for name in _ENVELOPE:
         if name in header:
             values[name] = header[name]
-    if _strict_from_parsed(target):  # one strict pass over the values parsed above
-        _check_envelope(values)
-        for name, desc in arrays.items():
-            if name in target.array_fields:
-                values[name] = _decode_array(name, desc, fields)
+    one_pass = _strict_from_parsed(target)  # one strict pass over the values parsed above
+    if not one_pass:  # strict JSON types from the text first: no "1" or true for an int
         try:
-            return target.model_validate(values, strict=True)
+            _wire_model(target).model_validate_json(text, strict=True)
         except ValidationError as exc:
             raise _invalid(exc, target, sent_type) from exc
-    try:  # strict JSON types first: no "1" or true for an int
-        _wire_model(target).model_validate_json(text, strict=True)
-    except ValidationError as exc:
-        raise _invalid(exc, target, sent_type) from exc
     _check_envelope(values)
     for name, desc in arrays.items():
         if name in target.array_fields:
             values[name] = _decode_array(name, desc, fields)
     try:
-        return target.model_validate(values)
+        return target.model_validate(values, strict=one_pass)
     except ValidationError as exc:
         raise _invalid(exc, target, sent_type) from exc
