@@ -382,7 +382,7 @@ def _wire_model(cls: type[Message]) -> type[BaseModel]:
 
 
 def _check_envelope(values: Mapping[str, Any]) -> None:
-    """Envelope integers in range (pydantic has already checked their JSON types)."""
+    """Envelope integers in range (a value of another type is left to pydantic)."""
     ts_ns = values.get("ts_ns", 0)
     if type(ts_ns) is int and not 0 <= ts_ns <= _MAX_NS:
         raise CodecError(f"ts_ns {_show(ts_ns)} is out of range (0 to 2**63-1)")

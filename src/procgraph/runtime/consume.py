@@ -120,6 +120,10 @@ def _write_sent(outbox: Outbox, collected: dict[str, list[Fields]]) -> None:
 _Job = tuple[dict[str, list[Fields]], str, list[_Pending], dict[str, int]]
 
 
+def _log_write_failed(exc: BaseException) -> None:
+    log.error("writing the outputs of a handler call failed: %s", printable(repr(exc)))
+
+
 class _WriteFailed(Exception):
     """The broker refused a handler call's outputs written in line (e.g. the output key is
     not a stream): as when they are written behind, the replica ends and the entries, not
@@ -194,8 +198,7 @@ class _WriteBehind(threading.Thread):
             except InterruptedError as exc:  # stopped during an outage: delivered again
                 self.error = exc
             except BaseException as exc:  # handed to the consume loop, which re-raises it
-                log.error("writing the outputs of a handler call failed: %s",
-                          printable(repr(exc)))
+                _log_write_failed(exc)
                 self.error = exc
                 self.stop.set()
             finally:
@@ -448,8 +451,7 @@ class Consumer:
                 try:
                     _write_sent(self.r.outbox, collected)
                 except redis.ResponseError as exc:
-                    log.error("writing the outputs of a handler call failed: %s",
-                              printable(repr(exc)))
+                    _log_write_failed(exc)
                     raise _WriteFailed(exc) from exc
                 retry(self.r.state.flush, "write agent state", self.stop)
         except BaseException:
@@ -478,6 +480,12 @@ class Consumer:
             return False  # nothing to write (acked at once; acks need no order), or in line
         return not self.r.outbox.moved
 
+    def _end_replica(self, failed: _WriteFailed) -> None:
+        """End the consume loop as a failed write behind does: :meth:`run` raises the
+        broker's error, nothing after it is written, the entries are not acked."""
+        self._behind.error = failed.error
+        self.stop.set()
+
     def _run_handler(self, port: str, items: list[_Pending]) -> None:
         stats = self.r.stats_in[port]
         max_deliveries = self.r.spec.max_deliveries
@@ -490,9 +498,8 @@ class Consumer:
                 break
             except InterruptedError:
                 raise
-            except _WriteFailed as exc:  # ends the replica as a failed write behind does
-                self._behind.error = exc.error
-                self.stop.set()
+            except _WriteFailed as exc:
+                self._end_replica(exc)
                 return
             except _BROKER_DOWN as exc:
                 # the broker is away, not the message at fault: retry without counting it
@@ -545,8 +552,7 @@ class Consumer:
         except InterruptedError:
             raise
         except _WriteFailed as exc:
-            self._behind.error = exc.error
-            self.stop.set()
+            self._end_replica(exc)
             return
         except _BROKER_DOWN:
             return  # the broker is away: left unacked, handled again later

@@ -160,6 +160,12 @@ class _Mapped:
         gen, pid = _CELL.unpack_from(self.mm, self.cell_at(index, group))
         return int(gen), int(pid)
 
+    def put(self, at: int, record: bytes) -> None:
+        """Write a packed record in one copy: struct.pack_into zeroes a record before it
+        writes its fields, and a process reading it meanwhile (a slot checked by a reader,
+        a hold cell by the producer) would see it zeroed."""
+        self.mm[at:at + len(record)] = record
+
     def close(self) -> None:
         with contextlib.suppress(BufferError):  # arrays still view it: unmapped at exit
             self.mm.close()
@@ -290,11 +296,8 @@ class ShmRing:
         return sum(s.end - s.offset for s in self.live.values())
 
     def _put(self, s: Slot) -> None:
-        # one copy of the packed record: struct.pack_into zeroes the record before it writes
-        # the fields, and a reader checking the slot meanwhile would see it FREE
-        at = self._m.slots_at + s.index * _SLOT.size
-        self._m.mm[at:at + _SLOT.size] = _SLOT.pack(s.gen, s.offset, s.length, s.id_ms,
-                                                     s.id_seq, s.state)
+        self._m.put(self._m.slots_at + s.index * _SLOT.size,
+                    _SLOT.pack(s.gen, s.offset, s.length, s.id_ms, s.id_seq, s.state))
 
     def close(self) -> None:
         """Unmap (the file stays for a restarted producer and for readers)."""
@@ -357,16 +360,14 @@ class RingView:
                 and s.state != FREE and offset + length <= self._m.data_bytes)
 
     def hold(self, index: int, group: int, gen: int, pid: int) -> None:
-        """Set this reader's hold cell on a slot (generation first, then the pid)."""
-        at = self._m.cell_at(index, group)
-        self._m.mm[at:at + _CELL.size] = _CELL.pack(gen, pid)  # no zeroed moment (see _put)
+        """Set this reader's hold cell on a slot (its generation and pid)."""
+        self._m.put(self._m.cell_at(index, group), _CELL.pack(gen, pid))
 
     def release(self, index: int, group: int, gen: int, pid: int) -> None:
         """Clear the cell if it is still this reader's hold of that generation."""
         with contextlib.suppress(ValueError):  # unmapped at interpreter exit
             if self._m.cell(index, group) == (gen, pid):
-                at = self._m.cell_at(index, group)
-                self._m.mm[at:at + _CELL.size] = _CELL.pack(0, 0)
+                self._m.put(self._m.cell_at(index, group), _CELL.pack(0, 0))
 
     def view(self, offset: int, length: int) -> memoryview:
         """A read-only view of a payload (no copy)."""
