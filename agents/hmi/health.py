@@ -18,6 +18,7 @@ from typing import Any
 import redis
 
 from procgraph.health import (
+    DEFAULT_HEARTBEAT_S,
     GroupLag,
     Heartbeat,
     RateMeter,
@@ -28,6 +29,10 @@ from procgraph.health import (
 
 #: how often the list of the line's streams is refreshed (new streams are rare)
 STREAMS_PERIOD_S = 5.0
+#: a replica whose heartbeat has not changed for this long is shown down although its key
+#: lives on (a frozen process: its key expires only after five periods, then the supervisor
+#: restarts it, often within one poll of this screen)
+FROZEN_S = 3 * DEFAULT_HEARTBEAT_S
 
 Beats = Mapping[tuple[str, int], Heartbeat] | Iterable[Heartbeat]
 
@@ -71,6 +76,9 @@ class LineHealthReader:
 @dataclass
 class _ReplicaSeen:
     started: float
+    #: the ``ts`` of its last heartbeat, and when (this screen's clock) that ``ts`` was new
+    ts: float = 0.0
+    fresh_at: float = 0.0
     rate_in: float = 0.0
     rate_out: float = 0.0
 
@@ -110,6 +118,7 @@ class HealthTracker:
     ) -> list[dict[str, Any]]:
         """Feed the heartbeats alive right now; return the table rows, sorted by agent.
 
+        A replica whose heartbeat has not changed for :data:`FROZEN_S` counts as not alive.
         ``beats`` is what :func:`procgraph.health.read_heartbeats` returns (or just the
         heartbeats); ``lags`` maps a reading agent (its consumer group) to its
         :class:`procgraph.health.GroupLag`, summed over the streams it reads.
@@ -121,19 +130,19 @@ class HealthTracker:
         for beat in found:
             if not isinstance(beat, Heartbeat):
                 continue
-            alive.setdefault(beat.agent, {})[beat.replica] = beat
-            self._observe(beat, now)
+            if self._observe(beat, now):
+                alive.setdefault(beat.agent, {})[beat.replica] = beat
         rows = []
         for name in sorted(set(self._agents) | set(lags)):
             seen = self._agents.setdefault(name, _AgentSeen())
             rows.append(self._row(name, seen, alive.get(name, {}), lags.get(name), now))
         return rows
 
-    def _observe(self, beat: Heartbeat, now: float) -> None:
+    def _observe(self, beat: Heartbeat, now: float) -> bool:
+        """Take one heartbeat in; True while its replica is alive (its heartbeat not frozen)."""
         seen = self._agents.setdefault(beat.agent, _AgentSeen())
         seen.expected = max(seen.expected, beat.replica + 1, beat.replicas)
         seen.reported_restarts[beat.replica] = beat.restarts
-        seen.last_seen = now
         count_in = sum(port.count for port in beat.inputs.values())
         count_out = sum(port.count for port in beat.outputs.values())
         prev = seen.replicas.get(beat.replica)
@@ -141,9 +150,15 @@ class HealthTracker:
             seen.restarts += 1
         if prev is None or beat.started != prev.started:
             prev = seen.replicas[beat.replica] = _ReplicaSeen(beat.started)
+        if beat.ts != prev.ts:
+            prev.ts, prev.fresh_at = beat.ts, now
+        seen.last_seen = max(seen.last_seen, prev.fresh_at)
+        if now - prev.fresh_at > FROZEN_S:
+            return False
         key = (beat.agent, beat.replica)
         prev.rate_in = self._rates.rate((*key, "in"), beat, count_in)
         prev.rate_out = self._rates.rate((*key, "out"), beat, count_out)
+        return True
 
     def _row(self, name: str, seen: _AgentSeen, beats: dict[int, Heartbeat],
              lag: GroupLag | None, now: float) -> dict[str, Any]:

@@ -123,15 +123,19 @@ class ForkedProcess:
         self.stdout = stdout
         self.returncode: int | None = None
         self.ended = threading.Event()
+        #: held while the pidfd is used or closed (the reader thread closes it on the exit
+        #: report while the supervisor's threads poll and signal through it)
+        self._fd_lock = threading.Lock()
         #: when the process was first seen gone with no exit code reported yet
         self._gone_at: float | None = None
 
     def _exited(self) -> bool:
         """True once the process is gone (its pidfd readable), whoever reaped it."""
-        if self.pidfd < 0:
-            return True
-        readable, _, _ = select.select([self.pidfd], [], [], 0)
-        return bool(readable)
+        with self._fd_lock:
+            if self.pidfd < 0:
+                return True
+            readable, _, _ = select.select([self.pidfd], [], [], 0)
+            return bool(readable)
 
     def poll(self) -> int | None:
         """The exit code once reported; -1 when the process is gone and the server died, or
@@ -153,9 +157,10 @@ class ForkedProcess:
         if self.returncode is None:
             self.returncode = code
             self.ended.set()
-            if self.pidfd >= 0:
-                os.close(self.pidfd)
-                self.pidfd = -1
+            with self._fd_lock:
+                if self.pidfd >= 0:
+                    os.close(self.pidfd)
+                    self.pidfd = -1
 
     def wait(self, timeout: float | None = None) -> int:
         """Wait for the end; subprocess.TimeoutExpired after ``timeout`` seconds."""
@@ -170,10 +175,11 @@ class ForkedProcess:
 
     def send_signal(self, signum: int) -> None:
         """Signal it through its pidfd (never a reused pid); nothing once it has ended."""
-        if self.returncode is not None or self.pidfd < 0:
-            return
-        with contextlib.suppress(ProcessLookupError, OSError):
-            signal.pidfd_send_signal(self.pidfd, signum)
+        with self._fd_lock:
+            if self.returncode is not None or self.pidfd < 0:
+                return
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(self.pidfd, signum)
 
 
 class ForkServer:

@@ -10,6 +10,7 @@ import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -232,3 +233,65 @@ def test_a_replica_gone_with_no_exit_code_reported_is_not_waited_for_forever(
     finally:
         child.kill()
         child.wait()
+
+
+def test_the_exit_report_closing_the_pidfd_never_breaks_a_poll() -> None:
+    """The reader thread closes a replica's pidfd when its exit code comes while the
+    supervisor's threads poll and signal through it (seen in CI: a stop that raised EBADF out
+    of select). Thousands of real pidfds, each closed by one thread while two others poll and
+    signal it; no call may raise."""
+    import subprocess
+    import sys
+    import threading
+
+    from procgraph import forkserver
+
+    class QuietServer:
+        gone = False
+
+        def say(self, line: str) -> None:
+            pass
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    errors: list[BaseException] = []
+
+    def hammer(proc: forkserver.ForkedProcess, start: threading.Event) -> None:
+        start.wait()
+        try:
+            while proc.returncode is None:
+                proc.poll()
+                proc.send_signal(0)
+            proc.poll()
+        except BaseException as exc:
+            errors.append(exc)
+
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two bytecodes: the race shows
+    try:
+        _race(forkserver, QuietServer, child.pid, hammer, errors)
+    finally:
+        sys.setswitchinterval(switch)
+    assert not errors, f"{len(errors)} calls raised: {errors[0]!r}"
+
+
+def _race(forkserver: Any, server: Any, pid: int, hammer: Any,
+          errors: list[BaseException]) -> None:
+    import random
+    import threading
+    import time
+
+    for _ in range(1000):
+        proc = forkserver.ForkedProcess(server(), pid, os.pidfd_open(os.getpid()),
+                                        io.BytesIO())
+        start = threading.Event()
+        threads = [threading.Thread(target=hammer, args=(proc, start)) for _ in range(2)]
+        for t in threads:
+            t.start()
+        start.set()
+        time.sleep(random.random() * 1e-4)  # the pollers get going first
+        proc._set(0)
+        for t in threads:
+            t.join(5)
+        if errors:
+            break

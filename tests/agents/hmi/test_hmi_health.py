@@ -110,3 +110,22 @@ def test_reader_raises_broker_unavailable() -> None:
     client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=0.5)
     with pytest.raises(BrokerUnavailable):
         LineHealthReader(client, "line").read()
+
+
+def test_a_frozen_heartbeat_is_down_before_its_key_expires() -> None:
+    """A frozen process (SIGSTOP, a hung GIL) leaves its last heartbeat readable for five
+    periods, and the supervisor restarts it about a second after that: the screen must show
+    it down from FROZEN_S on, not only in that short gap (seen in CI: the page never said
+    back_cam was down)."""
+    from procgraph.agents.hmi.health import FROZEN_S
+
+    tracker = HealthTracker()
+    (row,) = tracker.update([beat(0, 100.0, 1)], now=100.0)
+    assert row["status"] == "ok"
+    (row,) = tracker.update([beat(0, 100.0, 1)], now=100.0 + FROZEN_S - 0.5)
+    assert row["status"] == "ok", "a late beat is not yet a frozen one"
+    (row,) = tracker.update([beat(0, 100.0, 1)], now=100.0 + FROZEN_S + 0.5)
+    assert (row["status"], row["alive"], row["rate_in"]) == ("down", 0, 0.0)
+    assert row["last_seen_s"] == FROZEN_S + 0.5, "seen last when its heartbeat last changed"
+    (row,) = tracker.update([beat(0, 104.5, 9)], now=104.5)
+    assert (row["status"], row["alive"]) == ("ok", 1), "beating again: alive again"
