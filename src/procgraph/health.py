@@ -23,7 +23,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from procgraph.constants import (
     DEAD_LETTER_SUFFIX,
-    DEFAULT_HEARTBEAT_S,
     HEARTBEAT_TTL_PERIODS,
     dead_letter_key,
     heartbeat_key,
@@ -31,6 +30,7 @@ from procgraph.constants import (
     line_counters_key,
     stream_pattern,
 )
+from procgraph.constants import DEFAULT_HEARTBEAT_S as DEFAULT_HEARTBEAT_S
 from procgraph.edges import EdgeStats as EdgeStats
 from procgraph.edges import count_read as count_read
 from procgraph.edges import create_group_counted as create_group_counted
