@@ -19,6 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from functools import cache
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from types import UnionType
 from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origin
 
@@ -46,9 +47,9 @@ MAX_INT_DIGITS = 1000
 #: envelope integers (``ts_ns``, a hop's ``in_ns``/``out_ns``/``replica``) lie in 0..2**63-1
 _MAX_NS = 2**63 - 1
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-#: a 3-digit exponent or (in a header long enough to hold one) a long digit run: only then
-#: are numbers parsed one by one, checked
-_SUSPECT_EXPONENT = re.compile(r"[eE][+-]?\d{3}")
+#: (in a header long enough to hold one) a long digit run: only then are integers parsed one
+#: by one, checked (floats always are: headers hold few, and a regex pass over every header
+#: for exponents cost more than checking them)
 _LONG_DIGITS = re.compile(rf"\d{{{MAX_INT_DIGITS + 1}}}")
 _ENVELOPE = ("id", "key", "ts_ns", "trace")
 
@@ -166,7 +167,7 @@ def encode(
         arrays[name] = desc
     header["arrays"] = arrays
     try:
-        text = json.dumps(header, separators=(",", ":"), allow_nan=False)
+        text = _dump_header(header)
     except ValueError as exc:
         raise CodecError(
             f"{cls.__name__}: NaN or infinity (or an integer of over 4300 digits) in a scalar"
@@ -175,6 +176,24 @@ def encode(
     fields[HEADER_FIELD] = text.encode()
     # the header goes first so a reader can inspect it without the payloads
     return {HEADER_FIELD: fields.pop(HEADER_FIELD), **fields}
+
+
+def _refuse(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+if c_make_encoder is not None:
+    # what json.dumps(separators=(",", ":"), allow_nan=False) runs, built once instead of per
+    # call (half the cost of encoding a small message); no circular-reference bookkeeping:
+    # the header is built here from a pydantic dump, which refuses cycles itself
+    _HEADER_ENCODER = c_make_encoder(None, _refuse, encode_basestring_ascii, None, ":", ",",
+                                     False, False, False)
+
+    def _dump_header(header: dict[str, Any]) -> str:
+        return "".join(_HEADER_ENCODER(header, 0))
+else:  # pragma: no cover - an interpreter without the C accelerator
+    def _dump_header(header: dict[str, Any]) -> str:
+        return json.dumps(header, separators=(",", ":"), allow_nan=False)
 
 
 def _show(value: Any) -> str:
@@ -199,7 +218,7 @@ def _parse_constant(text: str) -> float:
     raise CodecError(f"header has {text}: not JSON (NaN and infinities cannot travel)")
 
 
-_JSON = json.JSONDecoder(parse_constant=_parse_constant)
+_JSON = json.JSONDecoder(parse_float=_parse_float, parse_constant=_parse_constant)
 _CHECKED_JSON = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
                                  parse_constant=_parse_constant)
 
@@ -232,8 +251,7 @@ def _read_header(fields: Mapping[bytes, bytes]) -> tuple[dict[str, Any], str]:
     except UnicodeDecodeError as exc:
         raise CodecError(f"header is not UTF-8 (byte {exc.start}: {exc.reason})") from exc
     try:
-        if _SUSPECT_EXPONENT.search(text) or (
-                len(text) > MAX_INT_DIGITS and _LONG_DIGITS.search(text)):
+        if len(text) > MAX_INT_DIGITS and _LONG_DIGITS.search(text):
             header = _CHECKED_JSON.decode(text)
         else:  # the common case, at the speed of plain json.loads
             header = _JSON.decode(text)

@@ -155,6 +155,34 @@ def test_a_connection_killed_mid_stream_loses_nothing(valkey: Any) -> None:
         buffer.close()
 
 
+def test_a_connection_closed_while_idle_is_dropped_and_the_next_send_goes_once(
+        valkey: Any) -> None:
+    """The broker closes the port's connection while nothing is in flight (a CLIENT KILL, a
+    broker timeout): the reply thread, which waits on that socket, drops it without spinning,
+    and what is sent next goes out on a new connection, each entry once."""
+    client = connect(valkey.url)
+    admin = redis.Redis.from_url(valkey.url)
+    stop = threading.Event()
+    buffer = SendBuffer({"a": _writer(client, "sb:idle", stop)}, stop)
+    try:
+        buffer.add("a", _entry(0))
+        buffer.flush()
+        port = buffer._ports["a"]
+        assert port.conn._sock is not None
+        admin.client_kill_filter(_type="normal", skipme=True)
+        wait_for(lambda: port.conn._sock is None, 5, "the closed idle connection dropped")
+        cpu = time.process_time()
+        time.sleep(0.5)
+        assert time.process_time() - cpu < 0.25, "the reply thread spins on a closed socket"
+        for n in range(1, 101):
+            buffer.add("a", _entry(n))
+        buffer.flush()
+        assert _numbers(client, "sb:idle") == list(range(101))
+    finally:
+        stop.set()
+        buffer.close()
+
+
 @pytest.mark.parametrize("size", [1000, 200_000])
 def test_a_sender_may_reuse_its_array_right_after_send(valkey: Any, size: int) -> None:
     """Entries view the sender's array (no copy); what reaches the broker is what it held

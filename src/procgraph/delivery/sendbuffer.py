@@ -27,6 +27,7 @@ instead, and written with it in one transaction (:mod:`procgraph.delivery.togeth
 
 from __future__ import annotations
 
+import select
 import threading
 from collections.abc import Mapping
 from typing import Any
@@ -36,6 +37,7 @@ from redis.exceptions import ResponseError
 from procgraph.delivery.together import HeldSends
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.state.buffer import Store
+from procgraph.transport.packer import pack_commands
 from procgraph.transport.writer import Fields, StreamWriter, entry_bytes
 
 #: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
@@ -100,7 +102,9 @@ class _PortWriter:
 
     Whoever finds the port idle writes (the source's thread on ``add``, the reply thread
     when a reply is in and entries are queued), outside the lock, so the source can queue
-    meanwhile; the reply thread reads the replies.
+    meanwhile; the reply thread reads the replies. While nothing is in flight the reply thread
+    waits on the socket, not on the lock's condition: a write then wakes no thread of this
+    process, and the broker's reply wakes one, as it does a plain redis-py client.
     """
 
     def __init__(self, writer: StreamWriter, stop: threading.Event, max_entries: int,
@@ -124,18 +128,18 @@ class _PortWriter:
         self.thread.start()
 
     def add(self, fields: Fields) -> None:
+        size = entry_bytes(fields)
         if any(isinstance(v, memoryview) for v in fields.values()):
-            if entry_bytes(fields) >= BIG_BYTES:  # the sender's own array: written before return
+            if size >= BIG_BYTES:  # the sender's own array: written before return
                 self.flush()
-                self._add(fields)
+                self._add(fields, size)
                 self.flush()
                 return
             fields = {k: bytes(v) if isinstance(v, memoryview) else v  # a copy of its own
                       for k, v in fields.items()}
-        self._add(fields)
+        self._add(fields, size)
 
-    def _add(self, fields: Fields) -> None:
-        size = entry_bytes(fields)
+    def _add(self, fields: Fields, size: int) -> None:
         with self.cond:
             self._raise_error()
             while self.queue and (len(self.queue) >= self.max_entries
@@ -178,7 +182,7 @@ class _PortWriter:
         try:
             self.writer.prepare(batch, checked=True)  # the outbox checked sizes on send()
             self.conn.send_packed_command(
-                self.conn.pack_commands([self.writer.xadd_args(f) for f in batch]))
+                pack_commands([self.writer.xadd_args(f) for f in batch]))
             state = "sent"
         except TRANSIENT_ERRORS:
             self.conn.disconnect()  # the reply thread writes it again, with retries
@@ -198,12 +202,21 @@ class _PortWriter:
     def _replies(self) -> None:
         while True:
             with self.cond:
-                while self.in_flight is None or not self.state:
-                    if self.in_flight is None and (
-                            self.closed or (self.stop.is_set() and not self.queue)):
-                        return
-                    self.cond.wait(0.1)
-                batch, state = self.in_flight, self.state
+                if self.in_flight is None and (
+                        self.closed or (self.stop.is_set() and not self.queue)):
+                    return
+                sock = self.conn._sock
+                if self.in_flight is None and sock is not None:
+                    pass  # idle: wait for the socket, outside the lock
+                elif self.in_flight is None or not self.state:  # being written, or no
+                    self.cond.wait(0.1)  # connection yet: the writer notifies
+                    continue
+                else:
+                    batch, state = self.in_flight, self.state
+                    sock = None
+            if sock is not None:
+                self._await_readable(sock)
+                continue
             try:
                 ids = self._read(batch) if state == "sent" else None
                 if ids is None:  # the connection broke: again, through the writer's retry
@@ -227,6 +240,25 @@ class _PortWriter:
                 self.cond.notify_all()
             if queued:
                 self._write(queued, raise_error=False)
+
+    def _await_readable(self, sock: Any) -> None:
+        """Wait (up to 0.1 s) until the broker sends on the idle connection ``sock``.
+
+        What comes while nothing is in flight is the reply of a write that has just begun (the
+        loop then finds it in flight) or the connection closing: then, with no write in
+        flight, the connection is dropped, and the next write makes a new one.
+        """
+        try:
+            fd = sock.fileno()
+            poller = select.poll()
+            poller.register(fd, select.POLLIN | select.POLLPRI)
+            if not poller.poll(100):
+                return
+        except (OSError, ValueError):  # closed meanwhile by a write that broke
+            pass
+        with self.cond:
+            if self.in_flight is None and self.conn._sock is sock:
+                self.conn.disconnect()
 
     def _read(self, batch: list[Fields]) -> list[bytes] | None:
         """The ids of ``batch`` from its replies; None if the connection broke."""
