@@ -37,7 +37,6 @@ from redis.exceptions import ResponseError
 from procgraph.delivery.together import HeldSends
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.state.buffer import Store
-from procgraph.transport.packer import pack_commands
 from procgraph.transport.writer import Fields, StreamWriter, entry_bytes
 
 #: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
@@ -182,7 +181,7 @@ class _PortWriter:
         try:
             self.writer.prepare(batch, checked=True)  # the outbox checked sizes on send()
             self.conn.send_packed_command(
-                pack_commands([self.writer.xadd_args(f) for f in batch]))
+                self.conn.pack_commands([self.writer.xadd_args(f) for f in batch]))
             state = "sent"
         except TRANSIENT_ERRORS:
             self.conn.disconnect()  # the reply thread writes it again, with retries
@@ -205,16 +204,13 @@ class _PortWriter:
                 if self.in_flight is None and (
                         self.closed or (self.stop.is_set() and not self.queue)):
                     return
-                sock = self.conn._sock
-                if self.in_flight is None and sock is not None:
-                    pass  # idle: wait for the socket, outside the lock
-                elif self.in_flight is None or not self.state:  # being written, or no
-                    self.cond.wait(0.1)  # connection yet: the writer notifies
-                    continue
-                else:
+                sock = self.conn._sock if self.in_flight is None else None
+                if self.in_flight is not None and self.state:
                     batch, state = self.in_flight, self.state
-                    sock = None
-            if sock is not None:
+                elif sock is None:  # being written, or no connection yet: the writer notifies
+                    self.cond.wait(0.1)
+                    continue
+            if sock is not None:  # idle: wait for the broker on the socket, outside the lock
                 self._await_readable(sock)
                 continue
             try:
@@ -251,7 +247,7 @@ class _PortWriter:
         try:
             fd = sock.fileno()
             poller = select.poll()
-            poller.register(fd, select.POLLIN | select.POLLPRI)
+            poller.register(fd, select.POLLIN)
             if not poller.poll(100):
                 return
         except (OSError, ValueError):  # closed meanwhile by a write that broke

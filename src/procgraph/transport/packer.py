@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
 
 #: payloads above this size are sent as separate chunks instead of being copied
 _CUTOFF = 512 * 1024
-#: packed pieces up to this size are joined into one write (as redis-py does)
-_JOIN = 6000
 
 try:
     from hiredis import pack_command as _hiredis_pack
@@ -30,18 +27,14 @@ class _ZeroCopyPacker:
         if isinstance(args[0], str):
             args = (*args[0].encode().split(), *args[1:])
         if _hiredis_pack is not None:
-            small: list[Any] | None = list(args)
+            small = list(args)
             for i, a in enumerate(args):
-                if type(a) is bytes:
-                    if len(a) > _CUTOFF:
-                        small = None
-                        break
-                elif isinstance(a, (bytearray, memoryview)):
+                if isinstance(a, (bytes, bytearray, memoryview)):
                     if (a.nbytes if isinstance(a, memoryview) else len(a)) > _CUTOFF:
-                        small = None
-                        break
-                    small[i] = bytes(a)  # type: ignore[index]
-            if small is not None:  # small command: hiredis packs it in C
+                        break  # sent as chunks, below
+                    if type(a) is not bytes:
+                        small[i] = bytes(a)
+            else:  # small command: hiredis packs it in C
                 try:
                     return [_hiredis_pack(tuple(small))]
                 except TypeError as exc:
@@ -71,25 +64,3 @@ class _ZeroCopyPacker:
         out.append(bytes(buf))
         return out
 
-
-_PACKER = _ZeroCopyPacker()
-
-
-def pack_commands(commands: Iterable[Sequence[Any]]) -> list[bytes | memoryview]:
-    """Several commands as the chunks of one pipelined write: small pieces joined into one
-    buffer, large payloads kept as they are (what ``Connection.pack_commands`` does, with less
-    work per command)."""
-    out: list[bytes | memoryview] = []
-    small: list[bytes] = []
-    for args in commands:
-        for chunk in _PACKER.pack(*args):
-            if isinstance(chunk, memoryview) or len(chunk) > _JOIN:
-                if small:
-                    out.append(b"".join(small))
-                    small = []
-                out.append(chunk)
-            else:
-                small.append(chunk)
-    if small:
-        out.append(b"".join(small))
-    return out
