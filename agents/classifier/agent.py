@@ -13,7 +13,7 @@ import hashlib
 import os
 import time
 from pathlib import Path
-from typing import Any, Literal, Self
+from typing import Any, Literal, NamedTuple, Self
 
 import cv2
 import numpy as np
@@ -31,6 +31,14 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from procgraph import Agent, AgentContext, Input, Output
 from procgraph.registry import ModelRegistryError, check_model_file, read_model_file
 from procgraph.safetext import printable
+
+
+class Prepared(NamedTuple):
+    """A frame with its input tensor, made by ``prepare_frames`` for one model session."""
+
+    frame: Frame
+    model: ModelSession
+    tensor: np.ndarray
 
 
 class OnnxClassifier(Agent):
@@ -224,13 +232,26 @@ class OnnxClassifier(Agent):
             registry_model.stop()
 
     # -- handler --------------------------------------------------------------------------
-    def on_frames(self, frames: list[Frame]) -> None:
+    def prepare_frames(self, frame: Frame) -> Prepared:
+        """Pre-process one frame for the model served now, ahead of ``on_frames`` (under a
+        backlog the runtime runs it while the previous batch is classified). A frame the
+        model cannot take (e.g. ``roi`` outside it) is dead-lettered."""
+        model = self._model
+        return Prepared(frame, model, model.prepare(frame, self.params.roi, self.params.scale))
+
+    def on_frames(self, items: list[Prepared]) -> None:
         """Classify a batch with one inference; emit one verdict per frame, in order."""
-        if isinstance(frames, Frame):  # an edge configured with batch 1
-            frames = [frames]
+        if isinstance(items, Prepared):  # an edge configured with batch 1
+            items = [items]
         self._maybe_swap()
         model = self._model  # one model for the whole batch, even if a swap is prepared now
-        x = model.preprocess(frames, self.params.roi, self.params.scale)
+        frames = [p.frame for p in items]
+        if any(p.model is not model for p in items):  # prepared for the model swapped out
+            x = model.preprocess(frames, self.params.roi, self.params.scale)
+        elif len(items) == 1:
+            x = items[0].tensor[None]
+        else:
+            x = np.stack([p.tensor for p in items])
         t0 = time.perf_counter()
         out = model.infer(x)
         per_frame_ms = (time.perf_counter() - t0) * 1000 / len(frames)

@@ -252,6 +252,13 @@ class ModelSession:
             img = np.minimum(img, img.dtype.type(full))
         return img, float(full)
 
+    def prepare(self, f: Frame, roi: list[int] | None, scale: float) -> np.ndarray:
+        """One frame's slice of the input tensor: its layout and dtype, no batch axis
+        (``preprocess`` of a batch of one, without the batch axis)."""
+        x: np.ndarray = np.empty(self._frame_shape(), dtype=np.float32)
+        self._fill(x, f, roi, scale)
+        return x if self.dtype == np.float32 else x.astype(self.dtype)
+
     def preprocess(self, frames: list[Frame], roi: list[int] | None, scale: float) -> np.ndarray:
         """Frames -> one input tensor for the whole batch.
 
@@ -259,28 +266,35 @@ class ModelSession:
         in one pass: ``x = pixels * (255 / full) * scale / std - mean / std``, the same
         numbers as docs/agents/classifier.md's steps in fewer passes.
         """
+        x: np.ndarray = np.empty((len(frames), *self._frame_shape()), dtype=np.float32)
+        for i, f in enumerate(frames):
+            self._fill(x[i], f, roi, scale)
+        return x if self.dtype == np.float32 else x.astype(self.dtype)
+
+    def _frame_shape(self) -> tuple[int, ...]:
         w, h = self.size
         c = 1 if self.color == "gray" else 3
-        n = len(frames)
-        shape = {"NCHW": (n, c, h, w), "NHWC": (n, h, w, c), "NHW": (n, h, w)}[self.layout]
-        x: np.ndarray = np.empty(shape, dtype=np.float32)
+        return {"NCHW": (c, h, w), "NHWC": (h, w, c), "NHW": (h, w)}[self.layout]
+
+    def _fill(self, xi: np.ndarray, f: Frame, roi: list[int] | None, scale: float) -> None:
+        """Write frame ``f`` into ``xi``, its float32 slice of the input tensor."""
+        w, h = self.size
+        c = 1 if self.color == "gray" else 3
         bias, gains = self._affine(scale)
-        for i, f in enumerate(frames):
-            img, full = self._one(f, roi)
-            if self.layout == "NCHW":
-                dst = x[i].transpose(1, 2, 0)  # H, W, C view of C, H, W
-            elif self.layout == "NHWC":
-                dst = x[i]
-            else:
-                dst = x[i][:, :, None]
-            gain = gains.get(full)
-            if gain is None:
-                gain = gains[full] = (np.float32(scale) * np.float32(255.0 / full if full else 1)
-                                      / self._std()).astype(np.float32)
-            np.multiply(img.reshape(h, w, c), gain, out=dst, casting="unsafe")
-            if bias is not None:
-                dst += bias
-        return x if self.dtype == np.float32 else x.astype(self.dtype)
+        img, full = self._one(f, roi)
+        if self.layout == "NCHW":
+            dst = xi.transpose(1, 2, 0)  # H, W, C view of C, H, W
+        elif self.layout == "NHWC":
+            dst = xi
+        else:
+            dst = xi[:, :, None]
+        gain = gains.get(full)
+        if gain is None:
+            gain = gains[full] = (np.float32(scale) * np.float32(255.0 / full if full else 1)
+                                  / self._std()).astype(np.float32)
+        np.multiply(img.reshape(h, w, c), gain, out=dst, casting="unsafe")
+        if bias is not None:
+            dst += bias
 
     def _std(self) -> np.ndarray:
         return self.std if self.std is not None else np.ones(1, np.float32)

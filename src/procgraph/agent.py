@@ -28,7 +28,16 @@ class Agent:
 
     Declare ports as class attributes (``Input(T)`` / ``Output(T)``), parameters in a
     nested ``Params(Agent.Params)`` model, and one handler ``on_<port>(self, msg)`` per
-    input (``(self, msgs: list[T])`` for a batched input). A source agent (no inputs)
+    input (``(self, msgs: list[T])`` for a batched input). An input may also have a
+    ``prepare_<port>(self, msg)`` hook: the per-message work a handler would do first
+    (e.g. turn a frame into a model's input tensor). It runs once per message as soon as the
+    message is decoded, possibly on a reading thread ahead of the handler calls for earlier
+    messages, so that work overlaps theirs; the handler then gets what it returned (a list
+    of them when batched) instead of the messages. It must not send, change ``self.state``
+    or write what the handler reads; it may read params and what ``setup()`` made. An
+    exception from it dead-letters that message at once (``prepare_<port>: ...``), as an
+    entry that cannot be decoded; keys and traces still follow the messages themselves.
+    A source agent (no inputs)
     overrides ``run(self)`` and loops while ``self.running``. ``setup()``, ``teardown()``
     and ``tick()`` are optional hooks; ``teardown()`` runs also when ``setup()`` raised.
 

@@ -101,14 +101,19 @@ class AgentBinding:
                 spec, lambda m, _n=name: deliver(_n, self.stamp(m))  # type: ignore[misc]
             )
 
-    def handle(self, port: str, payload: Message | list[Message],
-               in_ns: int | Sequence[int]) -> None:
+    def handle(self, port: str, payload: Any, in_ns: int | Sequence[int],
+               messages: Sequence[Message] | None = None) -> None:
         """Call ``on_<port>(payload)`` with ``payload`` as the inputs in hand.
 
         ``in_ns``: when the input (or each input of a batch) was read, ns since the epoch.
+        ``messages``: the inputs in hand when ``payload`` is not made of them (what the
+        port's ``prepare_<port>`` hook made of them).
         """
         self.touch()
-        inputs = [payload] if isinstance(payload, Message) else list(payload)
+        if messages is not None:
+            inputs = list(messages)
+        else:
+            inputs = [payload] if isinstance(payload, Message) else list(payload)
         times = [in_ns] * len(inputs) if isinstance(in_ns, int) else list(in_ns)
         if len(times) != len(inputs):
             raise ValueError(f"{len(inputs)} inputs but {len(times)} read times")
@@ -117,6 +122,15 @@ class AgentBinding:
             getattr(self.agent, f"on_{port}")(payload)
         finally:
             self._inputs, self._in_ns = (), ()
+
+    def preparers(self) -> dict[str, Callable[[Message], Any]]:
+        """Input port -> the agent's ``prepare_<port>`` hook, for the ports that have one."""
+        hooks = {}
+        for port in type(self.agent).inputs:
+            hook = getattr(self.agent, f"prepare_{port}", None)
+            if callable(hook):
+                hooks[port] = hook
+        return hooks
 
     def stamp(self, msg: Message) -> Message:
         """A copy of an outgoing message with key and trace by the rule (module docstring).

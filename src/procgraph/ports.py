@@ -24,7 +24,9 @@ class Input(Generic[M]):
     """An input port: ``frames = Input(Frame, batch=8, max_wait_ms=5)``.
 
     The agent handles it in ``on_<name>(self, msg)`` (or ``(self, msgs: list)`` when
-    ``batch > 1``). ``policy`` is the default delivery policy of edges into this port:
+    ``batch > 1``); an optional ``prepare_<name>(self, msg)`` hook does per-message work
+    ahead of the handler (see :class:`~procgraph.Agent`). ``policy`` is the default
+    delivery policy of edges into this port:
     ``lossless`` (the producer waits rather than trim unread entries) or ``latest``
     (a preview that may skip). ``optional`` inputs may be left unwired in a graph.
     """

@@ -89,7 +89,10 @@ class AgentHarness:
                                "of stop(): loop while self.running")
 
     def feed(self, port: str, messages: Message | Iterable[Message]) -> None:
-        """Hand messages to input ``port`` as the runtime would (batched if declared)."""
+        """Hand messages to input ``port`` as the runtime would: each through the port's
+        ``prepare_<port>`` hook if it has one (all of them before the first handler call,
+        as the runtime may), then to the handler, batched if declared. An exception from
+        the hook is raised here (the runtime dead-letters that message)."""
         inputs = type(self.agent).inputs
         if port not in inputs:
             raise KeyError(f"{type(self.agent).__name__} has no input {port!r}")
@@ -99,21 +102,23 @@ class AgentHarness:
             codec.decode({k: bytes(v) for k, v in codec.encode(m).items()}, spec.type)
             for m in items
         ]
+        prepare = self.binding.preparers().get(port)
+        values = decoded if prepare is None else [prepare(m) for m in decoded]
         if spec.batch > 1:
             for i in range(0, len(decoded), spec.batch):
-                self._handle(port, decoded[i : i + spec.batch])
+                self._handle(port, values[i : i + spec.batch], decoded[i : i + spec.batch])
         else:
-            for m in decoded:
-                self._handle(port, m)
+            for m, v in zip(decoded, values, strict=True):
+                self._handle(port, v, [m])
 
-    def _handle(self, port: str, payload: Message | list[Message]) -> None:
+    def _handle(self, port: str, payload: Any, messages: list[Message]) -> None:
         """One handler call; its state changes and counts are kept after it, dropped if it
         raised (as the runtime does)."""
         mark = self.state.checkpoint()
         counts = self.agent.context.line_counts
         counts.begin_attempt()
         try:
-            self.binding.handle(port, payload, time.time_ns())
+            self.binding.handle(port, payload, time.time_ns(), messages)
         except BaseException:
             self.state.rollback(mark)
             counts.end_attempt(keep=False)

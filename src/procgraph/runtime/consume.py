@@ -74,6 +74,13 @@ class _Pending:
     entry: Entry
     msg: Message
     in_ns: int
+    #: what the handler gets: the message, or what the port's prepare hook made of it
+    value: Any
+
+
+#: an entry decoded (and prepared): (message, handler value), or the reason it goes to the
+#: dead-letter stream
+Decoded = tuple[Message, Any] | str
 
 
 class _Prefetcher(threading.Thread):
@@ -228,6 +235,8 @@ class Consumer:
         self._queued = False
         self._behind = _WriteBehind(runner.outbox, self._handled,
                                     runner.agent.context.line_counts, self.stop)
+        #: input port -> the agent's prepare_<port> hook (those ports are decoded ahead)
+        self._prepare = self.binding.preparers()
 
     def run(self) -> None:
         """Keep own entries, recover own pending ones, then read and handle until stopped."""
@@ -302,7 +311,8 @@ class Consumer:
         """The loop for inputs on one broker: a read blocks in this thread while idle (an
         entry is handled by the thread that read it), and after a full read the next chunk
         is read ahead while one is handled (:class:`~procgraph.runtime.readahead.ReadAhead`)."""
-        ahead = ReadAhead(reader, READ_COUNT, self.stop)
+        ahead = ReadAhead(reader, READ_COUNT, self.stop,
+                          decode=self._decode_ahead if self._prepare else None)
         waiting: list[tuple[str, Entry]] = []  # read ahead, not handled yet
         last_claim = time.monotonic()
         claim_every = self._claim_every()
@@ -313,7 +323,7 @@ class Consumer:
                 if got:
                     if len(got) >= READ_COUNT:  # a backlog: read the next chunk meanwhile
                         ahead.start()
-                    self.process(reader, got)
+                    self.process(reader, got, ahead.decoded)
                 idle = False
                 if self._batch_started:  # the input is idle: a short read, nothing after it
                     waiting = ahead.take()
@@ -387,25 +397,52 @@ class Consumer:
         ]
         return max(1, int(min(waits)))
 
-    def process(self, reader: GroupReader, got: list[tuple[str, Entry]]) -> None:
-        """Decode entries and hand them to their handlers (or batches)."""
+    def decode(self, stream: str, entry: Entry) -> Decoded:
+        """Decode an entry and run its port's prepare hook; any failure is the entry's
+        (returned as the reason to dead-letter it), never the process's."""
+        port = self.r.port_of[stream]
+        try:
+            msg = codec.decode(entry[1], self.inputs[port].type)
+        except Exception as exc:
+            return f"decode: {exc}" if isinstance(exc, CodecError) else (
+                f"decode: {type(exc).__name__}: {exc}")
+        prepare = self._prepare.get(port)
+        if prepare is None:
+            return msg, msg
+        try:
+            return msg, prepare(msg)
+        except Exception as exc:
+            return f"prepare_{port}: {type(exc).__name__}: {exc}"
+
+    def _decode_ahead(self, stream: str, entry: Entry) -> Decoded | None:
+        """On the read-ahead thread: entries of ports with a prepare hook, so that hook's
+        work overlaps the handler's (others are decoded in the handler's thread: pure Python
+        decoding there only contends for the interpreter lock)."""
+        if self.r.port_of.get(stream) not in self._prepare:
+            return None
+        return self.decode(stream, entry)
+
+    def process(self, reader: GroupReader, got: list[tuple[str, Entry]],
+                decoded: dict[tuple[str, bytes], Decoded] | None = None) -> None:
+        """Decode entries (unless found in ``decoded``, by stream and entry id: decoded
+        ahead) and hand them to their handlers (or batches)."""
         for n, (stream, entry) in enumerate(got, 1):
             if self.stop.is_set():
                 break  # the rest stays pending and is delivered again
             self._queued = n < len(got) or len(got) >= READ_COUNT
             port = self.r.port_of[stream]
-            in_ns = time.time_ns()
-            try:
-                msg = codec.decode(entry[1], self.inputs[port].type)
-            except Exception as exc:  # any failure is the entry's: never fatal
-                reason = f"decode: {exc}" if isinstance(exc, CodecError) else (
-                    f"decode: {type(exc).__name__}: {exc}")
+            in_ns = time.time_ns()  # its hop starts here, even if it was decoded ahead
+            done = decoded.pop((stream, entry[0]), None) if decoded else None
+            if done is None:
+                done = self.decode(stream, entry)
+            if isinstance(done, str):
                 log.warning("dead-lettering entry %s of %s: %s", entry[0].decode(), stream,
-                            printable(reason))
-                dead_letter(reader, stream, entry, reason, self.consumer)
+                            printable(done))
+                dead_letter(reader, stream, entry, done, self.consumer)
                 self.r.stats_in[port].dead += 1
                 continue
-            item = _Pending(reader, stream, entry, msg, in_ns)
+            msg, value = done
+            item = _Pending(reader, stream, entry, msg, in_ns, value)
             if self.r.batch[port] == 1:
                 self._run_handler(port, [item])
             else:
@@ -434,14 +471,15 @@ class Consumer:
         Returns True when the outputs went to the write-behind thread (which acks the
         entries once they are written), False when they were written here.
         """
-        payload: Message | list[Message] = [i.msg for i in items] if batched else items[0].msg
+        payload: Any = [i.value for i in items] if batched else items[0].value
         mark = self.r.state.checkpoint()
         counts = self.agent.context.line_counts
         counts.begin_attempt()
         self.r.outbox.begin()
         try:
             t0 = time.perf_counter_ns()
-            self.binding.handle(port, payload, [i.in_ns for i in items])
+            self.binding.handle(port, payload, [i.in_ns for i in items],
+                                [i.msg for i in items])
             t1 = time.perf_counter_ns()
             end_ns = time.time_ns()
             collected = self.r.outbox.take()

@@ -8,11 +8,16 @@ entries overlap with handling (e.g. inference, which releases the GIL); after a 
 nothing else was waiting, and the consume loop does not ask for one. Reads never overlap:
 the loop takes the read-ahead's result before it reads again, so the reader's bookkeeping
 (acks sent along, lost replies) sees one read at a time, in order.
+
+Given a ``decode`` function, the helper thread also decodes what it read ahead (the entries
+of ports with a ``prepare_<port>`` hook: their per-message work then overlaps the handler's);
+the results wait in :attr:`ReadAhead.decoded`, by stream and entry id, for the consume loop.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from procgraph.transport.reader import Entry, GroupReader
@@ -24,10 +29,15 @@ class ReadAhead:
     """Reads of one :class:`GroupReader`: blocking in the caller's thread, or ahead in a
     thread of its own (:meth:`start`, then :meth:`take`)."""
 
-    def __init__(self, reader: GroupReader, count: int, stop: threading.Event) -> None:
+    def __init__(self, reader: GroupReader, count: int, stop: threading.Event,
+                 decode: Callable[[str, Entry], Any | None] | None = None) -> None:
         self.reader = reader
         self.count = count
         self.stop = stop
+        self.decode = decode
+        #: (stream, entry id) -> what ``decode`` returned for an entry read ahead (not None);
+        #: the consume loop pops them
+        self.decoded: dict[tuple[str, bytes], Any] = {}
         self._cond = threading.Condition()
         self._wanted = False
         self._result: Chunk | None = None
@@ -80,6 +90,11 @@ class ReadAhead:
             error: BaseException | None = None
             try:
                 got = self.reader.read(self.count, None)  # no BLOCK
+                if self.decode is not None:
+                    for stream, entry in got:
+                        done = self.decode(stream, entry)
+                        if done is not None:
+                            self.decoded[(stream, entry[0])] = done
             except BaseException as exc:  # handed to the consume loop at take()
                 error = exc
             with self._cond:

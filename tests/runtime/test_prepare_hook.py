@@ -1,0 +1,152 @@
+"""``prepare_<port>`` hooks in the real consume loop, on a real broker: the handler gets what
+the hook made, a backlog is prepared on the read-ahead thread (so that work overlaps the
+handler's), a message the hook rejects is dead-lettered at once with the hook's reason while
+the rest are handled exactly once, and keys and traces still follow the messages."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import redis
+
+from pgtest_util import wait_for
+from procgraph import codec
+from procgraph.graph import load_graph
+from procgraph.runtime import AgentRunner
+from procgraph.runtime.consume import READ_COUNT
+from procgraph.testing import AgentHarness
+
+AGENTS = '''
+import threading
+
+from procgraph import Agent, Input, Output
+from pgtest_agents import Item
+
+
+class Doubles(Agent):
+    """prepare_items doubles n (and refuses n == 13); the handler forwards the doubles and
+    records on which thread each one was prepared."""
+
+    items = Input(Item)
+    out = Output(Item)
+
+    def prepare_items(self, m):
+        if m.n == 13:
+            raise ValueError("thirteen is not allowed")
+        return (m.n * 2, threading.current_thread().name)
+
+    def on_items(self, prepared):
+        doubled, thread = prepared
+        self.context.redis().rpush("prep:threads", thread)
+        self.out.send(Item(n=doubled))  # no key: it inherits the message's
+
+
+class BatchDoubles(Doubles):
+    """The same hook, batched: the handler gets a list of what it made."""
+
+    items = Input(Item, batch=8, max_wait_ms=50)
+
+    def on_items(self, prepared):
+        for doubled, thread in prepared:
+            self.context.redis().rpush("prep:threads", thread)
+            self.out.send(Item(n=doubled, key=f"k{doubled // 2}"))
+'''
+
+STREAM = "pg:prep:src:out"
+
+
+def _graph(tmp_path: Path, agent: str) -> Path:
+    shutil.copy(Path(__file__).parents[1] / "pgtest_agents.py", tmp_path / "pgtest_agents.py")
+    (tmp_path / "prep_agents.py").write_text(AGENTS)
+    graph = tmp_path / "prep.yaml"
+    graph.write_text(
+        "name: prep\nbrokers: {main: {url: embedded}}\nagents:\n"
+        '  src: {class: "pgtest_agents:Numbers", params: {count: 0}}\n'
+        f'  sink: {{class: "prep_agents:{agent}", inputs: {{items: {{from: src.out, '
+        'start: "0"}}}\n')
+    return graph
+
+
+@contextmanager
+def _running(graph: Path, url: str) -> Iterator[AgentRunner]:
+    runner = AgentRunner(load_graph(graph), "sink", 0, {"main": url})
+    thread = threading.Thread(target=runner.run, name="handler", daemon=True)
+    thread.start()
+    try:
+        yield runner
+    finally:
+        runner.stop_event.set()
+        thread.join(10)
+    assert not thread.is_alive()
+
+
+def _send(client: redis.Redis, numbers: range) -> None:
+    from pgtest_agents import Item
+
+    for n in numbers:
+        client.xadd(STREAM, codec.encode(Item(n=n, key=f"k{n}")))
+
+
+def _out(client: redis.Redis) -> list[tuple[str, int, list[str]]]:
+    from pgtest_agents import Item
+
+    got = [codec.decode(f, Item) for _, f in client.xrange("pg:prep:sink:out")]
+    return [(m.key, m.n, [h.agent for h in m.trace]) for m in got]
+
+
+@pytest.mark.parametrize("agent", ["Doubles", "BatchDoubles"])
+def test_a_backlog_is_prepared_ahead_and_a_refused_message_is_dead_lettered(
+        valkey, tmp_path: Path, agent: str) -> None:
+    client = redis.Redis.from_url(valkey.url)
+    total = 3 * READ_COUNT  # waiting before the agent starts: full chunks, read ahead
+    _send(client, range(total))
+    with _running(_graph(tmp_path, agent), valkey.url) as runner:
+        wait_for(lambda: len(_out(client)) == total - 1, 30, "every other entry handled")
+        wait_for(lambda: client.xpending(STREAM, "sink")["pending"] == 0, 20, "all acked")
+        assert runner.stats_in["items"].dead == 1
+    out = _out(client)
+    want = [n for n in range(total) if n != 13]
+    assert [n // 2 for _, n, _ in out] == want  # each once, in order: none lost or doubled
+    assert [key for key, _, _ in out] == [f"k{n}" for n in want]  # keys follow the messages
+    assert all(trace == ["sink"] for _, _, trace in out)
+    dead = client.xrange(STREAM + ":dead")
+    assert len(dead) == 1
+    reason = dead[0][1][b"dead:reason"].decode()
+    assert reason.startswith("prepare_items: ValueError: thirteen is not allowed"), reason
+    threads = {t.decode() for t in client.lrange("prep:threads", 0, -1)}
+    assert any(t.startswith("read-ahead-") for t in threads), threads  # prepared ahead
+
+
+def test_an_idle_input_is_prepared_in_the_handler_thread(valkey, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(valkey.url)
+    with _running(_graph(tmp_path, "Doubles"), valkey.url):
+        for n in range(3):  # one at a time: no backlog, nothing handed between threads
+            _send(client, range(n, n + 1))
+            wait_for(lambda n=n: len(_out(client)) == n + 1, 20, f"entry {n} handled")
+    assert [n for _, n, _ in _out(client)] == [0, 2, 4]
+    assert [t.decode() for t in client.lrange("prep:threads", 0, -1)] == ["handler"] * 3
+
+
+def test_the_harness_runs_the_hook_and_raises_what_it_raised(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    shutil.copy(Path(__file__).parents[1] / "pgtest_agents.py", tmp_path / "pgtest_agents.py")
+    (tmp_path / "prep_agents.py").write_text(AGENTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import fakeredis
+    from prep_agents import Doubles  # type: ignore[import-not-found]
+
+    from pgtest_agents import Item
+    from procgraph import AgentContext
+
+    ctx = AgentContext(agent="sink", redis_factory=lambda: fakeredis.FakeRedis())
+    with AgentHarness(Doubles, context=ctx) as h:
+        h.feed("items", [Item(n=1, key="a"), Item(n=4, key="b")])
+        assert [(m.key, m.n) for m in h.sent["out"]] == [("a", 2), ("b", 8)]
+        with pytest.raises(ValueError, match="thirteen"):
+            h.feed("items", Item(n=13))
