@@ -79,6 +79,20 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
+def process_name(pid: int) -> str:
+    """A short name for ``pid``: its title (``procgraph: agent clf-front/0``) or command."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return str(pid)
+    if pid == os.getpid():
+        return "benchmark+PLC"
+    words = cmd.split()
+    if "agent" in words[:-3] and len(words) >= 3:  # procgraph agent GRAPH AGENT N
+        return f"{words[-2]}/{words[-1]}"
+    return " ".join(Path(w).name for w in words[:2])[:40] or str(pid)
+
+
 class CpuWindow:
     """CPU of the whole process family between the first and the last part at the PLC."""
 
@@ -86,14 +100,32 @@ class CpuWindow:
         self.start: tuple[float, int] | None = None
         self.end: tuple[float, int] | None = None
         self.pids: list[int] = []
+        self.per_pid_start: dict[int, float] = {}
+        self.per_pid_end: dict[int, float] = {}
+        self.names: dict[int, str] = {}
 
     def sample(self, parts_done: int, last: bool = False) -> None:
         """Take the first sample at the first part, the last one when told."""
         if self.start is None and parts_done:
             self.pids = family(os.getpid())
-            self.start = (cpu_s(self.pids), parts_done)
+            self.per_pid_start = {pid: cpu_s([pid]) for pid in self.pids}
+            self.names = {pid: process_name(pid) for pid in self.pids}
+            self.start = (sum(self.per_pid_start.values()), parts_done)
         elif last and self.start is not None:
-            self.end = (cpu_s(self.pids), parts_done)
+            self.per_pid_end = {pid: cpu_s([pid]) for pid in self.pids}
+            self.end = (sum(self.per_pid_end.values()), parts_done)
+
+    def by_process(self) -> str:
+        """CPU ms per part of each process over the window, biggest first."""
+        if self.start is None or self.end is None or self.end[1] <= self.start[1]:
+            return ""
+        parts = self.end[1] - self.start[1]
+        rows = []
+        for pid in self.pids:
+            used = self.per_pid_end.get(pid, 0.0) - self.per_pid_start.get(pid, 0.0)
+            rows.append((used * 1000 / parts, self.names.get(pid, str(pid))))
+        rows.sort(reverse=True)
+        return ", ".join(f"{name} {ms:.1f}" for ms, name in rows if ms >= 0.05)
 
     def ms_per_part(self) -> float:
         """CPU ms per part over the window (nan without one)."""
@@ -214,7 +246,8 @@ def run_line(count: int, rate: float, slots: int, size: tuple[int, int] | None =
             "rate": len(written) / span, "lat": lat,
             "incomplete": sum(o.outcome == "incomplete" for o in written.values()),
             "dup": sum(p["duplicate"] for p in plc.received),
-            "cpu": cpu.ms_per_part(), "hops": hops}
+            "cpu": cpu.ms_per_part(), "hops": hops,
+            "cpu_by_process": cpu.by_process()}
 
 
 #: the line's small streams in order (the frames are left alone: 5 MB each in ``big``)
@@ -360,6 +393,7 @@ def table(mode: str, rows: dict[str, dict[str, Any]], args: argparse.Namespace) 
               f"{pct(r['lat'], 99):.1f} | {max(r['lat'], default=float('nan')):.1f} | "
               f"{r['cpu']:.1f} | {r['incomplete']} | {r['missing']} | {r['dup']} |")
     print(f"\nline hops, p50/p99 ms (broker arrival, 1 ms steps; front view): {line['hops']}")
+    print(f"line CPU ms per part by process: {line['cpu_by_process']}")
     p99 = pct(line["lat"], 99) / pct(loop["lat"], 99)
     print(f"\nprocgraph/loop: parts/s {line['rate'] / loop['rate']:.2f}, p99 {p99:.2f}, "
           f"CPU per part {line['cpu'] / loop['cpu']:.2f}")

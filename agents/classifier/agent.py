@@ -183,6 +183,8 @@ class OnnxClassifier(Agent):
         self._positive_idx = np.array([p.labels.index(x) for x in p.positives])
         self._positive_list = [int(i) for i in self._positive_idx]
         self._others = [i for i in range(len(p.labels)) if i not in set(self._positive_list)]
+        #: the threshold as float32, as numpy compares it with float32 scores
+        self._threshold32 = float(np.float32(p.threshold))
         self._registry_model: RegistryModel[ModelSession] | None = None
         self.swaps = 0
         if p.model.startswith(REGISTRY_PREFIX):
@@ -257,11 +259,15 @@ class OnnxClassifier(Agent):
         per_frame_ms = (time.perf_counter() - t0) * 1000 / len(frames)
         labels = self.params.labels
         probs = to_probs(out, len(frames), labels, self.params.softmax)
-        scores_np = probs[:, self._positive_idx].sum(axis=1)
-        defective = (scores_np >= self.params.threshold).tolist()  # float32, as the scores
-        scores = scores_np.tolist()
         rows = probs.tolist()
         positives, others = self._positive_list, self._others
+        if len(positives) == 1:  # the score is that column: float32 values, compared as such
+            scores = [row[positives[0]] for row in rows]
+            defective = [score >= self._threshold32 for score in scores]
+        else:  # summed in float32, as the probabilities
+            scores_np = probs[:, self._positive_idx].sum(axis=1)
+            defective = (scores_np >= self.params.threshold).tolist()
+            scores = scores_np.tolist()
         for i, f in enumerate(frames):
             row = rows[i]  # the best positive label when defective, else the best other one
             chosen = max(positives if defective[i] else others, key=row.__getitem__)

@@ -41,6 +41,25 @@ def test_softmax_threshold_and_labels(write: Callable[[str, bytes], Path]) -> No
     assert [v.defective for v in both] == [False, True]  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("positive", ["defective", ["defective", "ok"]], ids=["one", "two"])
+def test_a_score_equal_to_the_threshold_in_float32_is_defective(
+        write: Callable[[str, bytes], Path], positive: str | list[str]) -> None:
+    # a black frame: the model outputs its bias, float32(0.7) = 0.69999998..., which is
+    # below the float64 threshold 0.7 but equal to it in float32, the scores' type
+    if positive == "defective":  # one column: the probability of "defective"
+        labels, model = ["ok", "defective"], write("one.onnx", make_model(bias=[0.7]))
+    else:  # ok=0, defective=0.7, x=0: the positives sum to 0.7 in float32
+        labels = ["ok", "defective", "x"]
+        model = write("three.onnx", make_model(weights=np.zeros((1, 3)), bias=[0.0, 0.7, 0.0]))
+    out = run_agent(OnnxClassifier, {"model": str(model), "labels": labels,
+                                     "positive_label": positive, "threshold": 0.7},
+                    {"frames": [frame(np.zeros((16, 16), np.uint8))]})["verdicts"]
+    verdict = out[0]
+    assert isinstance(verdict, Verdict)
+    assert verdict.score == float(np.float32(0.7)) and verdict.score < 0.7
+    assert verdict.defective
+
+
 def test_wrong_label_count_and_bad_params(write: Callable[[str, bytes], Path]) -> None:
     model = write("three.onnx", make_model(channels=3))
     with AgentHarness(OnnxClassifier, {"model": str(model)}) as h, \
