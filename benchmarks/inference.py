@@ -42,6 +42,7 @@ from procgraph.constants import stream_key
 from procgraph.graph import load_graph
 from procgraph.runtime import AgentRunner
 from procgraph.transport import connect
+from procgraph.transport.shmring import RING_PREFIX, SHM_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 PARTS_MODEL = REPO / "models" / "parts-front.onnx"
@@ -209,6 +210,8 @@ def agent_run(model_path: Path, frames: list[Frame], batch: int, url: str,
     cpu_ms = (cpu_s() + (cpu_s(broker_pid) if broker_pid else 0.0) - cpu0) * 1000 / len(frames)
     runner.stop_event.set()
     thread.join(timeout=30)
+    for path in SHM_DIR.glob(f"{RING_PREFIX}{name}.*.reader-clf"):  # what the supervisor
+        path.unlink(missing_ok=True)  # removes at stop: this reader's presence file
     verdicts = [codec.decode(fields, Verdict) for _, fields in client.xrange(verdicts_key)]
     client.delete(frames_key, verdicts_key)
     client.close()

@@ -12,7 +12,7 @@ import io
 import os
 import shutil
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import pytest
@@ -22,11 +22,26 @@ from pgtest_util import wait_for  # noqa: F401  (re-exported for tests)
 from procgraph.brokers import EmbeddedBroker
 from procgraph.graph import load_graph
 from procgraph.supervisor import Supervisor
+from procgraph.transport.shmring import RING_PREFIX, SHM_DIR
 
 pytest_plugins = ["pgtest_skips", "pytester"]
 
 TESTS = Path(__file__).parent
 BROKER_KINDS = ["valkey", "redis"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _presence_files_removed() -> Iterator[None]:
+    """Remove the readers' presence files the session's tests left in /dev/shm: a replica
+    hosted without a supervisor (``AgentRunner`` in a thread) makes one and, as a replica
+    must (its siblings share it), leaves it; the supervisor would clean it at stop. Only
+    files new since the session started, and only empty ones, are removed."""
+    before = set(SHM_DIR.glob(f"{RING_PREFIX}*.reader-*"))
+    yield
+    for path in set(SHM_DIR.glob(f"{RING_PREFIX}*.reader-*")) - before:
+        with suppress(OSError):
+            if path.stat().st_size == 0:
+                path.unlink()
 
 
 @pytest.fixture(autouse=True)
