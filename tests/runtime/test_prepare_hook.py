@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -23,6 +24,7 @@ from procgraph.testing import AgentHarness
 
 AGENTS = '''
 import threading
+import time
 
 from procgraph import Agent, Input, Output
 from pgtest_agents import Item
@@ -44,6 +46,20 @@ class Doubles(Agent):
         doubled, thread = prepared
         self.context.redis().rpush("prep:threads", thread)
         self.out.send(Item(n=doubled))  # no key: it inherits the message's
+
+
+class SlowPrepare(Agent):
+    """A prepare hook that takes 20 ms a message (e.g. a big frame to resize)."""
+
+    items = Input(Item)
+    out = Output(Item)
+
+    def prepare_items(self, m):
+        time.sleep(0.02)
+        return m.n
+
+    def on_items(self, n):
+        self.out.send(Item(n=n))
 
 
 class BatchDoubles(Doubles):
@@ -120,6 +136,24 @@ def test_a_backlog_is_prepared_ahead_and_a_refused_message_is_dead_lettered(
     assert reason.startswith("prepare_items: ValueError: thirteen is not allowed"), reason
     threads = {t.decode() for t in client.lrange("prep:threads", 0, -1)}
     assert any(t.startswith("read-ahead-") for t in threads), threads  # prepared ahead
+
+
+def test_a_slow_prepare_ahead_counts_as_progress(valkey, tmp_path: Path) -> None:
+    """The handler's thread waits for a chunk being prepared ahead (64 x 20 ms here); the
+    replica is making progress meanwhile, so it must not look stalled (which withholds its
+    heartbeat and gets it restarted)."""
+    client = redis.Redis.from_url(valkey.url)
+    total = 3 * READ_COUNT
+    _send(client, range(total))
+    with _running(_graph(tmp_path, "SlowPrepare"), valkey.url) as runner:
+        wait_for(lambda: len(_out(client)) > 0, 20, "the first entry handled")
+        worst = 0.0  # from the first output on: the start-up is not this test's business
+        deadline = time.monotonic() + 60
+        while len(_out(client)) < total and time.monotonic() < deadline:
+            worst = max(worst, time.monotonic() - runner.binding.last_tick)
+            time.sleep(0.01)
+    assert [n for _, n, _ in _out(client)] == list(range(total))
+    assert worst < 0.5, f"no sign of progress for {worst:.2f} s while preparing"
 
 
 def test_an_idle_input_is_prepared_in_the_handler_thread(valkey, tmp_path: Path) -> None:

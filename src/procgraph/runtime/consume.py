@@ -420,7 +420,9 @@ class Consumer:
         decoding there only contends for the interpreter lock)."""
         if self.r.port_of.get(stream) not in self._prepare:
             return None
-        return self.decode(stream, entry)
+        done = self.decode(stream, entry)
+        self.binding.touch()  # progress: the handler's thread may be waiting for this chunk
+        return done
 
     def process(self, reader: GroupReader, got: list[tuple[str, Entry]],
                 decoded: dict[tuple[str, bytes], Decoded] | None = None) -> None:
