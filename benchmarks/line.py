@@ -53,7 +53,7 @@ from procgraph.agents.messages import PartOutcome, Trigger
 from procgraph.agents.modbus.client import PlcWriter
 from procgraph.agents.modbus.registers import RegisterMap
 from procgraph.agents.modbus.sim import SimulatedPlc
-from startup import family
+from startup import family, process_name
 
 from e2e import ROOT, Model, defects_outcome, pct
 from procgraph import codec
@@ -79,20 +79,6 @@ def cpu_s(pids: list[int]) -> float:
     return total
 
 
-def process_name(pid: int) -> str:
-    """A short name for ``pid``: its title (``procgraph: agent clf-front/0``) or command."""
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return str(pid)
-    if pid == os.getpid():
-        return "benchmark+PLC"
-    words = cmd.split()
-    if "agent" in words[:-3] and len(words) >= 3:  # procgraph agent GRAPH AGENT N
-        return f"{words[-2]}/{words[-1]}"
-    return " ".join(Path(w).name for w in words[:2])[:40] or str(pid)
-
-
 class CpuWindow:
     """CPU of the whole process family between the first and the last part at the PLC."""
 
@@ -109,7 +95,8 @@ class CpuWindow:
         if self.start is None and parts_done:
             self.pids = family(os.getpid())
             self.per_pid_start = {pid: cpu_s([pid]) for pid in self.pids}
-            self.names = {pid: process_name(pid) for pid in self.pids}
+            self.names = {pid: "benchmark+PLC" if pid == os.getpid() else process_name(pid)
+                          for pid in self.pids}
             self.start = (sum(self.per_pid_start.values()), parts_done)
         elif last and self.start is not None:
             self.per_pid_end = {pid: cpu_s([pid]) for pid in self.pids}

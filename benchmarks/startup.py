@@ -63,6 +63,20 @@ def family(pid: int) -> list[int]:
     return found
 
 
+def process_name(pid: int) -> str:
+    """A short name for ``pid``: its title (``procgraph: agent clf-front/0``) or command."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+    except OSError:
+        return str(pid)
+    if pid == os.getpid():
+        return "benchmark"
+    words = cmd.split()
+    if "agent" in words[:-3] and len(words) >= 3:  # procgraph agent GRAPH AGENT N
+        return f"{words[-2]}/{words[-1]}"
+    return " ".join(Path(w).name for w in words[:2])[:40] or str(pid)
+
+
 def started_wall(pid: int) -> float:
     """The wall-clock time ``pid`` started (its kernel start time, 10 ms ticks)."""
     ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
@@ -125,6 +139,7 @@ def measure_line(mode: str, seconds: float, rate: float, url: str,
         pids = family(proc.pid)
         line = {pid: pss_kb(pid) for pid in pids}
         line[broker_pid] = pss_kb(broker_pid)
+        names = {pid: process_name(pid) for pid in line}
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -133,7 +148,8 @@ def measure_line(mode: str, seconds: float, rate: float, url: str,
             proc.kill()
             proc.wait()
         client.close()
-    return {"per": per, "ready": ready, "pss_kb": sum(line.values()), "procs": len(line)}
+    return {"per": per, "ready": ready, "pss_kb": sum(line.values()), "procs": len(line),
+            "by_process": {names[pid]: kb for pid, kb in line.items()}}
 
 
 def main() -> None:
@@ -182,6 +198,10 @@ def main() -> None:
                   f"{r['ready']:.2f} | {pss:.0f} ({r['procs']} procs) | "
                   f"{pss / loop_mb:.2f}x |")
     print(f"| single-process loop (e2e.py) | - | - | - | {loop_mb:.0f} | 1.00x |")
+    for mode in ("fork", "spawn"):
+        best = min(results[mode], key=lambda r: r["pss_kb"])["by_process"]
+        print(f"\n{mode}: PSS MB by process: " + ", ".join(
+            f"{name} {kb / 1024:.0f}" for name, kb in sorted(best.items(), key=lambda x: -x[1])))
     med = {m: sorted(v for r in results[m] for v in r["per"].values()) for m in results}
     fast = med["spawn"][len(med["spawn"]) // 2] / med["fork"][len(med["fork"]) // 2]
     mem = min(r["pss_kb"] for r in results["fork"]) / min(r["pss_kb"]
