@@ -237,9 +237,10 @@ def run_line(count: int, rate: float, slots: int, size: tuple[int, int] | None =
             "cpu_by_process": cpu.by_process()}
 
 
-#: the line's small streams in order (the frames are left alone: 5 MB each in ``big``)
-STAGES = [("trigger", "triggers"), ("front_clf", "verdicts"), ("join", "outcomes"),
-          ("plc", "written")]
+#: the line's streams in order (the frames' entries are small: the pixels of 64 KiB and up
+#: travel through shared memory, the entry holds a reference)
+STAGES = [("trigger", "triggers"), ("front_cam", "frames"), ("front_clf", "verdicts"),
+          ("join", "outcomes"), ("plc", "written")]
 
 
 class Tap:
