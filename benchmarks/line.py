@@ -227,6 +227,8 @@ def run_line(count: int, rate: float, slots: int, size: tuple[int, int] | None =
     views = [float(max(v.capture_ns for v in o.verdicts.values()) - due[k]) / 1e6
              for k, o in written.items() if k in due and o.verdicts]
     hops = f"trigger>last view captured {pct(views, 50):.1f}/{pct(views, 99):.1f}; {hops}"
+    hops += "\ntrace of the last view, p50/p99 ms (in agent, then to the next): " + traced(
+        [o.trace for k, o in written.items() if int(k.rsplit("-", 1)[1]) >= WARMUP])
     span = (max(int(o.plc_written_ns or 0) for o in written.values())
             - min(due[k] for k in written if k in due)) / 1e9
     return {"parts": len(written), "missing": count - len(written),
@@ -235,6 +237,25 @@ def run_line(count: int, rate: float, slots: int, size: tuple[int, int] | None =
             "dup": sum(p["duplicate"] for p in plc.received),
             "cpu": cpu.ms_per_part(), "hops": hops,
             "cpu_by_process": cpu.by_process()}
+
+
+def traced(traces: list[list[Any]]) -> str:
+    """p50/p99 of each hop's time in its agent (read -> sent) and from there to the next
+    agent's read, over traces of the same shape (the most common one)."""
+    shapes: dict[tuple[str, ...], list[list[Any]]] = {}
+    for t in traces:
+        shapes.setdefault(tuple(h.agent for h in t), []).append(t)
+    if not shapes:
+        return "-"
+    agents, same = max(shapes.items(), key=lambda kv: len(kv[1]))
+    out = []
+    for i, agent in enumerate(agents):
+        inside = [(t[i].out_ns - t[i].in_ns) / 1e6 for t in same]
+        out.append(f"{agent} {pct(inside, 50):.1f}/{pct(inside, 99):.1f}")
+        if i + 1 < len(agents):
+            gap = [(t[i + 1].in_ns - t[i].out_ns) / 1e6 for t in same]
+            out.append(f"> {pct(gap, 50):.1f}/{pct(gap, 99):.1f} >")
+    return " ".join(out)
 
 
 #: the line's streams in order (the frames' entries are small: the pixels of 64 KiB and up
