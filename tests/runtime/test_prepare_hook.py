@@ -26,6 +26,8 @@ AGENTS = '''
 import threading
 import time
 
+import redis
+
 from procgraph import Agent, Input, Output
 from pgtest_agents import Item
 
@@ -56,6 +58,48 @@ class SlowPrepare(Agent):
 
     def prepare_items(self, m):
         time.sleep(0.02)
+        return m.n
+
+    def on_items(self, n):
+        self.out.send(Item(n=n))
+
+
+class SlowBatches(Agent):
+    """100 ms a prepare, batches of 8; counts prepare calls made after teardown."""
+
+    items = Input(Item, batch=8, max_wait_ms=50)
+    out = Output(Item)
+    after_teardown = []
+
+    def setup(self):
+        self.down = False
+
+    def prepare_items(self, m):
+        time.sleep(0.1)
+        if self.down:
+            SlowBatches.after_teardown.append(m.n)
+        return m.n
+
+    def on_items(self, ns):
+        for n in ns:
+            self.out.send(Item(n=n))
+
+    def teardown(self):
+        self.down = True
+
+
+class Flaky(Agent):
+    """prepare_items finds the broker away twice for n == 5 (read by the handler's thread)
+    and n == 69 (in the chunk read ahead), then it is back."""
+
+    items = Input(Item)
+    out = Output(Item)
+    failures = {5: 2, 69: 2}
+
+    def prepare_items(self, m):
+        if Flaky.failures.get(m.n, 0) > 0:
+            Flaky.failures[m.n] -= 1
+            raise redis.ConnectionError("connection refused (test)")
         return m.n
 
     def on_items(self, n):
@@ -154,6 +198,44 @@ def test_a_slow_prepare_ahead_counts_as_progress(valkey, tmp_path: Path) -> None
             time.sleep(0.01)
     assert [n for _, n, _ in _out(client)] == list(range(total))
     assert worst < 0.5, f"no sign of progress for {worst:.2f} s while preparing"
+
+
+def test_a_stop_during_a_slow_read_ahead_ends_soon_and_before_teardown(
+        valkey, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped while a chunk of 64 is being prepared (100 ms each): the replica ends after the
+    prepare call in hand, not after the chunk (6.4 s), and no prepare call runs after its
+    teardown; what was not handled stays pending (delivered again), nothing is lost."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    client = redis.Redis.from_url(valkey.url)
+    total = 3 * READ_COUNT
+    _send(client, range(total))
+    graph = _graph(tmp_path, "SlowBatches")
+    import prep_agents  # type: ignore[import-not-found]  # the module the runner loads
+
+    with _running(graph, valkey.url):
+        wait_for(lambda: len(_out(client)) >= 8, 30, "the first batch handled")
+        t0 = time.monotonic()
+    took = time.monotonic() - t0  # _running stopped the replica and joined its thread
+    time.sleep(0.3)
+    assert prep_agents.SlowBatches.after_teardown == []
+    assert took < 3.0, f"stopping took {took:.1f} s"
+    handled = [n for _, n, _ in _out(client)]
+    pending = client.xpending(STREAM, "sink")["pending"]
+    assert handled == list(range(len(handled)))  # in order, none doubled
+    unread = total - len(handled) - pending  # never delivered to the group yet
+    assert unread >= 0 and len(handled) + pending + unread == total
+
+
+def test_a_prepare_hook_that_finds_the_broker_away_is_retried_not_dead_lettered(
+        valkey, tmp_path: Path) -> None:
+    client = redis.Redis.from_url(valkey.url)
+    total = 2 * READ_COUNT  # a backlog: the hook runs on the read-ahead thread first
+    _send(client, range(total))
+    with _running(_graph(tmp_path, "Flaky"), valkey.url) as runner:
+        wait_for(lambda: len(_out(client)) == total, 30, "every entry handled")
+        assert runner.stats_in["items"].dead == 0
+    assert [n for _, n, _ in _out(client)] == list(range(total))
+    assert client.xlen(STREAM + ":dead") == 0
 
 
 def test_an_idle_input_is_prepared_in_the_handler_thread(valkey, tmp_path: Path) -> None:

@@ -65,6 +65,8 @@ WRITE_BEHIND = 4
 #: errors from a handler that mean "the broker is away" (e.g. agent state read in a handler)
 _BROKER_DOWN: tuple[type[BaseException], ...] = (
     BrokerUnavailable, redis.ConnectionError, redis.TimeoutError)
+#: what a prepare hook may raise that is not the message's fault
+_NOT_THE_MESSAGE: tuple[type[BaseException], ...] = (*_BROKER_DOWN, InterruptedError)
 
 
 @dataclass
@@ -90,8 +92,10 @@ class _Prefetcher(threading.Thread):
     releases the GIL). At most one chunk per reader waits in the queue; entries read but
     not handled stay pending in the broker, so nothing is lost if the process dies. A chunk
     is ``(reader, entries, short)``: ``short`` when the read returned fewer entries than
-    asked (nothing more was waiting). Decoding stays on the handler thread: done here, it
-    holds the GIL while the handler wants it back from inference (measured slower).
+    asked (nothing more was waiting). Decoding (and prepare hooks) stay on the handler
+    thread: done here, it holds the GIL while the handler wants it back from inference
+    (measured slower); :class:`~procgraph.runtime.readahead.ReadAhead` (inputs on one
+    broker) prepares ahead, one entry at a time.
     """
 
     def __init__(self, reader: GroupReader, out: queue.Queue[Any], stop: threading.Event):
@@ -323,7 +327,7 @@ class Consumer:
                 if got:
                     if len(got) >= READ_COUNT:  # a backlog: read the next chunk meanwhile
                         ahead.start()
-                    self.process(reader, got, ahead.decoded)
+                    self.process(reader, got, ahead.decoded_for if self._prepare else None)
                 idle = False
                 if self._batch_started:  # the input is idle: a short read, nothing after it
                     waiting = ahead.take()
@@ -398,8 +402,9 @@ class Consumer:
         return max(1, int(min(waits)))
 
     def decode(self, stream: str, entry: Entry) -> Decoded:
-        """Decode an entry and run its port's prepare hook; any failure is the entry's
-        (returned as the reason to dead-letter it), never the process's."""
+        """Decode an entry and run its port's prepare hook; a failure is the entry's
+        (returned as the reason to dead-letter it), never the process's, except the broker
+        being away or a stop during the hook (raised: not the message's fault)."""
         port = self.r.port_of[stream]
         try:
             msg = codec.decode(entry[1], self.inputs[port].type)
@@ -411,6 +416,8 @@ class Consumer:
             return msg, msg
         try:
             return msg, prepare(msg)
+        except _NOT_THE_MESSAGE:
+            raise
         except Exception as exc:
             return f"prepare_{port}: {type(exc).__name__}: {exc}"
 
@@ -420,23 +427,44 @@ class Consumer:
         decoding there only contends for the interpreter lock)."""
         if self.r.port_of.get(stream) not in self._prepare:
             return None
-        done = self.decode(stream, entry)
-        self.binding.touch()  # progress: the handler's thread may be waiting for this chunk
+        try:
+            done: Decoded | None = self.decode(stream, entry)
+        except _NOT_THE_MESSAGE:
+            done = None  # prepared again in the handler's thread, which rides the outage out
+        self.binding.touch()  # progress: the handler's thread may be waiting for this entry
         return done
 
+    def _decode_here(self, stream: str, entry: Entry) -> Decoded | None:
+        """``decode`` in this thread; a prepare hook that finds the broker away is tried
+        again with backoff (not the message's fault); None: stopped meanwhile."""
+        outage = Backoff()
+        while True:
+            try:
+                return self.decode(stream, entry)
+            except InterruptedError:
+                return None
+            except _BROKER_DOWN as exc:
+                delay = outage.next_delay()
+                log.warning("prepare_%s: broker unreachable (%s); retrying in %.1fs",
+                            self.r.port_of[stream], exc, delay)
+                if self.stop.wait(delay):
+                    return None
+
     def process(self, reader: GroupReader, got: list[tuple[str, Entry]],
-                decoded: dict[tuple[str, bytes], Decoded] | None = None) -> None:
-        """Decode entries (unless found in ``decoded``, by stream and entry id: decoded
-        ahead) and hand them to their handlers (or batches)."""
+                decoded: Callable[[str, bytes], Decoded | None] | None = None) -> None:
+        """Decode entries (unless ``decoded(stream, entry id)`` has them: decoded ahead) and
+        hand them to their handlers (or batches)."""
         for n, (stream, entry) in enumerate(got, 1):
             if self.stop.is_set():
                 break  # the rest stays pending and is delivered again
             self._queued = n < len(got) or len(got) >= READ_COUNT
             port = self.r.port_of[stream]
             in_ns = time.time_ns()  # its hop starts here, even if it was decoded ahead
-            done = decoded.pop((stream, entry[0]), None) if decoded else None
+            done = decoded(stream, entry[0]) if decoded is not None else None
             if done is None:
-                done = self.decode(stream, entry)
+                done = self._decode_here(stream, entry)
+                if done is None:
+                    break  # stopped: the rest stays pending and is delivered again
             if isinstance(done, str):
                 log.warning("dead-lettering entry %s of %s: %s", entry[0].decode(), stream,
                             printable(done))
@@ -505,6 +533,8 @@ class Consumer:
         for i in items:  # trace origin (the source's capture) -> end of this handler
             origin = i.msg.trace[0].in_ns if i.msg.trace else i.msg.ts_ns
             stats.e2e_ms.observe(max(0.0, (end_ns - origin) / 1e6))
+        for i in items:  # handled: what prepare made is not needed for the acks
+            i.value = None
         if behind:
             self._behind.submit(collected, port, items, counted)
         return behind
