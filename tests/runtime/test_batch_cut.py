@@ -5,16 +5,14 @@ and are acked only once written."""
 
 from __future__ import annotations
 
-import shutil
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
 import redis
 
-from pgtest_util import wait_for
+from pgtest_util import hosted_replica, sink_graph, wait_for
 from procgraph import codec
 from procgraph.graph import load_graph
 from procgraph.runtime import AgentRunner
@@ -63,28 +61,11 @@ STREAM = "pg:cut:src:out"
 
 
 def _graph(tmp_path: Path, agent: str) -> Path:
-    shutil.copy(Path(__file__).parents[1] / "pgtest_agents.py", tmp_path / "pgtest_agents.py")
-    (tmp_path / "cut_agents.py").write_text(AGENTS)
-    graph = tmp_path / "cut.yaml"
-    graph.write_text(
-        "name: cut\nbrokers: {main: {url: embedded}}\nagents:\n"
-        '  src: {class: "pgtest_agents:Numbers", params: {count: 0}}\n'
-        f'  sink: {{class: "cut_agents:{agent}", inputs: {{items: {{from: src.out, '
-        'start: "0"}}}\n')
-    return graph
+    return sink_graph(tmp_path, "cut", AGENTS, agent)
 
 
-@contextmanager
-def _running(graph: Path, url: str) -> Iterator[AgentRunner]:
-    runner = AgentRunner(load_graph(graph), "sink", 0, {"main": url})
-    thread = threading.Thread(target=runner.run, daemon=True)
-    thread.start()
-    try:
-        yield runner
-    finally:
-        runner.stop_event.set()
-        thread.join(10)
-    assert not thread.is_alive()
+def _running(graph: Path, url: str) -> AbstractContextManager[AgentRunner]:
+    return hosted_replica(graph, "sink", url)
 
 
 def _send(client: redis.Redis, numbers: range) -> None:
