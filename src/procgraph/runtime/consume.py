@@ -533,8 +533,7 @@ class Consumer:
         for i in items:  # trace origin (the source's capture) -> end of this handler
             origin = i.msg.trace[0].in_ns if i.msg.trace else i.msg.ts_ns
             stats.e2e_ms.observe(max(0.0, (end_ns - origin) / 1e6))
-        for i in items:  # handled: what prepare made is not needed for the acks
-            i.value = None
+            i.value = None  # handled: what prepare made is not needed for the acks
         if behind:
             self._behind.submit(collected, port, items, counted)
         return behind
