@@ -137,6 +137,26 @@ def test_dust_and_lighting_do_not_change_the_part(view: str) -> None:
     assert not np.array_equal(lit, clean.astype(np.uint8))
 
 
+@pytest.mark.parametrize("size", [(64, 96), (2048, 2448)], ids=["small", "5MB"])
+def test_unlit_noise_in_whole_levels_matches_the_float_path(size: tuple[int, int]) -> None:
+    """Unlit views add the noise in whole grey levels with saturation; the float path
+    (add, clip, truncate) gives the same image but for a few pixels in a million, by one."""
+    from procgraph.agents.camera.synthetic import render
+
+    h, w = size
+    img = np.random.default_rng(3).integers(0, 256, size, dtype=np.uint8)
+    img[:8] = 0  # the saturation at both ends is exercised
+    img[8:16] = 255
+    got = render._finish(img, False, np.random.default_rng(1), np.random.default_rng(2))
+    noise_rng = np.random.default_rng(2)
+    oy, ox = int(noise_rng.integers(0, h // 2 + 1)), int(noise_rng.integers(0, w // 2 + 1))
+    ref = img.astype(np.float32) + render._make_noise_tile(h, w)[oy:oy + h, ox:ox + w] * 2.5
+    want = np.clip(ref, 0, 255).astype(np.uint8)
+    diff = np.abs(got.astype(np.int16) - want)
+    assert got.dtype == np.uint8 and got.shape == size
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-5
+
+
 def test_render_speed_256() -> None:
     parts = _parts(40, seed=11, defect_rate=0.5)
     render_view(parts[0], "front")
