@@ -191,7 +191,20 @@ def kill_pid(pid: int) -> None:
 
 
 def kill_family(pid: int) -> None:
-    """SIGKILL ``pid`` and every descendant of it."""
-    for child in descendants(pid):
+    """SIGKILL ``pid`` and every descendant of it, all frozen first (SIGSTOP): a supervisor
+    that saw its broker killed first would start another one, orphaned once the supervisor
+    dies too, holding the line's data folder (seen in CI), and a fork server could fork."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGSTOP)
+    family: set[int] = set()
+    while True:  # until no new descendant shows up (one forked before it was frozen)
+        new = set(descendants(pid)) - family
+        if not new:
+            break
+        for child in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGSTOP)
+        family |= new
+    for child in family:
         kill_pid(child)
     kill_pid(pid)
