@@ -31,17 +31,17 @@ BROKER_KINDS = ["valkey", "redis"]
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _presence_files_removed() -> Iterator[None]:
-    """Remove the readers' presence files the session's tests left in /dev/shm: a replica
-    hosted without a supervisor (``AgentRunner`` in a thread) makes one and, as a replica
-    must (its siblings share it), leaves it; the supervisor would clean it at stop. Only
-    files new since the session started, and only empty ones, are removed."""
-    before = set(SHM_DIR.glob(f"{RING_PREFIX}*.reader-*"))
+def _shm_files_removed() -> Iterator[None]:
+    """Remove the shared-memory files the session's tests left in /dev/shm (only files new
+    since the session started; every line is stopped by then): readers' presence files,
+    which a replica hosted without a supervisor (``AgentRunner`` in a thread) makes and, as
+    a replica must (its siblings share it), leaves; and rings a stopped line keeps because
+    frames in them were never read (a test's HMI previews, say), as it must for a restart."""
+    before = set(SHM_DIR.glob(f"{RING_PREFIX}*"))
     yield
-    for path in set(SHM_DIR.glob(f"{RING_PREFIX}*.reader-*")) - before:
+    for path in set(SHM_DIR.glob(f"{RING_PREFIX}*")) - before:
         with suppress(OSError):
-            if path.stat().st_size == 0:
-                path.unlink()
+            path.unlink()
 
 
 @pytest.fixture(autouse=True)
