@@ -128,13 +128,11 @@ class ReadAhead:
             for stream, entry in got:
                 key = (stream, entry[0])
                 with self._cond:
-                    while (len(self._decoded) >= MAX_DECODED and key in self._todo
+                    while (len(self._decoded) >= MAX_DECODED
                            and not (self._closed or self.stop.is_set())):
                         self._cond.wait(0.1)
                     if self._closed or self.stop.is_set():
                         return
-                    if key not in self._todo:  # taken meanwhile: decoded by the loop
-                        continue
                 done = self.decode(stream, entry)
                 with self._cond:
                     if done is not None:
