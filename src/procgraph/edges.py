@@ -98,10 +98,17 @@ def xack_counted(pipe: Any, stream: str, group: str, ids: list[bytes]) -> int:
     ack, so a reader killed at any moment never leaves an entry counted twice or not at all;
     returns how many commands were queued.
     """
-    chunks = [ids[i:i + _XACK_CHUNK] for i in range(0, len(ids), _XACK_CHUNK)]
-    for chunk in chunks:
-        pipe.eval(_XACK_COUNTED, 2, stream, edges_key(stream), group, *chunk)
-    return len(chunks)
+    commands = xack_commands(stream, group, ids)
+    for command in commands:
+        pipe.execute_command(*command)
+    return len(commands)
+
+
+def xack_commands(stream: str, group: str, ids: list[bytes]) -> list[tuple[Any, ...]]:
+    """The commands of :func:`xack_counted`, as argument tuples (for a
+    :class:`procgraph.transport.link.Link`)."""
+    return [("EVAL", _XACK_COUNTED, 2, stream, edges_key(stream), group,
+             *ids[i:i + _XACK_CHUNK]) for i in range(0, len(ids), _XACK_CHUNK)]
 
 
 def count_read(pipe: Any, stream: str, group: str, n: int) -> None:

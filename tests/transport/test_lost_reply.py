@@ -30,6 +30,7 @@ class ReplyDropper:
         self.port = self.server.getsockname()[1]
         self.armed = threading.Event()
         self.dropped = 0
+        self.sockets: list[socket.socket] = []  # closed with the proxy
         threading.Thread(target=self._accept, daemon=True).start()
 
     def _accept(self) -> None:
@@ -39,6 +40,7 @@ class ReplyDropper:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
+            self.sockets += [client, upstream]
             doomed = threading.Event()
             threading.Thread(target=self._up, args=(client, upstream, doomed), daemon=True).start()
             threading.Thread(target=self._down, args=(upstream, client, doomed),
@@ -64,6 +66,8 @@ class ReplyDropper:
 
     def close(self) -> None:
         self.server.close()
+        for sock in self.sockets:
+            sock.close()
 
 
 def test_entries_of_a_lost_reply_are_read_again(valkey: Any) -> None:
@@ -91,5 +95,7 @@ def test_entries_of_a_lost_reply_are_read_again(valkey: Any) -> None:
         proxy.armed.set()
         again = reader.read(64, 100)
         assert [int(f[b"n"]) for _, (_, f) in again] == [4]
+        reader.close()
+        client.close()
     finally:
         proxy.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from procgraph.edges import xack_counted
+from procgraph.edges import xack_commands, xack_counted
 
 
 class AckQueue:
@@ -41,3 +41,11 @@ def queue_xacks(pipe: Any, acks: dict[str, list[bytes]], group_of: dict[str, str
     """Add the XACKs of every stream to ``pipe``, each counted for the edge's figures
     (:func:`procgraph.edges.xack_counted`); returns how many commands were added."""
     return sum(xack_counted(pipe, stream, group_of[stream], ids) for stream, ids in acks.items())
+
+
+def xack_commands_for(acks: dict[str, list[bytes]],
+                      group_of: dict[str, str]) -> list[tuple[Any, ...]]:
+    """The commands of :func:`queue_xacks`, as argument tuples (for a
+    :class:`procgraph.transport.link.Link`)."""
+    return [command for stream, ids in acks.items()
+            for command in xack_commands(stream, group_of[stream], ids)]

@@ -209,3 +209,7 @@ class AgentRunner:
             with contextlib.suppress(BrokerUnavailable):  # gone at once, not 5 s later
                 clear_heartbeat(self.client(self.spec.broker), self.plan.name, self.spec.name,
                                 self.replica)
+            for reader in self.readers:
+                reader.close()
+            for writer in self.writers.values():
+                writer.close()

@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 import redis
 from redis.exceptions import ResponseError
 
-from procgraph.delivery.acks import AckQueue, queue_xacks
+from procgraph.delivery.acks import AckQueue, queue_xacks, xack_commands_for
 from procgraph.edges import create_group_counted
-from procgraph.transport.connect import connections_made
+from procgraph.transport.link import Link
 from procgraph.transport.retry import retry
 
 log = logging.getLogger("procgraph.transport")
@@ -53,6 +53,8 @@ class GroupReader:
         self.consumer = consumer
         self.stop = stop
         self.acks = AckQueue()
+        #: the connection the reads go on (acks sent along), outside the client's pool
+        self.link = Link(client)
         #: the last id handed out per stream (entries after it in our pending list came in
         #: a reply that was lost)
         self._last: dict[str, bytes] = {}
@@ -107,16 +109,15 @@ class GroupReader:
 
         ``block_ms``: how long to wait for new entries; None: do not wait.
 
-        When a read had to be retried or its connection was made anew (by redis-py's own
-        retry, or another thread of this client: the connection broke), the broker may have
-        delivered entries whose reply never arrived: they are in this consumer's pending list,
-        which
-        ``>`` never returns. They are read back (pending entries after the last id this
-        reader handed out on each stream) and returned first, so none is stranded.
+        When a read had to be retried or its connection (:attr:`link`) was made anew, the
+        broker may have delivered entries whose reply never arrived: they are in this
+        consumer's pending list, which ``>`` never returns. They are read back (pending
+        entries after the last id this reader handed out on each stream) and returned
+        first, so none is stranded.
         """
         acks = self.acks.take()
         attempts = 0
-        connected = connections_made(self.client)
+        connected = self.link.reconnects
 
         def call() -> list[Any]:
             nonlocal attempts
@@ -125,7 +126,7 @@ class GroupReader:
                                     {s: "0" if pending else ">" for s in self.specs})
 
         out = self._entries(self.call(call, "XREADGROUP"))
-        if (attempts > 1 or connections_made(self.client) != connected) and not pending:
+        if (attempts > 1 or self.link.reconnects != connected) and not pending:
             after = {s: self._last.get(s, "0") for s in self.specs}
             lost = self._entries(self.call(lambda: self._xreadgroup({}, count, None, after),
                                            "XREADGROUP"))
@@ -143,26 +144,45 @@ class GroupReader:
 
     def _xreadgroup(self, acks: dict[str, list[bytes]], count: int, block_ms: int | None,
                     ids: dict[str, Any]) -> list[Any]:
-        """One pipeline: the queued acks, then one XREADGROUP per group from ``ids``."""
+        """One round trip on :attr:`link`: the queued acks, then one XREADGROUP per group
+        from ``ids``; the XREADGROUP replies, raw."""
         by_group: dict[str, dict[str, Any]] = {}
         for stream, spec in self.specs.items():
             by_group.setdefault(spec.group, {})[stream] = ids[stream]
-        pipe = self.client.pipeline(transaction=False)
-        sent = queue_xacks(pipe, acks, self._group_of)
+        commands = xack_commands_for(acks, self._group_of)
+        sent = len(commands)
         for group, streams in by_group.items():
-            pipe.xreadgroup(group, self.consumer, streams,  # type: ignore[arg-type]
-                            count=count, block=block_ms)
-        return pipe.execute()[sent:]  # the XREADGROUP replies, after the acks'
+            command: list[Any] = ["XREADGROUP", "GROUP", group, self.consumer, "COUNT", count]
+            if block_ms is not None:
+                command += ["BLOCK", block_ms]
+            commands.append((*command, "STREAMS", *streams, *streams.values()))
+        return self.link.execute(commands)[sent:]
+
+    def close(self) -> None:
+        """Close the reads' connection."""
+        self.link.close()
 
     @staticmethod
     def _entries(replies: list[Any]) -> list[tuple[str, Entry]]:
+        """Raw XREADGROUP replies (RESP2 lists, or RESP3 maps) as (stream, (id, fields))."""
         out: list[tuple[str, Entry]] = []
         for reply in replies:
-            for stream_name, entries in reply or []:
+            streams = reply.items() if isinstance(reply, dict) else reply or []
+            for stream_name, entries in streams:
                 stream = stream_name.decode() if isinstance(stream_name, bytes) else stream_name
-                for entry_id, fields in entries:
-                    out.append((stream, (entry_id, fields or {})))
+                for entry_id, fields in entries or []:
+                    out.append((stream, (entry_id, _fields(fields))))
         return out
+
+def _fields(raw: Any) -> dict[bytes, bytes]:
+    """An entry's fields from its raw reply: a flat list of names and values, None for an
+    entry deleted since it was delivered (its fields then read as empty)."""
+    if not raw:
+        return {}
+    if isinstance(raw, dict):
+        return raw
+    it = iter(raw)
+    return dict(zip(it, it, strict=False))
 
 
 def _newer(entry_id: bytes, than: bytes | str | None) -> bool:

@@ -22,6 +22,7 @@ import redis
 from procgraph.delivery.backpressure import LosslessGate
 from procgraph.errors import MessageTooLarge
 from procgraph.transport.limits import max_bulk_bytes
+from procgraph.transport.link import Link
 from procgraph.transport.retry import retry
 
 Fields = Mapping[bytes, bytes | memoryview]
@@ -62,6 +63,8 @@ class StreamWriter:
         self.stop = stop
         self._cap = config.maxlen
         self._max_bulk: int | None = None
+        #: the connection the entries go on, outside the client's pool
+        self.link = Link(client)
         self.gate: LosslessGate | None = None
         #: called with (entries, their ids) after each successful write (claim-check
         #: bookkeeping ties shared-memory slots to entry ids)
@@ -110,7 +113,7 @@ class StreamWriter:
     def send(self, fields: Fields) -> bytes:
         """Append one entry; returns its id. Waits (lossless) or trims (latest)."""
         self.prepare([fields])
-        result: bytes = retry(lambda: self._xadd(self.client, fields),
+        result: bytes = retry(lambda: self.link.execute([self.xadd_args(fields)])[0],
                               f"XADD {self.config.stream}", self.stop,
                               on_reconnect=self.on_reconnect)
         if self.on_sent is not None:
@@ -128,10 +131,7 @@ class StreamWriter:
         self.prepare(batch, checked=checked)
 
         def send() -> list[bytes]:
-            pipe = self.client.pipeline(transaction=False)
-            for fields in batch:
-                self._xadd(pipe, fields)
-            return list(pipe.execute())
+            return self.link.execute([self.xadd_args(fields) for fields in batch])
 
         ids: list[bytes] = retry(send, f"XADD {self.config.stream}", self.stop,
                                  on_reconnect=self.on_reconnect)
@@ -150,15 +150,9 @@ class StreamWriter:
         if self.gate is not None:
             self.gate.admit(len(batch), self._cap)
 
-    def _xadd(self, client: Any, fields: Fields) -> Any:
-        """XADD on a client or pipeline: trimmed for latest-only streams, untrimmed else."""
-        if self.gate is not None:
-            return client.xadd(self.config.stream, fields)
-        return client.xadd(self.config.stream, fields, maxlen=self._cap, approximate=True)
-
     def xadd_args(self, fields: Fields) -> list[Any]:
-        """The XADD command for ``fields`` as arguments, the way :meth:`_xadd` sends it
-        (for a caller that writes on its own connection, after :meth:`prepare`)."""
+        """The XADD command for ``fields`` as arguments (after :meth:`prepare`): trimmed
+        (``MAXLEN ~``) for latest-only streams, untrimmed with lossless readers."""
         args: list[Any] = ["XADD", self.config.stream]
         if self.gate is None:
             args += ["MAXLEN", "~", self._cap]
@@ -166,6 +160,10 @@ class StreamWriter:
         for key, value in fields.items():
             args += [key, value]
         return args
+
+    def close(self) -> None:
+        """Close the entries' connection."""
+        self.link.close()
 
     @property
     def on_reconnect(self) -> Callable[[], None] | None:
