@@ -11,6 +11,7 @@ import redis
 from procgraph.constants import state_key
 from procgraph.errors import BrokerUnavailable, StateError
 from procgraph.state import AgentState, MemoryStateBackend
+from procgraph.transport.link import Link
 
 
 @pytest.fixture(params=["broker", "memory"])
@@ -114,6 +115,8 @@ def test_writes_are_buffered_until_flush(broker) -> None:
 def test_one_flush_is_one_transaction(broker) -> None:
     client = redis.Redis.from_url(broker.url)
     state = AgentState.for_broker(client, "g", "cam", 0)
+    state.put("warm", 0)  # the state's own connection is made (its handshake not counted)
+    state.flush()
     for i in range(50):
         state.put(f"v{i}", i)
         state.map("m").put(f"k{i}", i)
@@ -177,6 +180,7 @@ def test_broker_away_raises_broker_unavailable_and_keeps_writes(broker) -> None:
     assert state.dirty and state.get("x") == 1  # kept for the next flush
     state.put("y", 2)
     live = redis.Redis.from_url(broker.url)
-    state._store.backend.client = live  # type: ignore[attr-defined]  # "the broker is back"
+    backend = state._store.backend  # type: ignore[attr-defined]  # "the broker is back"
+    backend.client, backend.link = live, Link(live)
     state.flush()
     assert live.hgetall(state_key("g", "cam", "values")) == {b"x": b"1", b"y": b"2"}

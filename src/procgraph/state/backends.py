@@ -37,19 +37,28 @@ def _text(raw: bytes | str) -> str:
 
 
 class RedisStateBackend:
-    """State kept in the agent's broker; one MULTI/EXEC pipeline per flush."""
+    """State kept in the agent's broker; one MULTI/EXEC round trip per flush.
+
+    Reads and flushes go on a :class:`~procgraph.transport.link.Link` of their own (one a
+    handler call at most, so redis-py's per-command client layer is not paid for each)."""
 
     def __init__(self, client: redis.Redis) -> None:
+        from procgraph.transport.link import Link
+
         self.client = client
+        self.link = Link(client)
 
     def hget(self, key: str, fld: str) -> str | None:
         """One field of a hash."""
-        raw = self.client.hget(key, fld)
+        raw = self.link.execute([("HGET", key, fld)])[0]
         return None if raw is None else _text(raw)
 
     def hmget(self, key: str, fields: list[str]) -> list[str | None]:
         """Several fields of a hash, in order."""
-        return [None if r is None else _text(r) for r in self.client.hmget(key, fields)]
+        if not fields:
+            return []
+        raws = self.link.execute([("HMGET", key, *fields)])[0]
+        return [None if r is None else _text(r) for r in raws]
 
     def hgetall(self, key: str) -> dict[str, str]:
         """A whole hash (read with HSCAN, so a big map does not block the broker)."""
@@ -57,32 +66,56 @@ class RedisStateBackend:
 
     def zscore(self, key: str, member: str) -> float | None:
         """The time of a keyset member, None if absent."""
-        score = self.client.zscore(key, member)
+        score = self.link.execute([("ZSCORE", key, member)])[0]
         return None if score is None else float(score)
 
     def apply(self, layer: Layer, before: Callable[[Any], None] | None = None) -> list[Any]:
-        """Write a layer's changes in one MULTI/EXEC pipeline (``before``'s commands first);
-        returns the replies."""
-        pipe = self.client.pipeline(transaction=True)
+        """Write a layer's changes in one MULTI/EXEC transaction (``before``'s commands
+        first, added with ``execute_command`` as on a redis-py pipeline); returns the
+        replies of the commands in it."""
+        queued = _Commands()
         if before is not None:
-            before(pipe)
+            before(queued)
+        commands = queued.commands
         for key, cutoff in layer.prunes.items():
-            pipe.zremrangebyscore(key, "-inf", f"({cutoff!r}")
+            commands.append(("ZREMRANGEBYSCORE", key, "-inf", f"({cutoff!r}"))
         for key, fields in layer.hashes.items():
-            sets = {f: v for f, v in fields.items() if v is not DELETED}
+            sets = [x for f, v in fields.items() if v is not DELETED for x in (f, v)]
             dels = [f for f, v in fields.items() if v is DELETED]
             if sets:
-                pipe.hset(key, mapping=sets)  # type: ignore[arg-type]
+                commands.append(("HSET", key, *sets))
             if dels:
-                pipe.hdel(key, *dels)
+                commands.append(("HDEL", key, *dels))
         for key, members in layer.zsets.items():
-            adds = {m: s for m, s in members.items() if s is not DELETED}
-            rems = [m for m, s in members.items() if s is DELETED]
+            adds = [x for m, sc in members.items() if sc is not DELETED
+                    for x in (repr(float(sc)), m)]  # type: ignore[arg-type]
+            rems = [m for m, sc in members.items() if sc is DELETED]
             if adds:
-                pipe.zadd(key, adds)
+                commands.append(("ZADD", key, *adds))
             if rems:
-                pipe.zrem(key, *rems)
-        return list(pipe.execute())
+                commands.append(("ZREM", key, *rems))
+        if not commands:
+            return []
+        results = self.link.execute([("MULTI",), *commands, ("EXEC",)])[-1]
+        for result in results:
+            if isinstance(result, Exception):  # a command the broker refused in EXEC
+                raise result
+        return list(results)
+
+    def close(self) -> None:
+        """Close the state's connection."""
+        self.link.close()
+
+
+class _Commands:
+    """Commands added the way a redis-py pipeline takes them (``execute_command``)."""
+
+    def __init__(self) -> None:
+        self.commands: list[tuple[Any, ...]] = []
+
+    def execute_command(self, *args: Any) -> None:
+        """Add one command."""
+        self.commands.append(args)
 
 
 class MemoryStateBackend:
