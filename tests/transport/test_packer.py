@@ -7,7 +7,7 @@ import pytest
 import redis
 from redis.connection import PythonRespSerializer
 
-from procgraph.transport.packer import _CUTOFF, _ZeroCopyPacker
+from procgraph.transport.packer import _CUTOFF, _ZeroCopyPacker, pack_small
 
 REFERENCE = PythonRespSerializer(6000, redis.connection.Encoder("utf-8", "strict", False).encode)
 
@@ -37,3 +37,21 @@ def test_large_payload_is_not_copied() -> None:
 def test_packer_refuses_unknown_types() -> None:
     with pytest.raises(redis.DataError):
         _ZeroCopyPacker().pack("SET", "k", object())
+
+
+def test_small_commands_packed_at_once_match_redis_py() -> None:
+    """pack_small (the reads', the state's and small entries' path) writes what redis-py
+    would, for every kind of argument those commands carry, several commands in one buffer."""
+    commands = [
+        ("EVAL", "return 1", 2, "s", "s:edges", "g", b"1-0", b"2-0"),
+        ("XREADGROUP", "GROUP", "g", "g-0", "COUNT", 64, "BLOCK", 500, "STREAMS", "s", ">"),
+        ("ZADD", "k", repr(1.0000000000000002), "m", "(2.5"),
+        ("XADD", "s", "*", b"h", b'{"v":1}', b"a:x", memoryview(b"\x00\x01\x02"), b"f", 1.5),
+    ]
+    ref = b"".join(bytes(c) for cmd in commands for c in REFERENCE.pack(*cmd))
+    assert pack_small(commands) == ref
+
+
+def test_small_commands_refuse_what_redis_cannot_carry() -> None:
+    with pytest.raises(redis.DataError):
+        pack_small([("SET", "k", object())])

@@ -37,7 +37,8 @@ from redis.exceptions import ResponseError
 from procgraph.delivery.together import HeldSends
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.state.buffer import Store
-from procgraph.transport.writer import Fields, StreamWriter, entry_bytes
+from procgraph.transport.packer import pack_small
+from procgraph.transport.writer import Fields, StreamWriter, all_small, entry_bytes
 
 #: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
 #: written before ``send()`` returns, since the sender may reuse the buffer; a smaller one is
@@ -180,8 +181,9 @@ class _PortWriter:
         state = "broken"
         try:
             self.writer.prepare(batch, checked=True)  # the outbox checked sizes on send()
-            self.conn.send_packed_command(
-                self.conn.pack_commands([self.writer.xadd_args(f) for f in batch]))
+            commands = [self.writer.xadd_args(f) for f in batch]
+            self.conn.send_packed_command([pack_small(commands)] if all_small(batch)
+                                          else self.conn.pack_commands(commands))
             state = "sent"
         except TRANSIENT_ERRORS:
             self.conn.disconnect()  # the reply thread writes it again, with retries

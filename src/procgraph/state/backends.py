@@ -50,14 +50,14 @@ class RedisStateBackend:
 
     def hget(self, key: str, fld: str) -> str | None:
         """One field of a hash."""
-        raw = self.link.execute([("HGET", key, fld)])[0]
+        raw = self.link.execute([("HGET", key, fld)], small=True)[0]
         return None if raw is None else _text(raw)
 
     def hmget(self, key: str, fields: list[str]) -> list[str | None]:
         """Several fields of a hash, in order."""
         if not fields:
             return []
-        raws = self.link.execute([("HMGET", key, *fields)])[0]
+        raws = self.link.execute([("HMGET", key, *fields)], small=True)[0]
         return [None if r is None else _text(r) for r in raws]
 
     def hgetall(self, key: str) -> dict[str, str]:
@@ -66,7 +66,7 @@ class RedisStateBackend:
 
     def zscore(self, key: str, member: str) -> float | None:
         """The time of a keyset member, None if absent."""
-        score = self.link.execute([("ZSCORE", key, member)])[0]
+        score = self.link.execute([("ZSCORE", key, member)], small=True)[0]
         return None if score is None else float(score)
 
     def apply(self, layer: Layer, before: Callable[[Any], None] | None = None) -> list[Any]:
@@ -96,7 +96,8 @@ class RedisStateBackend:
                 commands.append(("ZREM", key, *rems))
         if not commands:
             return []
-        results = self.link.execute([("MULTI",), *commands, ("EXEC",)])[-1]
+        results = self.link.execute([("MULTI",), *commands, ("EXEC",)],
+                                    small=before is None)[-1]  # held sends carry arrays
         for result in results:
             if isinstance(result, Exception):  # a command the broker refused in EXEC
                 raise result

@@ -29,6 +29,7 @@ import redis
 from redis.exceptions import ResponseError
 
 from procgraph.errors import TRANSIENT_ERRORS
+from procgraph.transport.packer import pack_small
 
 __all__ = ["Link"]
 
@@ -55,27 +56,32 @@ class Link:
         self.connects += 1
         self.reconnects = self.connects - 1
 
-    def execute(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        """Send ``commands`` in one write and return their raw replies, in order."""
+    def execute(self, commands: Sequence[Sequence[Any]], small: bool = False) -> list[Any]:
+        """Send ``commands`` in one write and return their raw replies, in order.
+
+        ``small``: every argument is small (no array payload), so the commands are packed
+        in one go in C (:func:`~procgraph.transport.packer.pack_small`); else large
+        payloads are written from their own buffers, without a copy."""
+        packed = [pack_small(commands)] if small else self.conn.pack_commands(commands)
         with self._lock:
             old = self.conn._sock is not None
             try:
-                return self._round_trip(commands)
+                return self._round_trip(packed, len(commands))
             except TRANSIENT_ERRORS:
                 self.conn.disconnect()
                 if not old:
                     raise
             try:  # the old connection was gone: once more at once, on a new one
-                return self._round_trip(commands)
+                return self._round_trip(packed, len(commands))
             except TRANSIENT_ERRORS:
                 self.conn.disconnect()
                 raise
 
-    def _round_trip(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
-        self.conn.send_packed_command(self.conn.pack_commands(commands))
+    def _round_trip(self, packed: list[Any], count: int) -> list[Any]:
+        self.conn.send_packed_command(packed)
         replies: list[Any] = []
         refused: ResponseError | None = None
-        for _ in commands:
+        for _ in range(count):
             try:
                 replies.append(self.conn.read_response())
             except ResponseError as exc:  # that command was refused; read the others

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import redis
@@ -64,3 +65,16 @@ class _ZeroCopyPacker:
         out.append(bytes(buf))
         return out
 
+
+
+def pack_small(commands: Sequence[Sequence[Any]]) -> bytes:
+    """Several commands of small arguments (names, ids, numbers, short values) as one
+    buffer, packed in C: what the zero-copy packer would send for them, without its
+    per-argument checks in Python."""
+    if _hiredis_pack is None:  # pragma: no cover - hiredis is a dependency
+        packer = _ZeroCopyPacker()
+        return b"".join(bytes(chunk) for c in commands for chunk in packer.pack(*c))
+    try:
+        return b"".join([_hiredis_pack(tuple(c)) for c in commands])
+    except TypeError as exc:
+        raise redis.DataError(str(exc)) from exc

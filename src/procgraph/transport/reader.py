@@ -156,7 +156,7 @@ class GroupReader:
             if block_ms is not None:
                 command += ["BLOCK", block_ms]
             commands.append((*command, "STREAMS", *streams, *streams.values()))
-        return self.link.execute(commands)[sent:]
+        return self.link.execute(commands, small=True)[sent:]
 
     def close(self) -> None:
         """Close the reads' connection."""

@@ -33,6 +33,16 @@ def entry_bytes(fields: Fields) -> int:
     return sum(len(v) if isinstance(v, bytes) else v.nbytes for v in fields.values())
 
 
+#: entries under this size are packed in one go in C (copied); larger ones are written from
+#: their own buffers (procgraph.transport.packer)
+SMALL_ENTRY_BYTES = 64 * 1024
+
+
+def all_small(batch: list[Fields]) -> bool:
+    """Whether every entry of ``batch`` is small enough to be packed with a copy."""
+    return all(entry_bytes(f) < SMALL_ENTRY_BYTES for f in batch)
+
+
 @dataclass
 class WriterConfig:
     """Where and how an output port writes."""
@@ -113,7 +123,8 @@ class StreamWriter:
     def send(self, fields: Fields) -> bytes:
         """Append one entry; returns its id. Waits (lossless) or trims (latest)."""
         self.prepare([fields])
-        result: bytes = retry(lambda: self.link.execute([self.xadd_args(fields)])[0],
+        small = all_small([fields])
+        result: bytes = retry(lambda: self.link.execute([self.xadd_args(fields)], small)[0],
                               f"XADD {self.config.stream}", self.stop,
                               on_reconnect=self.on_reconnect)
         if self.on_sent is not None:
@@ -130,8 +141,10 @@ class StreamWriter:
             return [self.send(batch[0])]
         self.prepare(batch, checked=checked)
 
+        small = all_small(batch)
+
         def send() -> list[bytes]:
-            return self.link.execute([self.xadd_args(fields) for fields in batch])
+            return self.link.execute([self.xadd_args(fields) for fields in batch], small)
 
         ids: list[bytes] = retry(send, f"XADD {self.config.stream}", self.stop,
                                  on_reconnect=self.on_reconnect)
