@@ -18,7 +18,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from functools import cache
+from functools import cache, lru_cache
 from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from types import UnionType
 from typing import Annotated, Any, Literal, Protocol, Union, get_args, get_origin
@@ -270,21 +270,33 @@ def _read_header(fields: Mapping[bytes, bytes]) -> tuple[dict[str, Any], str]:
     return header, text
 
 
+def _dtype_of(dtype_str: str) -> np.dtype[Any] | None:
+    """The numpy dtype a descriptor names, None unless it is one the wire format allows."""
+    return _allowed_dtype(dtype_str) if _DTYPE.match(dtype_str) else None
+
+
+@lru_cache(maxsize=64)
+def _allowed_dtype(dtype_str: str) -> np.dtype[Any] | None:
+    """np.dtype of a name the pattern allows (short by construction; the same few come in
+    every entry): None for a well-formed but meaningless one, e.g. "f1"."""
+    try:
+        return np.dtype(dtype_str)
+    except TypeError:
+        return None
+
+
 def _decode_array(name: str, desc: Any, fields: Mapping[bytes, bytes]) -> np.ndarray:
     if not isinstance(desc, dict):
         raise CodecError(f"array {name!r}: descriptor must be an object")
     dtype_str, shape_list = desc.get("dtype"), desc.get("shape")
-    if not isinstance(dtype_str, str) or not _DTYPE.match(dtype_str):
+    dtype = _dtype_of(dtype_str) if isinstance(dtype_str, str) else None
+    if dtype is None:
         raise CodecError(f"array {_show(name)}: unsupported dtype {_show(dtype_str)}")
     if not isinstance(shape_list, list) or not all(
         type(d) is int and 0 <= d <= _MAX_ELEMENTS for d in shape_list
     ):
         raise CodecError(
             f"array {_show(name)}: shape must be a list of ints >= 0, got {_show(shape_list)}")
-    try:
-        dtype = np.dtype(dtype_str)
-    except TypeError as exc:  # well-formed but meaningless, e.g. "f1"
-        raise CodecError(f"array {name!r}: unsupported dtype {dtype_str!r}") from exc
     shape = tuple(shape_list)
     if (dtype.kind not in _ALLOWED_DTYPE_KINDS or len(shape) > _MAX_DIMS
             or math.prod(d or 1 for d in shape) > _MAX_ELEMENTS):  # numpy limits empty

@@ -189,6 +189,10 @@ def _newer(entry_id: bytes, than: bytes | str | None) -> bool:
     """Whether stream id ``entry_id`` comes after ``than`` (None: nothing yet)."""
     if than is None:
         return True
-    a = tuple(int(p) for p in entry_id.decode().split("-"))
-    b = tuple(int(p) for p in (than.decode() if isinstance(than, bytes) else than).split("-"))
-    return a > b
+    return _id_key(entry_id) > _id_key(than)
+
+
+def _id_key(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream id (``<ms>-<seq>``, or ``<ms>``) as numbers, in the order of the stream."""
+    ms, _, seq = (entry_id.decode() if isinstance(entry_id, bytes) else entry_id).partition("-")
+    return int(ms), int(seq or 0)

@@ -99,6 +99,10 @@ class StreamWriter:
         most the stream's byte cap (``max_bytes``, the port's ``max_mb``). ``what`` names the
         sender in the message (e.g. ``output 'frames'``).
         """
+        if (self._max_bulk is not None and self._max_bulk >= SMALL_ENTRY_BYTES
+                and self.config.max_bytes >= SMALL_ENTRY_BYTES
+                and entry_bytes(fields) + sum(map(len, fields)) < SMALL_ENTRY_BYTES):
+            return  # a small entry fits any field limit and stream cap this large
         sizes = {k: len(v) if isinstance(v, bytes) else v.nbytes for k, v in fields.items()}
         total = sum(sizes.values()) + sum(len(k) for k in sizes)
         name, biggest = max(sizes.items(), key=lambda kv: kv[1])
