@@ -10,6 +10,7 @@ again (to this consumer after a restart, or to a peer by :mod:`procgraph.deliver
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from procgraph.edges import xack_commands, xack_counted
@@ -24,17 +25,27 @@ class AckQueue:
     def __init__(self) -> None:
         self._acks: dict[str, list[bytes]] = {}
         self._lock = threading.Lock()
+        #: when the oldest ack still queued was queued (monotonic s); 0.0: none queued
+        self._oldest = 0.0
 
     def add(self, stream: str, entry_id: bytes) -> None:
         """Queue the acknowledgement of one handled entry."""
         with self._lock:
+            if not self._acks:
+                self._oldest = time.monotonic()
             self._acks.setdefault(stream, []).append(entry_id)
 
     def take(self) -> dict[str, list[bytes]]:
         """Everything queued so far (the queue is left empty)."""
         with self._lock:
             acks, self._acks = self._acks, {}
+            self._oldest = 0.0
         return acks
+
+    def waited_s(self) -> float:
+        """How long the oldest queued ack has waited (0.0 when none is queued)."""
+        with self._lock:
+            return time.monotonic() - self._oldest if self._acks else 0.0
 
 
 def queue_xacks(pipe: Any, acks: dict[str, list[bytes]], group_of: dict[str, str]) -> int:

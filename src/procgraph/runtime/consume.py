@@ -55,9 +55,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("procgraph.runtime")
 READ_COUNT = 64
 IDLE_BLOCK_MS = 100
-#: queued acks wait at most this long for the next read, then are sent by the thread that
-#: queued them (the write-behind thread, or the handler thread for calls written in line)
-#: (what a replica killed had handled but not acknowledged is delivered again)
+#: queued acks go with the next read; once the oldest has waited this long (the next read
+#: is not coming soon: a chunk read ahead is being handled), the thread that queues the next
+#: one sends them all (the write-behind thread, or the handler thread for calls written in
+#: line). What a replica killed had handled but not acknowledged is delivered again.
 ACK_FLUSH_S = 0.05
 #: handler calls whose outputs may wait to be written while the next call runs (those
 #: waiting together are written in one round trip)
@@ -231,7 +232,6 @@ class Consumer:
         self.consumer = runner.agent.context.consumer
         self._batches: dict[str, list[_Pending]] = {p: [] for p in self.inputs}
         self._batch_started: dict[str, float] = {}
-        self._acks_sent = time.monotonic()
         #: per reader: its last read was short (fewer entries than asked)
         self._short: dict[int, bool] = {id(rd): True for rd in runner.readers}
         #: entries wait behind the call being made (the rest of its chunk, or a full read
@@ -610,10 +610,9 @@ class Consumer:
             item.reader.ack_later(item.stream, item.entry[0])
             stats.count += 1
             stats.latency_ms.append((now - item.msg.ts_ns) / 1e6)
-        if time.monotonic() - self._acks_sent >= ACK_FLUSH_S:
-            for reader in {id(i.reader): i.reader for i in items}.values():
+        for reader in {id(i.reader): i.reader for i in items}.values():
+            if reader.acks.waited_s() >= ACK_FLUSH_S:
                 reader.flush_acks()
-            self._acks_sent = time.monotonic()
 
     def _run_handler_single_batch(self, port: str, item: _Pending) -> None:
         try:
