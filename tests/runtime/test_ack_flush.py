@@ -74,25 +74,29 @@ def test_acks_of_a_paced_input_go_with_the_reads(valkey: Any, tmp_path: Path) ->
         wait_for(lambda: runner.agent.handled == 40, 20, "all 40 handled")
         wait_for(lambda: client.xpending(_stream("acks"), "sink")["pending"] == 0, 5,
                  "all acked")
-        assert flushes == []
+        # none in a quiet run; a loaded machine may bunch two messages into one read now
+        # and then (the old rule flushed every 50 ms: about 16 times here)
+        assert len(flushes) <= 3, flushes
 
 
-def test_acks_of_a_chunk_handled_slowly_are_sent_as_it_goes(valkey: Any,
-                                                             tmp_path: Path) -> None:
-    """30 messages read in one chunk, 40 ms each: the acks do not wait for the next read
-    (1.2 s away); once the oldest has waited ACK_FLUSH_S they are sent, so a kill mid-chunk
-    redelivers only the last few."""
+def test_acks_of_a_chunk_handled_slowly_are_sent_after_each_call(valkey: Any,
+                                                                    tmp_path: Path) -> None:
+    """5 messages read in one chunk, 0.3 s each: the next read is 1.5 s away, so each ack
+    is sent as soon as its call returns (a call that took over ACK_FLUSH_S), not with the
+    next call's: a replica killed mid-chunk gets again only the entry it was handling."""
     client = redis.Redis.from_url(valkey.url)
     # a module name of its own: the paced test's module (no delay) is imported already
     graph = sink_graph(tmp_path, "ackslow",
-                       AGENTS.replace("delay_s = 0.0", "delay_s = 0.04"), "Counts")
+                       AGENTS.replace("delay_s = 0.0", "delay_s = 0.3"), "Counts")
     stream = _stream("ackslow")
-    _send(client, stream, 30)
+    _send(client, stream, 5)
     with hosted_replica(graph, "sink", valkey.url) as runner:
-        wait_for(lambda: getattr(runner.agent, "handled", 0) >= 15, 20, "half handled")
-        pending = client.xpending(stream, "sink")["pending"]
-        handled = runner.agent.handled
-        # acked but for those handled in the last ACK_FLUSH_S (and the one in hand)
-        assert pending <= 30 - handled + ACK_FLUSH_S / 0.04 + 2, (pending, handled)
-        wait_for(lambda: runner.agent.handled == 30, 20, "all 30 handled")
+        for done in (1, 3):
+            wait_for(lambda d=done: getattr(runner.agent, "handled", 0) >= d, 20,
+                     f"{done} handled")
+            time.sleep(0.1)  # the ack's round trip is done; the next call is under way
+            assert runner.agent.handled == done
+            assert client.xpending(stream, "sink")["pending"] == 5 - done
+        wait_for(lambda: runner.agent.handled == 5, 20, "all 5 handled")
         wait_for(lambda: client.xpending(stream, "sink")["pending"] == 0, 5, "all acked")
+    assert ACK_FLUSH_S < 0.3

@@ -25,27 +25,25 @@ class AckQueue:
     def __init__(self) -> None:
         self._acks: dict[str, list[bytes]] = {}
         self._lock = threading.Lock()
-        #: when the oldest ack still queued was queued (monotonic s); 0.0: none queued
-        self._oldest = 0.0
+        #: when the queue was last taken (by a read, which sends them along, or a flush)
+        self._taken = time.monotonic()
 
     def add(self, stream: str, entry_id: bytes) -> None:
         """Queue the acknowledgement of one handled entry."""
         with self._lock:
-            if not self._acks:
-                self._oldest = time.monotonic()
             self._acks.setdefault(stream, []).append(entry_id)
 
     def take(self) -> dict[str, list[bytes]]:
         """Everything queued so far (the queue is left empty)."""
         with self._lock:
             acks, self._acks = self._acks, {}
-            self._oldest = 0.0
+            self._taken = time.monotonic()
         return acks
 
-    def waited_s(self) -> float:
-        """How long the oldest queued ack has waited (0.0 when none is queued)."""
+    def due(self, every_s: float) -> bool:
+        """Whether acks are queued and none were sent for ``every_s`` seconds."""
         with self._lock:
-            return time.monotonic() - self._oldest if self._acks else 0.0
+            return bool(self._acks) and time.monotonic() - self._taken >= every_s
 
 
 def queue_xacks(pipe: Any, acks: dict[str, list[bytes]], group_of: dict[str, str]) -> int:

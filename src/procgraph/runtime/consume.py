@@ -55,10 +55,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("procgraph.runtime")
 READ_COUNT = 64
 IDLE_BLOCK_MS = 100
-#: queued acks go with the next read; once the oldest has waited this long (the next read
-#: is not coming soon: a chunk read ahead is being handled), the thread that queues the next
-#: one sends them all (the write-behind thread, or the handler thread for calls written in
-#: line). What a replica killed had handled but not acknowledged is delivered again.
+#: queued acks go with the next read. When more entries are in hand before that read (a
+#: backlog), or the outputs were written behind, the thread that queues an ack sends all
+#: queued ones if none were sent for this long (the write-behind thread, or the handler
+#: thread for calls written in line). What a replica killed had handled but not acknowledged
+#: is delivered again.
 ACK_FLUSH_S = 0.05
 #: handler calls whose outputs may wait to be written while the next call runs (those
 #: waiting together are written in one round trip)
@@ -237,7 +238,7 @@ class Consumer:
         #: entries wait behind the call being made (the rest of its chunk, or a full read
         #: that likely left more): only then are its outputs written behind
         self._queued = False
-        self._behind = _WriteBehind(runner.outbox, self._handled,
+        self._behind = _WriteBehind(runner.outbox, partial(self._handled, behind=True),
                                     runner.agent.context.line_counts, self.stop)
         #: input port -> the agent's prepare_<port> hook (those ports are decoded ahead)
         self._prepare = self.binding.preparers()
@@ -602,16 +603,20 @@ class Consumer:
         if not behind:
             self._handled(port, items)
 
-    def _handled(self, port: str, items: list[_Pending]) -> None:
-        """Queue the acks of handled entries and count them."""
+    def _handled(self, port: str, items: list[_Pending], behind: bool = False) -> None:
+        """Queue the acks of handled entries and count them; send the queued acks now if
+        the next read is not next (more entries in hand, or written ``behind``: the handler's
+        thread may be in a read already) and none were sent for ACK_FLUSH_S."""
         stats = self.r.stats_in[port]
         now = time.time_ns()
         for item in items:
             item.reader.ack_later(item.stream, item.entry[0])
             stats.count += 1
             stats.latency_ms.append((now - item.msg.ts_ns) / 1e6)
+        if not (behind or self._queued):
+            return  # this thread reads next, and the read takes the acks along
         for reader in {id(i.reader): i.reader for i in items}.values():
-            if reader.acks.waited_s() >= ACK_FLUSH_S:
+            if reader.acks.due(ACK_FLUSH_S):
                 reader.flush_acks()
 
     def _run_handler_single_batch(self, port: str, item: _Pending) -> None:

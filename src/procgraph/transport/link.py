@@ -12,8 +12,9 @@ dict) the caller does itself.
 Errors are those of a redis-py pipeline: a refused command raises its ``ResponseError`` once
 every reply is read (the connection stays usable); a broken connection is dropped and raises
 ``ConnectionError`` or ``TimeoutError``, for :func:`procgraph.transport.retry.retry` to ride
-out, after one immediate try on a new connection when the broken one was an old one (a
-connection the broker or a firewall closed while idle: redis-py's client retries that too).
+out, after one immediate try on a new connection when an old one broke (a connection the
+broker or a firewall closed while idle: redis-py's client retries that too; not after a
+timeout).
 :attr:`Link.reconnects` counts the connections made after the first, so a reader knows when
 a reply may have been lost on the way.
 """
@@ -67,10 +68,10 @@ class Link:
             old = self.conn._sock is not None
             try:
                 return self._round_trip(packed, len(commands))
-            except TRANSIENT_ERRORS:
+            except TRANSIENT_ERRORS as exc:
                 self.conn.disconnect()
-                if not old:
-                    raise
+                if not old or isinstance(exc, redis.TimeoutError):
+                    raise  # a new connection failed, or the broker is slow: back off
             try:  # the old connection was gone: once more at once, on a new one
                 return self._round_trip(packed, len(commands))
             except TRANSIENT_ERRORS:

@@ -39,8 +39,12 @@ SMALL_ENTRY_BYTES = 64 * 1024
 
 
 def all_small(batch: list[Fields]) -> bool:
-    """Whether every entry of ``batch`` is small enough to be packed with a copy."""
-    return all(entry_bytes(f) < SMALL_ENTRY_BYTES for f in batch)
+    """Whether every entry of ``batch`` is small enough to be packed with a copy in C: under
+    SMALL_ENTRY_BYTES, of bytes and contiguous buffers only (hiredis packs a buffer's memory
+    as it lies, strides ignored)."""
+    return all(entry_bytes(f) < SMALL_ENTRY_BYTES and all(
+        type(v) is bytes or (type(v) is memoryview and v.c_contiguous) for v in f.values())
+        for f in batch)
 
 
 @dataclass
