@@ -13,7 +13,7 @@ import threading
 import time
 from typing import Any
 
-from procgraph.edges import xack_commands, xack_counted
+from procgraph.edges import xack_commands
 
 
 class AckQueue:
@@ -49,7 +49,10 @@ class AckQueue:
 def queue_xacks(pipe: Any, acks: dict[str, list[bytes]], group_of: dict[str, str]) -> int:
     """Add the XACKs of every stream to ``pipe``, each counted for the edge's figures
     (:func:`procgraph.edges.xack_counted`); returns how many commands were added."""
-    return sum(xack_counted(pipe, stream, group_of[stream], ids) for stream, ids in acks.items())
+    commands = xack_commands_for(acks, group_of)
+    for command in commands:
+        pipe.execute_command(*command)
+    return len(commands)
 
 
 def xack_commands_for(acks: dict[str, list[bytes]],

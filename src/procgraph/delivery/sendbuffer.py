@@ -37,7 +37,7 @@ from redis.exceptions import ResponseError
 from procgraph.delivery.together import HeldSends
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.state.buffer import Store
-from procgraph.transport.packer import pack_small
+from procgraph.transport.link import pack
 from procgraph.transport.writer import Fields, StreamWriter, all_small, entry_bytes
 
 #: an entry that views this many bytes of the sender's own array (a camera's frame buffer) is
@@ -181,9 +181,8 @@ class _PortWriter:
         state = "broken"
         try:
             self.writer.prepare(batch, checked=True)  # the outbox checked sizes on send()
-            commands = [self.writer.xadd_args(f) for f in batch]
-            self.conn.send_packed_command([pack_small(commands)] if all_small(batch)
-                                          else self.conn.pack_commands(commands))
+            self.conn.send_packed_command(pack(
+                self.conn, [self.writer.xadd_args(f) for f in batch], all_small(batch)))
             state = "sent"
         except TRANSIENT_ERRORS:
             self.conn.disconnect()  # the reply thread writes it again, with retries

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from procgraph.state.buffer import DELETED, Layer
+from procgraph.transport.link import Link
 
 if TYPE_CHECKING:
     import redis
@@ -43,8 +44,6 @@ class RedisStateBackend:
     handler call at most, so redis-py's per-command client layer is not paid for each)."""
 
     def __init__(self, client: redis.Redis) -> None:
-        from procgraph.transport.link import Link
-
         self.client = client
         self.link = Link(client)
 

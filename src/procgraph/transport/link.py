@@ -32,7 +32,7 @@ from redis.exceptions import ResponseError
 from procgraph.errors import TRANSIENT_ERRORS
 from procgraph.transport.packer import pack_small
 
-__all__ = ["Link"]
+__all__ = ["Link", "pack"]
 
 
 class Link:
@@ -47,15 +47,17 @@ class Link:
         weakref.finalize(self, self.conn.disconnect)
         #: connections made so far
         self.connects = 0
-        #: of those, made again after the first (a reply may have been lost with the one
-        #: before)
-        self.reconnects = 0
         self._lock = threading.Lock()
 
     def _made(self, connection: Any) -> None:
         """redis-py's connect callback (a method: redis-py keeps a weak reference)."""
         self.connects += 1
-        self.reconnects = self.connects - 1
+
+    @property
+    def reconnects(self) -> int:
+        """Connections made after the first (a reply may have been lost with the one
+        before)."""
+        return max(0, self.connects - 1)
 
     def execute(self, commands: Sequence[Sequence[Any]], small: bool = False) -> list[Any]:
         """Send ``commands`` in one write and return their raw replies, in order.
@@ -63,7 +65,7 @@ class Link:
         ``small``: every argument is small (no array payload), so the commands are packed
         in one go in C (:func:`~procgraph.transport.packer.pack_small`); else large
         payloads are written from their own buffers, without a copy."""
-        packed = [pack_small(commands)] if small else self.conn.pack_commands(commands)
+        packed = pack(self.conn, commands, small)
         with self._lock:
             old = self.conn._sock is not None
             try:
@@ -96,3 +98,10 @@ class Link:
         """Close the connection (a later :meth:`execute` opens a new one)."""
         with self._lock:
             self.conn.disconnect()
+
+
+def pack(conn: Any, commands: Sequence[Sequence[Any]], small: bool) -> list[Any]:
+    """``commands`` as the chunks to write on redis-py connection ``conn``: one buffer
+    packed in C when every argument is ``small``, else with large payloads kept as their own
+    chunks (``conn``'s zero-copy packer)."""
+    return [pack_small(commands)] if small else conn.pack_commands(commands)

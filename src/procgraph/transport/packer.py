@@ -66,7 +66,6 @@ class _ZeroCopyPacker:
         return out
 
 
-
 def pack_small(commands: Sequence[Sequence[Any]]) -> bytes:
     """Several commands of small arguments (names, ids, numbers, short values) as one
     buffer, packed in C: what the zero-copy packer would send for them, without its

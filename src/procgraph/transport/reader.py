@@ -174,6 +174,7 @@ class GroupReader:
                     out.append((stream, (entry_id, _fields(fields))))
         return out
 
+
 def _fields(raw: Any) -> dict[bytes, bytes]:
     """An entry's fields from its raw reply: a flat list of names and values, None for an
     entry deleted since it was delivered (its fields then read as empty)."""
